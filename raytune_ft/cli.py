@@ -1,0 +1,129 @@
+"""``raytune-ft``: the command line over every stage (train, validate, chat).
+
+Each subcommand parses its arguments, loads config through the one loader, and calls a single
+library function; errors raised for bad input are printed as one readable message, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from raytune_ft.config import ConfigError, dump_config, load_config
+
+__all__ = ["main"]
+
+_EPILOG = """examples:
+  raytune-ft train configs/quickstart.yaml
+  raytune-ft train configs/quickstart.yaml train.max_steps=10 scaling.num_workers=1
+  ray job submit --working-dir . -- raytune-ft train configs/quickstart.yaml
+  raytune-ft chat --adapter saves/quickstart --prompt "Who are you?"
+"""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from raytune_ft.train import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    outcome = run_training(cfg, address=args.address)
+    print(f"raytune_ft: run {cfg.train.run_name}: {outcome.total_steps} steps; checkpoints in {outcome.run_dir}")
+    if outcome.checkpoint:
+        print(f"raytune_ft: newest checkpoint {outcome.checkpoint}")
+        print(f'raytune_ft: try it: raytune-ft chat --adapter {outcome.run_dir} --prompt "Hello"')
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    print(f"{args.config}: valid")
+    if args.explain:
+        print(dump_config(cfg), end="")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from raytune_ft.models import load_for_inference
+    from raytune_ft.serve import generate_reply, interactive_chat
+
+    hf_logging.disable_progress_bar()
+
+    model, tokenizer = load_for_inference(args.model, args.adapter)
+    if args.prompt is None:
+        interactive_chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
+        return 0
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    generate_reply(model, tokenizer, messages, args.max_new_tokens, args.temperature, on_text=_print_piece)
+    print()
+    return 0
+
+
+def _print_piece(text: str) -> None:
+    print(text, end="", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raytune-ft",
+        description="Fine-tune and chat with LLMs on Ray: the same YAML on a laptop or a cluster.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune a model as described by a YAML config",
+        description="Fine-tune on Ray Train. Re-running a run_name resumes it.",
+    )
+    _config_args(train)
+    train.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    train.set_defaults(func=_train)
+
+    validate = sub.add_parser("validate", help="check a config without running it")
+    _config_args(validate)
+    validate.add_argument("--explain", action="store_true", help="print the fully resolved config")
+    validate.set_defaults(func=_validate)
+
+    chat = sub.add_parser(
+        "chat",
+        help="chat with a model or a trained checkpoint",
+        description="Streams the reply; interactive multi-turn when --prompt is not given.",
+    )
+    chat.add_argument("--model", help="model source: builtin:NAME, HF folder, or a full-weights run/checkpoint")
+    chat.add_argument("--adapter", help="LoRA checkpoint folder or run directory (newest checkpoint)")
+    chat.add_argument("--prompt", help="one user message; omit for an interactive session")
+    chat.add_argument("--system", help="system prompt (default: the chat template's own)")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding (default)")
+    chat.set_defaults(func=_chat)
+    return parser
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="job YAML (see configs/)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. train.max_steps=10 data.dataset=identity,alpaca_300",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "chat" and not (args.model or args.adapter):
+        args.model = "builtin:smollm2-135m-instruct"
+    try:
+        return int(args.func(args))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"raytune-ft {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Config stage: the typed ``JobConfig`` and the one loader that reads YAML into it.
+Imports nothing else of raytune_ft, so every stage (and the dashboard) can depend on it."""
+
+from .loader import ConfigError, dump_config, load_config, parse_overrides
+from .schema import (
+    AdapterConfig,
+    DataConfig,
+    ExportConfig,
+    JobConfig,
+    MethodConfig,
+    ModelConfig,
+    ScalingConfig,
+    ServeConfig,
+    TrackingConfig,
+    TrainConfig,
+    TuneConfig,
+)
+
+__all__ = [
+    "AdapterConfig",
+    "ConfigError",
+    "DataConfig",
+    "ExportConfig",
+    "JobConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "ScalingConfig",
+    "ServeConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "TuneConfig",
+    "dump_config",
+    "load_config",
+    "parse_overrides",
+]

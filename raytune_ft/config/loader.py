@@ -1,0 +1,107 @@
+"""Read a job YAML plus ``key=value`` overrides into a validated ``JobConfig``.
+
+This is the only place YAML is parsed. Validation errors are rewritten into one message per
+problem that names the file, the dotted key, what is wrong and the closest valid key, so a typo
+never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .schema import JobConfig
+
+__all__ = ["ConfigError", "dump_config", "load_config", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``str()`` lists every problem found."""
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> JobConfig:
+    """Validated config from ``path`` (or defaults when None) with dotted overrides applied."""
+    source = str(path) if path is not None else "<defaults>"
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(raw, key, value, source)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source)) from None
+
+
+def dump_config(cfg: JobConfig) -> str:
+    """The fully resolved config as YAML that ``load_config`` reads back to an equal config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["train.max_steps=10", "data.dataset=a,b"]`` -> ``{"train.max_steps": 10, ...}`` (YAML-typed)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return parsed
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: override {key!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config ({err.error_count()} problem{'s' * (err.error_count() > 1)})"]
+    for problem in err.errors():
+        loc = [str(p) for p in problem["loc"]]
+        key = ".".join(loc) or "<top level>"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key {key!r}{_suggest(loc)}")
+        else:
+            got = problem.get("input")
+            shown = "" if isinstance(got, Mapping) else f" (got {got!r})"
+            lines.append(f"  - {key}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _suggest(loc: list[str]) -> str:
+    model: type[BaseModel] = JobConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+    prefix = ".".join([*loc[:-1], ""])
+    if close:
+        return f"; did you mean {prefix + close[0]!r}?"
+    return f"; valid keys here: {', '.join(valid)}"

@@ -1,0 +1,241 @@
+"""The typed shape of a raytune_ft job: one ``JobConfig`` with a section per pipeline stage.
+
+Validated once at the edge (``load_config``); after that every function receives only the
+section it needs. Each field is documented once, by its attribute docstring, and that text is
+what ``raytune-ft validate --explain`` and the dashboard show.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "AdapterConfig",
+    "DataConfig",
+    "ExportConfig",
+    "JobConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "ScalingConfig",
+    "Section",
+    "ServeConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "TuneConfig",
+]
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, fields carry their docstrings."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    source: str = "builtin:smollm2-135m-instruct"
+    """Where the base model comes from: ``builtin:NAME`` (shipped with raytune_ft) or a local
+    Hugging Face folder (config.json + safetensors + tokenizer)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype for training. float32 is fastest on CPUs without bf16 units."""
+
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel passed to transformers."""
+
+
+class DataConfig(Section):
+    dataset: list[str] = Field(default_factory=lambda: ["identity"])
+    """Datasets to train on: bundled names (``identity``, ``alpaca_300``) or paths to .json/.jsonl
+    files. A comma-separated string is accepted, as in LLaMA-Factory."""
+
+    placeholders: dict[str, str] = Field(default_factory=lambda: {"name": "Raytune", "author": "the raytune_ft team"})
+    """Values substituted for ``{{key}}`` in the data, e.g. the identity set's name and author."""
+
+    cutoff_len: int = Field(default=1024, ge=8)
+    """Maximum tokens per sample. Longer samples are truncated from the end of the conversation;
+    a sample whose first answer does not fit at all is dropped."""
+
+    train_on_prompt: bool = False
+    """Compute the loss on prompt tokens too (normally only assistant answers are learned)."""
+
+    max_samples: int | None = Field(default=None, ge=1)
+    """Use at most this many rows from each dataset (handy for smoke runs)."""
+
+    shuffle: bool = True
+    """Shuffle rows once before training (seeded by ``train.seed``)."""
+
+    tokenize_concurrency: int | None = Field(default=None, ge=1)
+    """Number of Ray Data tokenizer actors. Default: follows the cluster's free CPUs."""
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class MethodConfig(Section):
+    stage: Literal["sft"] = "sft"
+    """Training objective. ``sft``: supervised fine-tuning on chat/instruction data."""
+
+
+class AdapterConfig(Section):
+    type: Literal["lora", "full"] = "lora"
+    """What is trained: ``lora`` adapters (base frozen) or every weight (``full``)."""
+
+    rank: int = Field(default=8, ge=1)
+    """LoRA rank r."""
+
+    alpha: int = Field(default=16, ge=1)
+    """LoRA scaling numerator; the update is scaled by alpha / rank."""
+
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+
+    target: list[str] = Field(default_factory=lambda: ["all"])
+    """Modules that get adapters: ``all`` (every linear layer but the LM head) or module names such
+    as ``q_proj,v_proj``. A comma-separated string is accepted."""
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class TrainConfig(Section):
+    run_name: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Name of the run; checkpoints go to ``storage_path/run_name``. Starting a run with the same
+    name again resumes it from its latest checkpoint."""
+
+    storage_path: str = "./saves"
+    """Directory (or pyarrow/fsspec URI) that holds runs. Must be reachable by every node."""
+
+    learning_rate: float = Field(default=1e-4, gt=0)
+    """Peak learning rate of AdamW."""
+
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
+
+    per_device_batch_size: int = Field(default=4, ge=1)
+    """Samples per worker per micro-batch."""
+
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Micro-batches accumulated before each optimizer step."""
+
+    num_epochs: float = Field(default=1.0, gt=0)
+    """Passes over the data, used when ``max_steps`` is not set."""
+
+    max_steps: int | None = Field(default=None, ge=1)
+    """Total optimizer steps. Overrides ``num_epochs``; set it for large streamed datasets so
+    the data need not be counted before training."""
+
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warmup."""
+
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    """Fraction of the steps spent warming the learning rate up linearly from 0."""
+
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    """Clip the global gradient norm to this value; null disables clipping."""
+
+    logging_steps: int = Field(default=5, ge=1)
+    """Report loss, learning rate and throughput every N optimizer steps."""
+
+    save_steps: int = Field(default=500, ge=1)
+    """Write a checkpoint every N optimizer steps (and always at the end)."""
+
+    save_total_limit: int | None = Field(default=None, ge=1)
+    """Keep only the newest N checkpoints; null keeps all."""
+
+    seed: int = 42
+    """Seed for model init of new weights, data shuffling and dropout."""
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(default=1, ge=1)
+    """Ray Train workers (one process each; one GPU each when ``use_gpu``)."""
+
+    use_gpu: bool = False
+    """Give each worker a GPU (NCCL); otherwise train on CPU (gloo)."""
+
+    strategy: Literal["ddp"] = "ddp"
+    """How workers share the model: ``ddp`` replicates it and all-reduces gradients."""
+
+    cpus_per_worker: float | None = Field(default=None, gt=0)
+    """CPUs reserved per worker. Default: 1, lowered on a small local machine so the Ray Data
+    tokenizers keep at least one CPU (otherwise the data stream can starve)."""
+
+    max_failures: int = Field(default=0, ge=-1)
+    """Times Ray Train restarts the workers from the latest checkpoint after a failure (-1: forever)."""
+
+
+class TuneConfig(Section):
+    num_samples: int = Field(default=1, ge=1)
+    """Trials to run in a sweep (``raytune-ft tune``)."""
+
+    metric: str = "eval_loss"
+    """Metric the sweep optimises."""
+
+    mode: Literal["min", "max"] = "min"
+    """Whether the metric is minimised or maximised."""
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    """Address the OpenAI-compatible endpoint binds to."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port of the endpoint."""
+
+
+class ExportConfig(Section):
+    max_shard_size: str = "2GB"
+    """Largest safetensors shard written by ``raytune-ft export``."""
+
+
+class TrackingConfig(Section):
+    backends: list[Literal["wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
+    """Experiment trackers that receive metrics, besides Ray's own results."""
+
+
+class JobConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model and how it is loaded."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Datasets and how they are rendered and tokenized."""
+
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    """The training objective."""
+
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    """Which weights are trained."""
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Optimisation, schedule, logging and checkpoints."""
+
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    """Ray Train workers and the distributed strategy."""
+
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    """Hyperparameter sweeps."""
+
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """The OpenAI-compatible endpoint."""
+
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    """Merging and export of trained weights."""
+
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Experiment tracking."""
+
+    @model_validator(mode="after")
+    def _check_gpu_dtype(self) -> JobConfig:
+        if self.model.dtype == "float16" and not self.scaling.use_gpu:
+            raise ValueError("model.dtype float16 needs scaling.use_gpu: true; use float32 on CPU")
+        return self

@@ -1,0 +1,32 @@
+"""Turn a batch of variable-length token rows into padded tensors for the model.
+
+Padding is dynamic (to the longest row of the batch, right side), so short batches stay short;
+padded positions get attention 0 and label ``IGNORE_INDEX``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .encode import IGNORE_INDEX
+
+__all__ = ["pad_batch"]
+
+
+def pad_batch(
+    input_ids: Sequence[Sequence[int] | np.ndarray], labels: Sequence[Sequence[int] | np.ndarray], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the batch maximum: ``input_ids``, ``attention_mask`` and ``labels``."""
+    width = max(len(row) for row in input_ids)
+    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    lab = torch.full((len(input_ids), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (row, row_labels) in enumerate(zip(input_ids, labels, strict=True)):
+        n = len(row)
+        ids[i, :n] = torch.from_numpy(np.array(row, dtype=np.int64))
+        lab[i, :n] = torch.from_numpy(np.array(row_labels, dtype=np.int64))
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}

@@ -1,0 +1,68 @@
+"""Render conversations with the chat template and tokenize them with exact label masks.
+
+The template is applied to growing prefixes of the conversation, so every assistant answer is
+located by the template itself, never by guessing at role markers: prompt spans get
+``IGNORE_INDEX`` labels, answer spans (including the end-of-turn token) keep their ids. All segment
+texts of a batch go through the fast tokenizer in one call.
+
+Truncation policy: a sample longer than ``cutoff_len`` keeps its first ``cutoff_len`` tokens; a
+sample left with no answer token to learn from is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .sources import DataError
+
+__all__ = ["IGNORE_INDEX", "Segment", "encode_batch", "render_segments"]
+
+IGNORE_INDEX = -100
+Segment = tuple[str, bool]
+"""A piece of rendered text and whether the loss is computed on it."""
+
+
+def render_segments(tokenizer: Any, messages: Sequence[dict[str, str]], train_on_prompt: bool) -> list[Segment]:
+    """Split the rendered conversation into (text, trainable) pieces along assistant turns."""
+    segments: list[Segment] = []
+    rendered = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], generation_prompt=True)
+        full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if not (prompt.startswith(rendered) and full.startswith(prompt)):
+            raise DataError(
+                "the chat template does not render conversations prefix-consistently (an earlier turn "
+                "changes when a later one is added), so answer spans cannot be located for masking"
+            )
+        segments += [(prompt[len(rendered) :], train_on_prompt), (full[len(prompt) :], True)]
+        rendered = full
+    return segments
+
+
+def encode_batch(
+    tokenizer: Any, conversations: Sequence[list[Segment]], cutoff_len: int
+) -> list[tuple[list[int], list[int]] | None]:
+    """Token ids and labels per conversation; ``None`` for a sample with nothing left to learn."""
+    texts = [text for segments in conversations for text, _ in segments]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out: list[tuple[list[int], list[int]] | None] = []
+    cursor = 0
+    for segments in conversations:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for (_, trainable), piece in zip(segments, ids[cursor : cursor + len(segments)], strict=True):
+            input_ids += piece
+            labels += piece if trainable else [IGNORE_INDEX] * len(piece)
+        cursor += len(segments)
+        input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
+        learnable = any(label != IGNORE_INDEX for label in labels)
+        out.append((input_ids, labels) if learnable else None)
+    return out
+
+
+def _render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+    return str(text)

@@ -1,0 +1,37 @@
+"""Model stage: resolve a model source to a local folder, load it, and prepare the weights to train
+(LoRA or full). Also the checkpoint layout that inference reads back."""
+
+from .adapters import ADAPTERS, apply_adapter, trainable_parameters
+from .checkpoint import (
+    ADAPTER_CONFIG,
+    CONFIG_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    CheckpointError,
+    checkpoint_step,
+    is_adapter_checkpoint,
+    latest_checkpoint,
+)
+from .loading import load_causal_lm, load_for_inference, load_tokenizer
+from .source import BUILTIN_MODELS, ModelSourceError, cache_root, resolve_model_source
+
+__all__ = [
+    "ADAPTERS",
+    "ADAPTER_CONFIG",
+    "BUILTIN_MODELS",
+    "CONFIG_FILE",
+    "OPTIMIZER_FILE",
+    "STATE_FILE",
+    "CheckpointError",
+    "ModelSourceError",
+    "apply_adapter",
+    "cache_root",
+    "checkpoint_step",
+    "is_adapter_checkpoint",
+    "latest_checkpoint",
+    "load_causal_lm",
+    "load_for_inference",
+    "load_tokenizer",
+    "resolve_model_source",
+    "trainable_parameters",
+]

@@ -1,0 +1,51 @@
+"""The on-disk layout of a raytune_ft checkpoint, shared by training (writer) and chat/serve (readers).
+
+A checkpoint folder is self-contained: LoRA adapter files *or* full HF weights, the tokenizer
+with the chat template used in training, the resolved job config, and ``trainer_state.json``.
+Runs keep many checkpoints; readers pick the one with the highest global step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "CONFIG_FILE",
+    "OPTIMIZER_FILE",
+    "STATE_FILE",
+    "CheckpointError",
+    "checkpoint_step",
+    "is_adapter_checkpoint",
+    "latest_checkpoint",
+]
+
+ADAPTER_CONFIG = "adapter_config.json"
+CONFIG_FILE = "raytune_ft.yaml"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+class CheckpointError(ValueError):
+    """A path that is not (and does not contain) a raytune_ft checkpoint."""
+
+
+def checkpoint_step(folder: Path) -> int:
+    """Global step recorded in a checkpoint folder."""
+    return int(json.loads((folder / STATE_FILE).read_text())["global_step"])
+
+
+def is_adapter_checkpoint(folder: Path) -> bool:
+    return (folder / ADAPTER_CONFIG).is_file()
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a checkpoint, else its newest checkpoint (a run directory)."""
+    folder = Path(path).expanduser()
+    if (folder / STATE_FILE).is_file():
+        return folder
+    found = [child for child in folder.glob("*/") if (child / STATE_FILE).is_file()] if folder.is_dir() else []
+    if not found:
+        raise CheckpointError(f"{folder}: no raytune_ft checkpoint here (expected {STATE_FILE} in it or a subfolder)")
+    return max(found, key=checkpoint_step)

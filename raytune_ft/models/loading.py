@@ -1,0 +1,77 @@
+"""Load tokenizers and causal LMs from resolved sources and from our checkpoints.
+
+Training and inference both come through here, so the tokenizer (and its chat template) saved
+in a checkpoint is the one every reader uses: training and chat cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raytune_ft.config import ModelConfig, load_config
+
+from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
+from .source import resolve_model_source
+
+__all__ = ["load_causal_lm", "load_for_inference", "load_tokenizer"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(path: Path) -> Any:
+    """Tokenizer with a pad token (the EOS token when the model defines none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{path}: the tokenizer has no chat template; this release trains chat models only")
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
+    """The base model from a local HF folder in ``cfg.dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+        path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
+    )
+    return model
+
+
+def load_for_inference(model_source: str | None, adapter: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) for generation from a model source and/or an adapter checkpoint.
+
+    ``adapter`` may be a LoRA checkpoint folder or a run directory (its newest checkpoint is used);
+    its base model defaults to the one it was trained on. A full-weights checkpoint or run
+    directory is passed as ``model_source``.
+    """
+    if adapter is None:
+        if model_source is None:
+            raise ValueError("give a model source (--model) or an adapter checkpoint (--adapter)")
+        folder = _maybe_checkpoint(model_source) or resolve_model_source(model_source)
+        return load_causal_lm(ModelConfig(), folder).eval(), load_tokenizer(folder)
+    from peft import PeftModel
+
+    checkpoint = latest_checkpoint(adapter)
+    if not is_adapter_checkpoint(checkpoint):
+        raise CheckpointError(f"{checkpoint} holds full weights, not an adapter: pass it as --model")
+    source = model_source or load_config(checkpoint / CONFIG_FILE).model.source
+    base = load_causal_lm(ModelConfig(), resolve_model_source(source))
+    model = PeftModel.from_pretrained(base, checkpoint)
+    return model.eval(), load_tokenizer(checkpoint)
+
+
+def _maybe_checkpoint(source: str) -> Path | None:
+    """The newest full-weights checkpoint when ``source`` is a checkpoint or run folder."""
+    path = Path(source).expanduser()
+    if source.startswith("builtin:") or not path.is_dir() or (path / "config.json").is_file():
+        return None
+    try:
+        return latest_checkpoint(path)
+    except CheckpointError:
+        return None

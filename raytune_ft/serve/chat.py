@@ -1,0 +1,101 @@
+"""Chat with a model in the terminal: one prompt or an interactive multi-turn session.
+
+Tokens stream to the terminal as they are generated. The prompt is rendered with the tokenizer
+loaded from the checkpoint, i.e. the very chat template the model was trained with.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import torch
+
+__all__ = ["generate_reply", "interactive_chat"]
+
+
+def generate_reply(
+    model: Any,
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    on_text: Callable[[str], None] | None = None,
+) -> str:
+    """The assistant's reply to ``messages``; ``on_text`` receives text pieces as they decode."""
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    streamer = _CallbackStreamer(tokenizer, on_text) if on_text else None
+    sampling: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    )
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            streamer=streamer,
+            **sampling,
+        )
+    return str(tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
+
+
+def interactive_chat(
+    model: Any,
+    tokenizer: Any,
+    system: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+) -> None:
+    """Read user turns until EOF or ``exit``; ``clear`` forgets the history."""
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    stdout.write("Chat with the model: 'clear' resets the history, 'exit' or Ctrl-D quits.\n")
+    while True:
+        stdout.write("\nUser: ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() == "exit":
+            return
+        if line.strip() == "clear":
+            del history[1 if system else 0 :]
+            continue
+        history.append({"role": "user", "content": line.strip()})
+        stdout.write("Assistant: ")
+        reply = generate_reply(model, tokenizer, history, max_new_tokens, temperature, on_text=_writer(stdout))
+        stdout.write("\n")
+        history.append({"role": "assistant", "content": reply})
+
+
+def _writer(stream: TextIO) -> Callable[[str], None]:
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+class _CallbackStreamer:
+    """Minimal ``generate`` streamer: decodes the new tokens incrementally and hands over the new text."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.printed = 0
+        self.prompt_done = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_done:  # the first call carries the prompt
+            self.prompt_done = True
+            return
+        self.tokens += value.reshape(-1).tolist()
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
+            self.on_text(text[self.printed :])
+            self.printed = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self.on_text(text[self.printed :])

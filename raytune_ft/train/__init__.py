@@ -1,0 +1,34 @@
+"""Training stage: objectives x strategies around one step core, the per-worker loop, checkpoints,
+and the driver that launches it all with Ray Train's TorchTrainer."""
+
+from .checkpoint import TrainState, restore_state, save_checkpoint
+from .launch import TrainOutcome, plan_total_steps, run_training, start_ray, worker_cpus
+from .loop import RunPlan, build_training, train_loop_per_worker
+from .objectives import OBJECTIVES, Objective, SFTObjective, causal_lm_loss_sum
+from .step import StepCore, StepStats, build_optimizer, build_scheduler
+from .strategies import STRATEGIES, DDPStrategy, Strategy
+
+__all__ = [
+    "OBJECTIVES",
+    "STRATEGIES",
+    "DDPStrategy",
+    "Objective",
+    "RunPlan",
+    "SFTObjective",
+    "StepCore",
+    "StepStats",
+    "Strategy",
+    "TrainOutcome",
+    "TrainState",
+    "build_optimizer",
+    "build_scheduler",
+    "build_training",
+    "causal_lm_loss_sum",
+    "plan_total_steps",
+    "restore_state",
+    "run_training",
+    "save_checkpoint",
+    "start_ray",
+    "train_loop_per_worker",
+    "worker_cpus",
+]

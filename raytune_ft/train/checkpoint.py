@@ -1,0 +1,71 @@
+"""Write and restore training checkpoints in the layout of ``raytune_ft.models.checkpoint``.
+
+A checkpoint holds everything a resumed run needs to continue where it stopped: trained
+weights (adapter or full), optimizer + scheduler + RNG state, the global step and the data
+position, plus the tokenizer and resolved config that make it usable for inference on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raytune_ft.config import JobConfig, dump_config
+from raytune_ft.models import CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, is_adapter_checkpoint
+
+from .step import StepCore
+
+__all__ = ["TrainState", "load_weights_into", "restore_state", "save_checkpoint"]
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0
+    """Optimizer steps completed."""
+    epoch: int = 0
+    """Current pass over the data (0-based)."""
+    batches_in_epoch: int = 0
+    """Micro-batches of the current epoch this worker has consumed."""
+
+
+def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig, state: TrainState) -> None:
+    """Write a self-contained checkpoint into ``folder`` (called on rank 0 only)."""
+    model = core.strategy.unwrap(core.model)
+    model.save_pretrained(folder)  # type: ignore[operator]
+    tokenizer.save_pretrained(folder)
+    (folder / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
+    torch.save(
+        {
+            "optimizer": core.optimizer.state_dict(),
+            "scheduler": core.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+        },
+        folder / OPTIMIZER_FILE,
+    )
+    (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+
+
+def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
+    """Copy an adapter checkpoint's weights into an already adapted (peft) model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if not is_adapter_checkpoint(folder):
+        raise ValueError(f"{folder}: not an adapter checkpoint")
+    result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if unexpected:
+        raise ValueError(f"{folder}: adapter weights do not match this model: {unexpected[:3]}")
+
+
+def restore_state(folder: Path, core: StepCore) -> TrainState:
+    """Restore optimizer, scheduler and RNG from ``folder``; return the saved progress."""
+    saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+    core.optimizer.load_state_dict(saved["optimizer"])
+    core.scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    return TrainState(**json.loads((folder / STATE_FILE).read_text()))

@@ -1,0 +1,142 @@
+"""Driver side of training: connect to Ray, plan the run, build the data stream, launch TorchTrainer.
+
+The same function runs on a laptop (a fresh local Ray) and under ``ray job submit`` (the
+cluster in ``RAY_ADDRESS``). Resuming is Ray Train's own: a run started again with the same
+``storage_path`` and ``run_name`` gets its latest checkpoint back in every worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from raytune_ft.config import JobConfig
+from raytune_ft.data import build_train_dataset
+from raytune_ft.models import load_tokenizer, resolve_model_source
+
+from .loop import RunPlan, train_loop_per_worker
+
+__all__ = ["TrainOutcome", "plan_total_steps", "run_training", "start_ray", "worker_cpus"]
+
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray Train V2 tees worker prints into its logger as well, so every progress line showed twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_dir: str
+    """``storage_path/run_name``: every checkpoint of the run and ``metrics.jsonl``."""
+    checkpoint: str | None
+    """The newest checkpoint after training."""
+    total_steps: int
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` / ``RAY_ADDRESS`` when given, else start a private local Ray instance.
+
+    The local instance keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner
+    queries the State API it serves, and people like watching the run there.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    target = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": WORKER_ENV}
+    if target:
+        ray.init(address=target, runtime_env=runtime_env)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=runtime_env,
+        )
+
+
+def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
+    """CPUs per training worker: the configured value, else 1 while one CPU stays free for Ray Data.
+
+    On a small machine (2 CPUs, 2 workers) a full CPU per worker leaves the tokenizer actors
+    nothing, and the data stream starves the trainer (seen here: no rows after 9.5 minutes).
+    """
+    if cfg.scaling.cpus_per_worker is not None:
+        return cfg.scaling.cpus_per_worker
+    spare = cluster_cpus - cfg.scaling.num_workers
+    if spare >= 1:
+        return 1.0
+    return max(0.1, (cluster_cpus - 1) / cfg.scaling.num_workers)
+
+
+def plan_total_steps(cfg: JobConfig, rows: int) -> int:
+    """Optimizer steps for ``num_epochs`` over ``rows`` rows split evenly across workers."""
+    per_worker = rows // cfg.scaling.num_workers
+    if per_worker == 0:
+        raise ValueError(f"{rows} training rows cannot feed {cfg.scaling.num_workers} workers")
+    micro_per_epoch = math.ceil(per_worker / cfg.train.per_device_batch_size)
+    return max(1, math.ceil(cfg.train.num_epochs * micro_per_epoch / cfg.train.gradient_accumulation_steps))
+
+
+def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
+    """Train ``cfg`` on Ray and return where the run and its newest checkpoint are."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    start_ray(address)
+    resolve_model_source(cfg.model.source)  # convert a builtin model once, before workers race for it
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
+    cpus = worker_cpus(cfg, cluster_cpus)
+    spare = max(1, int(cluster_cpus - cpus * cfg.scaling.num_workers))
+    dataset = build_train_dataset(
+        cfg.data,
+        functools.partial(_tokenizer_for, cfg.model.source),
+        seed=cfg.train.seed,
+        concurrency=cfg.data.tokenize_concurrency or spare,
+    )
+    if cfg.train.max_steps is not None:
+        total_steps = cfg.train.max_steps
+    else:  # epochs need a row count: tokenize once into the object store, then count
+        dataset = dataset.materialize()
+        total_steps = plan_total_steps(cfg, dataset.count())
+    storage = _absolute_storage(cfg.train.storage_path)
+    plan = RunPlan(total_steps=total_steps, run_dir=f"{storage.rstrip('/')}/{cfg.train.run_name}")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker={"CPU": cpus}
+        ),
+        run_config=RunConfig(  # type: ignore[call-arg]  # mypy sees Train V1's RunConfig; V2 is live
+            name=cfg.train.run_name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.save_total_limit),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    return TrainOutcome(run_dir=plan.run_dir, checkpoint=checkpoint, total_steps=total_steps)
+
+
+def _tokenizer_for(source: str) -> Any:
+    return load_tokenizer(resolve_model_source(source))
+
+
+def _absolute_storage(storage_path: str) -> str:
+    if "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path).expanduser().resolve())

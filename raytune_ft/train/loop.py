@@ -1,0 +1,175 @@
+"""What each Ray Train worker runs: build -> restore -> step until done -> report + checkpoint.
+
+Reads top to bottom in pipeline order. Everything before the loop (``build_training``) and the
+step itself (``StepCore``) run without Ray too; only data iteration and reporting touch Ray here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raytune_ft.config import JobConfig
+from raytune_ft.data import DataError, pad_batch
+from raytune_ft.models import (
+    apply_adapter,
+    is_adapter_checkpoint,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_source,
+    trainable_parameters,
+)
+
+from .checkpoint import TrainState, load_weights_into, restore_state, save_checkpoint
+from .objectives import OBJECTIVES
+from .progress import Meter
+from .step import StepCore, build_optimizer, build_scheduler, move_batch
+from .strategies import STRATEGIES
+
+__all__ = ["RunPlan", "build_training", "train_loop_per_worker"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the driver decided before launch and every worker must agree on."""
+
+    total_steps: int
+    run_dir: str
+    """Absolute ``storage_path/run_name`` (local path or URI)."""
+
+
+def build_training(
+    cfg: JobConfig, total_steps: int, device: torch.device, checkpoint: Path | None = None
+) -> tuple[StepCore, Any]:
+    """Model (resumed from ``checkpoint`` when given), strategy, optimizer and schedule."""
+    model_dir = resolve_model_source(cfg.model.source)
+    tokenizer = load_tokenizer(model_dir)
+    full_resume = checkpoint is not None and not is_adapter_checkpoint(checkpoint)
+    model = load_causal_lm(cfg.model, checkpoint if full_resume and checkpoint else model_dir)
+    model = apply_adapter(model, cfg.adapter)
+    if checkpoint is not None and not full_resume:
+        load_weights_into(model, checkpoint)
+    strategy = STRATEGIES[cfg.scaling.strategy](device)
+    model = strategy.wrap(model)
+    optimizer = build_optimizer(model, cfg.train)
+    core = StepCore(
+        model=model,
+        objective=OBJECTIVES[cfg.method.stage](),
+        strategy=strategy,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.train, total_steps),
+        max_grad_norm=cfg.train.max_grad_norm,
+    )
+    return core, tokenizer
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``config`` is ``{"job": JobConfig dump, "plan": RunPlan dump}``."""
+    import ray.train
+
+    cfg = JobConfig.model_validate(config["job"])
+    plan = RunPlan(**config["plan"])
+    rank = ray.train.get_context().get_world_rank()
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg.scaling.use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.train.seed)
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as folder:
+        core, tokenizer = build_training(cfg, plan.total_steps, device, Path(folder) if folder else None)
+        state = restore_state(Path(folder), core) if folder else TrainState()
+    if rank == 0:
+        _announce(core, cfg, plan, state)
+    shard = ray.train.get_dataset_shard("train")
+    batches = _micro_batches(shard, cfg.train.per_device_batch_size, tokenizer.pad_token_id, state)
+    _run(core, tokenizer, cfg, plan, state, batches, rank, device)
+
+
+def _run(
+    core: StepCore,
+    tokenizer: Any,
+    cfg: JobConfig,
+    plan: RunPlan,
+    state: TrainState,
+    batches: Iterator[dict[str, torch.Tensor]],
+    rank: int,
+    device: torch.device,
+) -> None:
+    import ray.train
+
+    if state.global_step >= plan.total_steps and rank == 0:
+        print(f"raytune_ft: run already complete at step {state.global_step}; nothing to train", flush=True)
+    meter = Meter(total_steps=plan.total_steps, start_step=state.global_step)
+    while state.global_step < plan.total_steps:
+        window = [move_batch(next(batches), device) for _ in range(cfg.train.gradient_accumulation_steps)]
+        meter.add(core.step(window))
+        state.global_step += 1
+        done = state.global_step == plan.total_steps
+        log = done or state.global_step % cfg.train.logging_steps == 0
+        save = done or state.global_step % cfg.train.save_steps == 0
+        if not (log or save):
+            continue
+        metrics = meter.flush(core.strategy, state.global_step) if log else {"step": state.global_step}
+        if log and rank == 0:
+            print(meter.format(metrics), flush=True)
+            _append_metrics(plan.run_dir, metrics)
+        if save:
+            _report_checkpoint(metrics, core, tokenizer, cfg, state, rank)
+        else:
+            ray.train.report(metrics)
+
+
+def _micro_batches(shard: Any, batch_size: int, pad_id: int, state: TrainState) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless padded micro-batches over epochs, skipping those a resumed run already consumed."""
+    skip = state.batches_in_epoch
+    while True:
+        seen = 0
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            seen += 1
+            if seen <= skip:
+                continue
+            state.batches_in_epoch = seen
+            yield pad_batch(batch["input_ids"], batch["labels"], pad_id)
+        if seen == 0:
+            raise DataError("the training dataset is empty after tokenization (every row was dropped)")
+        state.epoch, state.batches_in_epoch, skip = state.epoch + 1, 0, 0
+
+
+def _report_checkpoint(
+    metrics: dict[str, Any], core: StepCore, tokenizer: Any, cfg: JobConfig, state: TrainState, rank: int
+) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="raytune_ft-ckpt-") as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(Path(tmp), core, tokenizer, cfg, state)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.global_step:06d}")
+
+
+def _append_metrics(run_dir: str, metrics: dict[str, Any]) -> None:
+    """Append to ``run_dir/metrics.jsonl`` (local storage only), the file monitors tail."""
+    if "://" in run_dir:
+        return
+    path = Path(run_dir) / "metrics.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps({"time": time.time(), **metrics}) + "\n")
+
+
+def _announce(core: StepCore, cfg: JobConfig, plan: RunPlan, state: TrainState) -> None:
+    trainable, total = trainable_parameters(core.model)
+    resumed = f", resuming at step {state.global_step}" if state.global_step else ""
+    print(
+        f"raytune_ft: {cfg.adapter.type} {cfg.method.stage} on {cfg.model.source}: "
+        f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%); "
+        f"{plan.total_steps} steps{resumed}",
+        flush=True,
+    )

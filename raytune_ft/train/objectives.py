@@ -1,0 +1,50 @@
+"""Training objectives: pure loss functions plus a tiny registry keyed by ``method.stage``.
+
+An objective reports a *summed* loss and the number of terms in it, so the step core can
+normalise exactly over a whole gradient-accumulation window instead of averaging averages.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from raytune_ft.data import IGNORE_INDEX
+
+__all__ = ["OBJECTIVES", "Objective", "SFTObjective", "causal_lm_loss_sum"]
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL and its token count: L = -sum_t log p(x_t | x_<t) over unmasked t
+    (Radford et al. 2018, eq. 1); ``labels`` are aligned with the inputs and shifted here."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (shift_labels != IGNORE_INDEX).sum()
+
+
+class Objective(Protocol):
+    def terms(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many loss terms ``loss_sum`` will add up for this batch (known before the forward)."""
+        ...
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The summed loss of one micro-batch."""
+        ...
+
+
+class SFTObjective:
+    """Supervised fine-tuning: next-token loss on the unmasked (answer) tokens."""
+
+    def terms(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total, _ = causal_lm_loss_sum(logits, batch["labels"])
+        return total
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}

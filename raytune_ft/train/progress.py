@@ -1,0 +1,69 @@
+"""Turn step statistics into the metrics a person and a monitor read: loss, lr, tokens/s, ETA.
+
+Counters are summed across workers once per logging window (one small all-reduce), so the loss
+is the exact token-weighted mean over the whole cluster and throughput is cluster-wide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .step import StepStats
+from .strategies import Strategy
+
+__all__ = ["Meter", "format_duration"]
+
+
+class Meter:
+    def __init__(self, total_steps: int, start_step: int) -> None:
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.steps_run = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._window_start = time.perf_counter()
+        self._steps = 0
+        self._sums = [0.0, 0.0, 0.0, 0.0]  # loss_sum, terms, tokens, padded tokens
+        self._last: StepStats | None = None
+
+    def add(self, stats: StepStats) -> None:
+        self._steps += 1
+        self.steps_run += 1
+        for i, value in enumerate((stats.loss_sum, stats.terms, stats.tokens, stats.padded_tokens)):
+            self._sums[i] += value
+        self._last = stats
+
+    def flush(self, strategy: Strategy, step: int) -> dict[str, Any]:
+        """Cluster-wide metrics for the window since the last flush (all workers must call it)."""
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        loss_sum, terms, tokens, padded = strategy.all_reduce_sum(self._sums)
+        last = self._last
+        seconds_per_step = elapsed / max(self._steps, 1)
+        metrics = {
+            "step": step,
+            "loss": loss_sum / max(terms, 1.0),
+            "lr": last.lr if last else 0.0,
+            "grad_norm": last.grad_norm if last else 0.0,
+            "tokens_per_s": tokens / elapsed,
+            "padded_tokens_per_s": padded / elapsed,
+            "s_per_step": seconds_per_step,
+            "eta_s": seconds_per_step * (self.total_steps - step),
+        }
+        self._reset()
+        return metrics
+
+    def format(self, m: dict[str, Any]) -> str:
+        pct = 100 * m["step"] / self.total_steps
+        return (
+            f"step {m['step']}/{self.total_steps} ({pct:3.0f}%) | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
+            f"{m['tokens_per_s']:,.0f} tok/s | {m['s_per_step']:.2f} s/step | ETA {format_duration(m['eta_s'])}"
+        )
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    minutes, sec = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"

@@ -1,0 +1,56 @@
+"""TorchTrainer with 2 workers on a local Ray: the loss is reported, checkpoints land in
+storage_path/run_name, and starting the same run again resumes from its latest checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from raytune_ft.config import load_config
+from raytune_ft.models import checkpoint_step, is_adapter_checkpoint, latest_checkpoint
+from raytune_ft.train import run_training
+
+pytestmark = pytest.mark.integration
+
+
+def metrics(run_dir: str) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_workers_train_then_resume(local_ray: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    overrides = [
+        f"model.source={tiny_model_dir}",
+        "data.dataset=identity",
+        "data.cutoff_len=128",
+        "scaling.num_workers=2",
+        "train.per_device_batch_size=4",
+        "train.learning_rate=1e-2",
+        "train.lr_scheduler=constant",
+        "adapter.rank=32",
+        "train.logging_steps=1",
+        "train.save_steps=2",
+        f"train.storage_path={tmp_path}",
+        "train.run_name=itest",
+    ]
+    first = run_training(load_config(None, [*overrides, "train.max_steps=4"]))
+    assert first.checkpoint is not None
+    assert checkpoint_step(Path(first.checkpoint)) == 4
+    assert sorted(p.name for p in Path(first.run_dir).glob("checkpoint-*")) == [
+        "checkpoint-000002",
+        "checkpoint-000004",
+    ]
+    assert is_adapter_checkpoint(Path(first.checkpoint))
+    assert [m["step"] for m in metrics(first.run_dir)] == [1, 2, 3, 4]
+    assert all(m["tokens_per_s"] > 0 for m in metrics(first.run_dir))
+
+    # Same run name, more steps: Ray Train hands every worker the step-4 checkpoint.
+    second = run_training(load_config(None, [*overrides, "train.max_steps=7"]))
+    steps = [m["step"] for m in metrics(second.run_dir)]
+    assert steps == [1, 2, 3, 4, 5, 6, 7], "resume must continue at step 5, not start over"
+    assert second.checkpoint is not None
+    assert latest_checkpoint(second.run_dir) == Path(second.checkpoint)
+    assert checkpoint_step(Path(second.checkpoint)) == 7
+    losses = [m["loss"] for m in metrics(second.run_dir)]
+    assert losses[-1] < losses[0], losses

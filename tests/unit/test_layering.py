@@ -1,0 +1,68 @@
+"""The package layering of STYLE.md rule 14, checked on the import statements themselves."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2] / "raytune_ft"
+ALLOWED = {
+    "config": set(),
+    "data": {"config"},
+    "models": {"config"},
+    "train": {"config", "data", "models"},
+    "tune": {"config", "data", "models", "train"},
+    "serve": {"config", "data", "models", "train"},
+    "export": {"config", "data", "models", "train"},
+    "cli": {"config", "data", "models", "train", "tune", "serve", "export"},
+}
+HEAVY = {"vllm", "deepspeed", "streamlit"}
+
+
+def stage_of(path: Path) -> str:
+    rel = path.relative_to(ROOT)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def imported_stages(path: Path) -> set[str]:
+    stages = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "raytune_ft" and len(parts) > 1:
+                stages.add(parts[1])
+    return stages
+
+
+def test_stages_only_import_earlier_stages() -> None:
+    modules = [p for p in ROOT.rglob("*.py") if p.name != "__init__.py" or p.parent != ROOT]
+    assert len(modules) > 10
+    for path in modules:
+        stage = stage_of(path)
+        if stage not in ALLOWED:
+            continue
+        illegal = imported_stages(path) - ALLOWED[stage] - {stage}
+        assert not illegal, f"{path.relative_to(ROOT)} ({stage}) imports {sorted(illegal)}"
+
+
+def test_heavy_modules_are_imported_lazily() -> None:
+    for path in ROOT.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            heavy = {n.split(".")[0] for n in names} & HEAVY
+            assert not heavy, f"{path.relative_to(ROOT)} imports {heavy} at module level"
+
+
+def test_every_module_has_a_docstring() -> None:
+    for path in ROOT.rglob("*.py"):
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(ROOT)} has no module docstring"
