@@ -35,7 +35,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from raytune_ft.data import resolve_datasets
+
     cfg = load_config(args.config, args.overrides)
+    resolve_datasets(cfg.data.dataset)
     print(f"{args.config}: valid")
     if args.explain:
         print(dump_config(cfg), end="")
@@ -115,7 +118,15 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (``validate cfg.yaml --explain train.max_steps=3``), which
+    # argparse alone rejects once the positional list has been consumed.
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command == "chat" and not (args.model or args.adapter):
         args.model = "builtin:smollm2-135m-instruct"
     try:

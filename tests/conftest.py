@@ -4,6 +4,7 @@ from configs, so unit tests exercise real tokenizers and real transformer code i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A private local Ray per test module (never joins another cluster on the machine)."""
+    import ray
+
+    from raytune_ft.train.launch import WORKER_ENV
+
+    env = dict(WORKER_ENV)
+    if os.environ.get("RAYTUNE_FT_CACHE"):
+        env["RAYTUNE_FT_CACHE"] = os.environ["RAYTUNE_FT_CACHE"]
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    yield
+    ray.shutdown()

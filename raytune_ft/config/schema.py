@@ -7,9 +7,9 @@ what ``raytune-ft validate --explain`` and the dashboard show.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 __all__ = [
     "AdapterConfig",
@@ -25,6 +25,16 @@ __all__ = [
     "TrainConfig",
     "TuneConfig",
 ]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
+"""A list of names that also accepts LLaMA-Factory's comma-separated string form."""
 
 
 class Section(BaseModel):
@@ -46,7 +56,7 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    dataset: list[str] = Field(default_factory=lambda: ["identity"])
+    dataset: CommaList = Field(default_factory=lambda: ["identity"])
     """Datasets to train on: bundled names (``identity``, ``alpaca_300``) or paths to .json/.jsonl
     files. A comma-separated string is accepted, as in LLaMA-Factory."""
 
@@ -69,13 +79,6 @@ class DataConfig(Section):
     tokenize_concurrency: int | None = Field(default=None, ge=1)
     """Number of Ray Data tokenizer actors. Default: follows the cluster's free CPUs."""
 
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
 
 class MethodConfig(Section):
     stage: Literal["sft"] = "sft"
@@ -95,16 +98,9 @@ class AdapterConfig(Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     """Dropout on the LoRA input."""
 
-    target: list[str] = Field(default_factory=lambda: ["all"])
+    target: CommaList = Field(default_factory=lambda: ["all"])
     """Modules that get adapters: ``all`` (every linear layer but the LM head) or module names such
     as ``q_proj,v_proj``. A comma-separated string is accepted."""
-
-    @field_validator("target", mode="before")
-    @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
 
 class TrainConfig(Section):

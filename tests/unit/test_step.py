@@ -91,10 +91,11 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir: Path, token
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("adapter", ["lora", "full"])
 def test_checkpoint_restores_weights_optimizer_and_progress(
-    tiny_model_dir: Path, tokenizer: Any, tmp_path: Path
+    tiny_model_dir: Path, tokenizer: Any, tmp_path: Path, adapter: str
 ) -> None:
-    cfg = job(tiny_model_dir)
+    cfg = job(tiny_model_dir, f"adapter.type={adapter}")
     core, tok = build_training(cfg, 10, CPU)
     for _ in range(3):
         core.step([identity_batch(tokenizer, 4)])
@@ -114,4 +115,7 @@ def test_checkpoint_restores_weights_optimizer_and_progress(
     b = resumed.step([batch])
     assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-6)
     assert a.lr == b.lr
+    # Identical updates need the restored AdamW moments, not fresh ones.
+    for (name, x), (_, y) in zip(core.model.named_parameters(), resumed.model.named_parameters(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
     assert (tmp_path / "raytune_ft.yaml").is_file() and (tmp_path / "tokenizer.json").is_file()

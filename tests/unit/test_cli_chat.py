@@ -1,0 +1,65 @@
+"""The CLI surface without Ray: validate reports config errors cleanly, chat streams what it returns,
+and the interactive loop keeps a multi-turn history."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raytune_ft.cli import main
+from raytune_ft.models import load_for_inference
+from raytune_ft.serve import generate_reply, interactive_chat
+
+QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
+
+
+def test_validate_ok_and_explain(capsys: Any) -> None:
+    assert main(["validate", str(QUICKSTART), "--explain", "train.max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "max_steps: 3" in out
+
+
+def test_validate_error_is_one_clear_message(capsys: Any) -> None:
+    assert main(["validate", str(QUICKSTART), "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.lr'" in err
+    assert "Traceback" not in err
+
+
+def test_validate_unknown_dataset(capsys: Any) -> None:
+    assert main(["validate", str(QUICKSTART), "data.dataset=alpaca300"]) == 2
+    assert "Did you mean 'alpaca_300'" in capsys.readouterr().err
+
+
+def test_help_explains_the_commands(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for word in ("train", "validate", "chat", "ray job submit"):
+        assert word in out
+
+
+def test_streamed_text_equals_the_reply(builtin_dir: Path) -> None:
+    model, tokenizer = load_for_inference(str(builtin_dir))
+    pieces: list[str] = []
+    reply = generate_reply(model, tokenizer, [{"role": "user", "content": "Hi"}], 12, 0.0, pieces.append)
+    assert reply and "".join(pieces).strip() == reply
+
+
+def test_interactive_chat_keeps_history(tiny_model_dir: Path, monkeypatch: Any) -> None:
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    seen: list[int] = []
+    original = tokenizer.apply_chat_template
+
+    def spy(messages: list[dict[str, str]], **kwargs: Any) -> Any:
+        seen.append(len(messages))
+        return original(messages, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "apply_chat_template", spy)
+    out = io.StringIO()
+    interactive_chat(model, tokenizer, None, 4, 0.0, stdin=io.StringIO("Hi\nAnd then?\nclear\nNew\nexit\n"), stdout=out)
+    assert seen == [1, 3, 1], "the second turn sees the first exchange; 'clear' forgets it"
+    assert out.getvalue().count("Assistant: ") == 3
