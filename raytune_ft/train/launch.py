@@ -26,8 +26,11 @@ WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
-    # Ray Train V2 tees worker prints into its logger as well, so every progress line showed twice.
+    # Ray Train V2 tees worker prints into its logger as well, so every progress line showed twice,
+    # and its worker logger echoes an INFO line per report; the run prints its own progress.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 
