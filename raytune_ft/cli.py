@@ -14,6 +14,8 @@ from raytune_ft.config import ConfigError, dump_config, load_config
 
 __all__ = ["main"]
 
+_OUR_ERRORS = ("ConfigError", "DataError", "ModelSourceError", "CheckpointError")
+
 _EPILOG = """examples:
   raytune-ft train configs/quickstart.yaml
   raytune-ft train configs/quickstart.yaml train.max_steps=10 scaling.num_workers=1
@@ -131,9 +133,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model = "builtin:smollm2-135m-instruct"
     try:
         return int(args.func(args))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"raytune-ft {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _input_error(err)
+        if cause is None:
+            raise
+        print(f"raytune-ft {args.command}: error: {cause}", file=sys.stderr)
         return 2
+
+
+def _input_error(err: BaseException) -> str | None:
+    """The bad-input message behind ``err``, also when Ray wrapped it in a task or worker error."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (ConfigError, ValueError, FileNotFoundError)) and not _is_ray_wrapper(current):
+            return str(current)
+        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    # Errors raised inside Ray tasks reach the driver as text: find ours in the remote traceback.
+    for line in reversed(str(err).splitlines()):
+        for name in _OUR_ERRORS:
+            if f".{name}: " in line:
+                return line.split(f".{name}: ", 1)[1]
+    return None
+
+
+def _is_ray_wrapper(err: BaseException) -> bool:
+    # Ray's task errors subclass the user's exception type; report the innermost one instead.
+    return type(err).__module__.startswith("ray.")
 
 
 if __name__ == "__main__":

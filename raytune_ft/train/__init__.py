@@ -2,7 +2,7 @@
 and the driver that launches it all with Ray Train's TorchTrainer."""
 
 from .checkpoint import TrainState, restore_state, save_checkpoint
-from .launch import TrainOutcome, plan_total_steps, run_training, start_ray, worker_cpus
+from .launch import TrainOutcome, check_resume_compatible, plan_total_steps, run_training, start_ray, worker_cpus
 from .loop import RunPlan, build_training, train_loop_per_worker
 from .objectives import OBJECTIVES, Objective, SFTObjective, causal_lm_loss_sum
 from .step import StepCore, StepStats, build_optimizer, build_scheduler
@@ -24,6 +24,7 @@ __all__ = [
     "build_scheduler",
     "build_training",
     "causal_lm_loss_sum",
+    "check_resume_compatible",
     "plan_total_steps",
     "restore_state",
     "run_training",

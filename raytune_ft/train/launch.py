@@ -14,13 +14,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import JobConfig
+from raytune_ft.config import ConfigError, JobConfig, load_config
 from raytune_ft.data import build_train_dataset
-from raytune_ft.models import load_tokenizer, resolve_model_source
+from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_tokenizer, resolve_model_source
 
 from .loop import RunPlan, train_loop_per_worker
 
-__all__ = ["TrainOutcome", "plan_total_steps", "run_training", "start_ray", "worker_cpus"]
+__all__ = ["TrainOutcome", "check_resume_compatible", "plan_total_steps", "run_training", "start_ray", "worker_cpus"]
+
+# Sections that define what the saved weights are; resuming under different values would mix them.
+_RESUME_SECTIONS = ("model", "adapter", "method")
 
 WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -97,6 +100,9 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    storage = _absolute_storage(cfg.train.storage_path)
+    run_dir = f"{storage.rstrip('/')}/{cfg.train.run_name}"
+    check_resume_compatible(cfg, run_dir)
     start_ray(address)
     resolve_model_source(cfg.model.source)  # convert a builtin model once, before workers race for it
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -113,8 +119,7 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     else:  # epochs need a row count: tokenize once into the object store, then count
         dataset = dataset.materialize()
         total_steps = plan_total_steps(cfg, dataset.count())
-    storage = _absolute_storage(cfg.train.storage_path)
-    plan = RunPlan(total_steps=total_steps, run_dir=f"{storage.rstrip('/')}/{cfg.train.run_name}")
+    plan = RunPlan(total_steps=total_steps, run_dir=run_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},
@@ -133,6 +138,29 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return TrainOutcome(run_dir=plan.run_dir, checkpoint=checkpoint, total_steps=total_steps)
+
+
+def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
+    """Refuse to resume a run whose checkpoints hold another model, adapter or objective."""
+    if "://" in run_dir:
+        return
+    try:
+        checkpoint = latest_checkpoint(run_dir)
+    except CheckpointError:
+        return  # a new run
+    saved = load_config(checkpoint / CONFIG_FILE)
+    changed = [
+        f"{section}.{key}: {old!r} -> {new!r}"
+        for section in _RESUME_SECTIONS
+        for key, old in getattr(saved, section).model_dump().items()
+        if (new := getattr(getattr(cfg, section), key)) != old
+    ]
+    if changed:
+        raise ConfigError(
+            f"run {cfg.train.run_name!r} already has checkpoints in {run_dir} trained with other settings "
+            f"({'; '.join(changed)}). Resuming would mix them: choose a new train.run_name, or restore "
+            "those settings to continue the run."
+        )
 
 
 def _tokenizer_for(source: str) -> Any:

@@ -14,6 +14,8 @@ from raytune_ft.train import run_training
 
 pytestmark = pytest.mark.integration
 
+QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
+
 
 def metrics(run_dir: str) -> list[dict[str, float]]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -54,3 +56,18 @@ def test_two_workers_train_then_resume(local_ray: None, tiny_model_dir: Path, tm
     assert checkpoint_step(Path(second.checkpoint)) == 7
     losses = [m["loss"] for m in metrics(second.run_dir)]
     assert losses[-1] < losses[0], losses
+
+
+def test_bad_row_inside_ray_data_is_one_clear_error(
+    local_ray: None, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raytune_ft.cli import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "hi", "output": "yo"}\n{"instruction": "hi", "output": "I am {{company}}"}\n')
+    code = main(["train", str(QUICKSTART), f"model.source={tiny_model_dir}", f"data.dataset={data}",
+                 f"train.storage_path={tmp_path}", "train.run_name=bad"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("raytune-ft train: error: ")
+    assert str(data) in err and "{{company}}" in err and "data.placeholders.company" in err
