@@ -74,7 +74,11 @@ class DataConfig(Section):
     """Use at most this many rows from each dataset (handy for smoke runs)."""
 
     shuffle: bool = True
-    """Shuffle rows once before training (seeded by ``train.seed``)."""
+    """Shuffle the data every epoch (seeded by ``train.seed``): the order of blocks globally, and
+    rows within a streaming buffer of ``shuffle_buffer_size`` rows on each worker."""
+
+    shuffle_buffer_size: int = Field(default=1024, ge=1)
+    """Rows each worker holds for shuffling. Larger mixes more; the first batch waits until the buffer fills."""
 
     tokenize_concurrency: int | None = Field(default=None, ge=1)
     """Number of Ray Data tokenizer actors. Default: follows the cluster's free CPUs."""

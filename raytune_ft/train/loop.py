@@ -87,7 +87,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         _announce(core, cfg, plan, state)
     shard = ray.train.get_dataset_shard("train")
-    batches = _micro_batches(shard, cfg.train.per_device_batch_size, tokenizer.pad_token_id, state)
+    batches = _micro_batches(shard, cfg, tokenizer.pad_token_id, state, seed=cfg.train.seed + 1000 * rank)
     _run(core, tokenizer, cfg, plan, state, batches, rank, device)
 
 
@@ -125,12 +125,20 @@ def _run(
             ray.train.report(metrics)
 
 
-def _micro_batches(shard: Any, batch_size: int, pad_id: int, state: TrainState) -> Iterator[dict[str, torch.Tensor]]:
+def _micro_batches(
+    shard: Any, cfg: JobConfig, pad_id: int, state: TrainState, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """Endless padded micro-batches over epochs, skipping those a resumed run already consumed."""
     skip = state.batches_in_epoch
+    buffer = cfg.data.shuffle_buffer_size if cfg.data.shuffle else None
     while True:
         seen = 0
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        for batch in shard.iter_batches(
+            batch_size=cfg.train.per_device_batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=buffer,
+            local_shuffle_seed=seed + state.epoch if buffer else None,
+        ):
             seen += 1
             if seen <= skip:
                 continue
