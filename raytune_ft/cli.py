@@ -40,7 +40,7 @@ def _validate(args: argparse.Namespace) -> int:
     from raytune_ft.data import resolve_datasets
 
     cfg = load_config(args.config, args.overrides)
-    resolve_datasets(cfg.data.dataset)
+    resolve_datasets(cfg.data.dataset, cfg.data.dataset_dir)
     print(f"{args.config}: valid")
     if args.explain:
         print(dump_config(cfg), end="")

@@ -57,8 +57,13 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     dataset: CommaList = Field(default_factory=lambda: ["identity"])
-    """Datasets to train on: bundled names (``identity``, ``alpaca_300``) or paths to .json/.jsonl
-    files. A comma-separated string is accepted, as in LLaMA-Factory."""
+    """Datasets to train on: names from ``dataset_dir/dataset_info.json``, bundled names (``identity``,
+    ``alpaca_300``), or paths to .json/.jsonl/.parquet/.csv files or folders of them. A
+    comma-separated string is accepted, as in LLaMA-Factory."""
+
+    dataset_dir: str = "data"
+    """Folder holding a LLaMA-Factory ``dataset_info.json``; its entries are looked up first and
+    their ``file_name`` is relative to this folder. Ignored when the file does not exist."""
 
     placeholders: dict[str, str] = Field(default_factory=lambda: {"name": "Raytune", "author": "the raytune_ft team"})
     """Values substituted for ``{{key}}`` in the data, e.g. the identity set's name and author."""

@@ -37,12 +37,18 @@ class TokenizeConversations:
     """
 
     def __init__(
-        self, load_tokenizer: Callable[[], Any], cutoff_len: int, train_on_prompt: bool, placeholders: dict[str, str]
+        self,
+        load_tokenizer: Callable[[], Any],
+        cutoff_len: int,
+        train_on_prompt: bool,
+        placeholders: dict[str, str],
+        sources: list[DatasetSource],
     ) -> None:
         self.tokenizer = load_tokenizer()
         self.cutoff_len = cutoff_len
         self.train_on_prompt = train_on_prompt
         self.placeholders = placeholders
+        self.sources = {str(source.path): source for source in sources}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         conversations = [
@@ -57,11 +63,17 @@ class TokenizeConversations:
     def _messages(self, batch: dict[str, np.ndarray]) -> list[list[dict[str, str]]]:
         columns = [c for c in batch if c != "path"]
         out = []
-        for i in range(len(batch["path"])):
-            row = {c: _plain(batch[c][i]) for c in columns}
-            where = f"{batch['path'][i]}: row {_describe(row)}"
-            out.append(normalize_row(row, self.placeholders, where))
+        for i, path in enumerate(batch["path"]):
+            row = {c: _plain(batch[c][i]) for c in columns if batch[c][i] is not None}
+            where = f"{path}: row {_describe(row)}"
+            out.append(normalize_row(row, self.placeholders, where, self._source_of(str(path))))
         return out
+
+    def _source_of(self, path: str) -> DatasetSource | None:
+        """The source a file belongs to (a source may be a folder of files)."""
+        if path in self.sources:
+            return self.sources[path]
+        return next((s for root, s in self.sources.items() if path.startswith(root.rstrip("/") + "/")), None)
 
 
 def build_train_dataset(
@@ -74,7 +86,8 @@ def build_train_dataset(
     """
     import ray.data
 
-    parts = [_read_source(source, cfg) for source in resolve_datasets(cfg.dataset)]
+    sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
+    parts = [_read_source(source, cfg) for source in sources]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if cfg.shuffle:
         ds = ds.randomize_block_order(seed=seed)
@@ -85,6 +98,7 @@ def build_train_dataset(
             "cutoff_len": cfg.cutoff_len,
             "train_on_prompt": cfg.train_on_prompt,
             "placeholders": dict(cfg.placeholders),
+            "sources": sources,
         },
         batch_size=256,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -95,7 +109,8 @@ def build_train_dataset(
 def _read_source(source: DatasetSource, cfg: DataConfig) -> ray.data.Dataset:
     import ray.data
 
-    ds = ray.data.read_json(str(source.path), include_paths=True, num_cpus=_DATA_CPUS)
+    read = {"json": ray.data.read_json, "parquet": ray.data.read_parquet, "csv": ray.data.read_csv}[source.reader]
+    ds = read(str(source.path), include_paths=True, num_cpus=_DATA_CPUS)
     return ds.limit(cfg.max_samples) if cfg.max_samples is not None else ds
 
 

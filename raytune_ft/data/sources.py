@@ -1,16 +1,21 @@
-"""Where training rows come from: bundled dataset names or JSON/JSONL paths.
+"""Where training rows come from: LLaMA-Factory ``dataset_info.json`` entries, bundled dataset
+names, or file paths.
 
-Resolution happens on the driver before anything is read, so a typo in a dataset name fails in
-a second with the list of valid names instead of deep inside a Ray task.
+Resolution happens on the driver before anything is read, so a typo in a dataset name or a
+registry entry we cannot honour fails in a second, naming the entry and the fix, instead of deep
+inside a Ray task.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["BUILTIN_DATASETS", "DataError", "DatasetSource", "resolve_datasets"]
+__all__ = ["BUILTIN_DATASETS", "FORMATTINGS", "DataError", "DatasetSource", "resolve_datasets"]
 
 _BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -18,7 +23,11 @@ BUILTIN_DATASETS: dict[str, Path] = {
     "identity": _BUILTIN_DIR / "identity.jsonl",
     "alpaca_300": _BUILTIN_DIR / "alpaca_300.jsonl",
 }
-_SUFFIXES = (".json", ".jsonl")
+FORMATTINGS = ("alpaca", "sharegpt", "openai")
+READERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_REGISTRY_FILE = "dataset_info.json"
+_HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+_ENTRY_KEYS = {"file_name", "formatting", "ranking", "columns", "tags", *_HUB_KEYS}
 
 
 class DataError(ValueError):
@@ -30,27 +39,83 @@ class DatasetSource:
     name: str
     """What the user wrote in ``data.dataset``."""
     path: Path
-    """The file that holds the rows."""
+    """The file, or folder of files, that holds the rows."""
+    formatting: str | None = None
+    """``alpaca``, ``sharegpt`` or ``openai``; None recognises alpaca or ``messages`` rows per row."""
+    columns: Mapping[str, str] = field(default_factory=dict)
+    """LLaMA-Factory column mapping (prompt, query, response, history, messages, system, ...)."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, assistant_tag, ...)."""
+
+    @property
+    def reader(self) -> str:
+        """Ray Data reader for the files (``json``, ``parquet`` or ``csv``)."""
+        files = [self.path] if self.path.is_file() else sorted(p for p in self.path.iterdir() if p.is_file())
+        kinds = {READERS.get(p.suffix) for p in files}
+        if len(kinds) != 1 or None in kinds:
+            raise DataError(f"dataset {self.name!r}: {self.path} must hold files of one kind: {', '.join(READERS)}")
+        return str(kinds.pop())
 
 
-def resolve_datasets(names: list[str]) -> list[DatasetSource]:
-    """Map every ``data.dataset`` entry to a readable file, or raise ``DataError``."""
+def resolve_datasets(names: list[str], dataset_dir: str | Path | None = None) -> list[DatasetSource]:
+    """Map every ``data.dataset`` entry to readable files, or raise ``DataError``."""
     if not names:
         raise DataError("data.dataset is empty: name at least one dataset (e.g. identity)")
-    return [_resolve_one(name) for name in names]
+    registry = _load_registry(Path(dataset_dir)) if dataset_dir is not None else {}
+    return [_resolve_one(name, registry, Path(dataset_dir or ".")) for name in names]
 
 
-def _resolve_one(name: str) -> DatasetSource:
+def _load_registry(folder: Path) -> dict[str, Any]:
+    path = folder / _REGISTRY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        registry = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(registry, dict) or not all(isinstance(v, dict) for v in registry.values()):
+        raise DataError(f'{path}: must map dataset names to objects such as {{"file_name": "data.json"}}')
+    return registry
+
+
+def _resolve_one(name: str, registry: dict[str, Any], folder: Path) -> DatasetSource:
+    if name in registry:
+        return _from_entry(name, registry[name], folder)
     if name in BUILTIN_DATASETS:
         return DatasetSource(name, BUILTIN_DATASETS[name])
     path = Path(name).expanduser()
-    if path.suffix in _SUFFIXES:
-        if not path.is_file():
+    if path.suffix in READERS or path.is_dir():
+        if not path.exists():
             raise DataError(f"data.dataset {name!r}: file not found (resolved to {path.resolve()})")
         return DatasetSource(name, path.resolve())
-    close = difflib.get_close_matches(name, BUILTIN_DATASETS, n=1)
+    known = [*registry, *BUILTIN_DATASETS]
+    close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
+    where = f"{folder / _REGISTRY_FILE}, " if registry else ""
     raise DataError(
-        f"data.dataset {name!r} is neither a bundled dataset ({', '.join(BUILTIN_DATASETS)}) nor a "
-        f"path to a {'/'.join(_SUFFIXES)} file.{hint}"
+        f"data.dataset {name!r} is not in {where}the bundled datasets ({', '.join(BUILTIN_DATASETS)}), nor a "
+        f"path to a {'/'.join(READERS)} file or folder.{hint}"
     )
+
+
+def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource:
+    where = f"{folder / _REGISTRY_FILE} entry {name!r}"
+    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    if unknown:
+        raise DataError(f"{where}: keys {unknown} are not supported (known: {', '.join(sorted(_ENTRY_KEYS))})")
+    if "file_name" not in entry:
+        hub = next((entry[k] for k in _HUB_KEYS if k in entry), None)
+        raise DataError(
+            f"{where}: the data comes from a hub ({hub}), which this machine cannot reach. Download it where "
+            f'the network allows, put the file under {folder} and set "file_name" in the entry, or pass '
+            "the file's path in data.dataset."
+        )
+    if entry.get("ranking"):
+        raise DataError(f"{where}: ranking (preference) datasets need a preference stage, which is not available yet")
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in FORMATTINGS:
+        raise DataError(f"{where}: formatting {formatting!r} is unknown; use one of {', '.join(FORMATTINGS)}")
+    path = (folder / entry["file_name"]).resolve()
+    if not path.exists():
+        raise DataError(f"{where}: file_name {entry['file_name']!r} not found (resolved to {path})")
+    return DatasetSource(name, path, formatting, dict(entry.get("columns", {})), dict(entry.get("tags", {})))

@@ -71,3 +71,21 @@ def test_bad_row_inside_ray_data_is_one_clear_error(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("raytune-ft train: error: ")
     assert str(data) in err and "{{company}}" in err and "data.placeholders.company" in err
+
+
+def test_registry_mixing_sharegpt_and_alpaca(local_ray: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    turns = [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Blue."}]
+    (tmp_path / "chat.json").write_text(json.dumps([{"conversations": turns}] * 6))
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"q": "2+2?", "a": "4"}) + "\n")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "chat": {"file_name": "chat.json", "formatting": "sharegpt"},
+        "qa": {"file_name": "qa.jsonl", "columns": {"prompt": "q", "response": "a"}},
+    }))  # fmt: skip
+    cfg = load_config(None, [
+        f"model.source={tiny_model_dir}", "data.dataset=chat,qa", f"data.dataset_dir={tmp_path}",
+        "scaling.num_workers=1", "train.per_device_batch_size=7", "train.num_epochs=1",
+        f"train.storage_path={tmp_path}", "train.run_name=mixed",
+    ])  # fmt: skip
+    outcome = run_training(cfg)
+    assert outcome.total_steps == 1, "7 rows from two registry datasets make one batch of 7"
+    assert outcome.checkpoint is not None and checkpoint_step(Path(outcome.checkpoint)) == 1

@@ -19,4 +19,4 @@ def test_configs_exist() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_config_validates(path: Path) -> None:
     cfg = load_config(path)
-    assert resolve_datasets(cfg.data.dataset)
+    assert resolve_datasets(cfg.data.dataset, cfg.data.dataset_dir)
