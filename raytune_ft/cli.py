@@ -10,11 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from raytune_ft.config import ConfigError, dump_config, load_config
+from raytune_ft.config import InputError, ModelConfig, dump_config, load_config
 
 __all__ = ["main"]
-
-_OUR_ERRORS = ("ConfigError", "DataError", "ModelSourceError", "CheckpointError")
 
 _EPILOG = """examples:
   raytune-ft train configs/quickstart.yaml
@@ -32,7 +30,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"raytune_ft: run {cfg.train.run_name}: {outcome.total_steps} steps; checkpoints in {outcome.run_dir}")
     if outcome.checkpoint:
         print(f"raytune_ft: newest checkpoint {outcome.checkpoint}")
-        print(f'raytune_ft: try it: raytune-ft chat --adapter {outcome.run_dir} --prompt "Hello"')
+        flag = "--adapter" if cfg.adapter.type == "lora" else "--model"
+        print(f'raytune_ft: try it: raytune-ft chat {flag} {outcome.run_dir} --prompt "Hello"')
     return 0
 
 
@@ -130,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     if args.command == "chat" and not (args.model or args.adapter):
-        args.model = "builtin:smollm2-135m-instruct"
+        args.model = ModelConfig().source
     try:
         return int(args.func(args))
     except Exception as err:
@@ -150,15 +149,23 @@ def _input_error(err: BaseException) -> str | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (ConfigError, ValueError, FileNotFoundError)) and not _is_ray_wrapper(current):
+        if isinstance(current, InputError) and not _is_ray_wrapper(current):
             return str(current)
         stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
     # Errors raised inside Ray tasks reach the driver as text: find ours in the remote traceback.
+    names = [cls.__name__ for cls in _subclasses(InputError)]
     for line in reversed(str(err).splitlines()):
-        for name in _OUR_ERRORS:
+        for name in names:
             if f".{name}: " in line:
                 return line.split(f".{name}: ", 1)[1]
     return None
+
+
+def _subclasses(cls: type[BaseException]) -> list[type[BaseException]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found
 
 
 def _is_ray_wrapper(err: BaseException) -> bool:

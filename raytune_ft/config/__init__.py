@@ -1,7 +1,7 @@
 """Config stage: the typed ``JobConfig`` and the one loader that reads YAML into it.
 Imports nothing else of raytune_ft, so every stage (and the dashboard) can depend on it."""
 
-from .loader import ConfigError, dump_config, load_config, parse_overrides
+from .loader import ConfigError, InputError, dump_config, load_config, parse_overrides
 from .schema import (
     AdapterConfig,
     DataConfig,
@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ExportConfig",
+    "InputError",
     "JobConfig",
     "MethodConfig",
     "ModelConfig",

@@ -17,10 +17,17 @@ from pydantic import BaseModel, ValidationError
 
 from .schema import JobConfig
 
-__all__ = ["ConfigError", "dump_config", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "InputError", "dump_config", "load_config", "parse_overrides"]
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Base of every error caused by what the user gave us (config, data, model, checkpoint).
+
+    The CLI prints these as one line and exits 2; anything else is a bug and keeps its traceback.
+    """
+
+
+class ConfigError(InputError):
     """A config that cannot be used; ``str()`` lists every problem found."""
 
 
@@ -104,4 +111,6 @@ def _suggest(loc: list[str]) -> str:
     prefix = ".".join([*loc[:-1], ""])
     if close:
         return f"; did you mean {prefix + close[0]!r}?"
+    if not valid:
+        return f"; the {'.'.join(loc[:-1])} section has no settings in this release"
     return f"; valid keys here: {', '.join(valid)}"

@@ -79,8 +79,8 @@ class DataConfig(Section):
     """Use at most this many rows from each dataset (handy for smoke runs)."""
 
     shuffle: bool = True
-    """Shuffle the data every epoch (seeded by ``train.seed``): the order of blocks globally, and
-    rows within a streaming buffer of ``shuffle_buffer_size`` rows on each worker."""
+    """Shuffle the data (seeded by ``train.seed``): block order once, globally, and rows within a
+    streaming buffer of ``shuffle_buffer_size`` rows on each worker, re-seeded every epoch."""
 
     shuffle_buffer_size: int = Field(default=1024, ge=1)
     """Rows each worker holds for shuffling. Larger mixes more; the first batch waits until the buffer fills."""
@@ -179,33 +179,25 @@ class ScalingConfig(Section):
     """Times Ray Train restarts the workers from the latest checkpoint after a failure (-1: forever)."""
 
 
+# The sections below are reserved: the stages that read them (sweeps, serving, export, tracking)
+# define their fields when they land. Until then any key in them is rejected as unknown, rather
+# than accepted and silently ignored.
+
+
 class TuneConfig(Section):
-    num_samples: int = Field(default=1, ge=1)
-    """Trials to run in a sweep (``raytune-ft tune``)."""
-
-    metric: str = "eval_loss"
-    """Metric the sweep optimises."""
-
-    mode: Literal["min", "max"] = "min"
-    """Whether the metric is minimised or maximised."""
+    """Hyperparameter sweeps (``raytune-ft tune``); no settings yet."""
 
 
 class ServeConfig(Section):
-    host: str = "127.0.0.1"
-    """Address the OpenAI-compatible endpoint binds to."""
-
-    port: int = Field(default=8000, ge=1, le=65535)
-    """Port of the endpoint."""
+    """The OpenAI-compatible endpoint (``raytune-ft serve``); no settings yet."""
 
 
 class ExportConfig(Section):
-    max_shard_size: str = "2GB"
-    """Largest safetensors shard written by ``raytune-ft export``."""
+    """Merging and export of trained weights (``raytune-ft export``); no settings yet."""
 
 
 class TrackingConfig(Section):
-    backends: list[Literal["wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
-    """Experiment trackers that receive metrics, besides Ray's own results."""
+    """Experiment trackers (wandb, MLflow, TensorBoard); no settings yet."""
 
 
 class JobConfig(Section):

@@ -18,7 +18,6 @@ __all__ = ["fill_placeholders", "normalize_row"]
 
 Message = dict[str, str]
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-_ROLES = {"system", "user", "assistant"}
 _ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system"}
 _SHAREGPT_TAGS = {
     "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
@@ -93,7 +92,7 @@ def _from_alpaca(row: Mapping[str, Any], where: str, columns: Mapping[str, str])
 
 def _from_sharegpt(row: Mapping[str, Any], where: str, source: DatasetSource) -> list[Message]:
     openai = source.formatting == "openai"
-    tags = {**(_OPENAI_TAGS if openai else _SHAREGPT_TAGS), **source.columns, **source.tags}
+    tags = {**(_OPENAI_TAGS if openai else _SHAREGPT_TAGS), **source.tags}
     column = source.columns.get("messages", "messages" if openai else "conversations")
     turns = row.get(column)
     if not isinstance(turns, (list, tuple)):
@@ -133,15 +132,16 @@ def _from_messages(raw: Any, where: str) -> list[Message]:
 
 
 def _check_order(messages: list[Message], where: str) -> None:
-    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    offset = 1 if messages and messages[0]["role"] == "system" else 0
+    turns = messages[offset:]
     for i, message in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] not in _ROLES or message["role"] != expected:
+        if message["role"] != expected:
             raise DataError(
-                f"{where}: message {i} has role {message['role']!r}, expected {expected!r} "
+                f"{where}: message {i + offset} has role {message['role']!r}, expected {expected!r} "
                 "(conversations alternate user/assistant after an optional system message)"
             )
         if not message["content"].strip():
-            raise DataError(f"{where}: message {i} ({message['role']}) is empty")
+            raise DataError(f"{where}: message {i + offset} ({message['role']}) is empty")
     if not turns or turns[-1]["role"] != "assistant":
         raise DataError(f"{where}: the conversation must end with an assistant message to learn from")

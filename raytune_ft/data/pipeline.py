@@ -14,9 +14,9 @@ import numpy as np
 
 from raytune_ft.config import DataConfig
 
-from .encode import encode_batch, render_segments
+from .encode import Segment, encode_batch, render_segments
 from .formats import normalize_row
-from .sources import DatasetSource, resolve_datasets
+from .sources import DataError, DatasetSource, resolve_datasets
 
 if TYPE_CHECKING:
     import ray.data
@@ -51,23 +51,28 @@ class TokenizeConversations:
         self.sources = {str(source.path): source for source in sources}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        conversations = [
-            render_segments(self.tokenizer, messages, self.train_on_prompt) for messages in self._messages(batch)
-        ]
+        conversations = [self._render(messages, where) for where, messages in self._messages(batch)]
         encoded = [e for e in encode_batch(self.tokenizer, conversations, self.cutoff_len) if e is not None]
         return {
             "input_ids": [np.asarray(ids, dtype=np.int32) for ids, _ in encoded],
             "labels": [np.asarray(labels, dtype=np.int32) for _, labels in encoded],
         }
 
-    def _messages(self, batch: dict[str, np.ndarray]) -> list[list[dict[str, str]]]:
+    def _messages(self, batch: dict[str, np.ndarray]) -> list[tuple[str, list[dict[str, str]]]]:
+        """(where, canonical messages) per row; ``where`` names the file and row in errors."""
         columns = [c for c in batch if c != "path"]
         out = []
         for i, path in enumerate(batch["path"]):
             row = {c: _plain(batch[c][i]) for c in columns if batch[c][i] is not None}
             where = f"{path}: row {_describe(row)}"
-            out.append(normalize_row(row, self.placeholders, where, self._source_of(str(path))))
+            out.append((where, normalize_row(row, self.placeholders, where, self._source_of(str(path)))))
         return out
+
+    def _render(self, messages: list[dict[str, str]], where: str) -> list[Segment]:
+        try:
+            return render_segments(self.tokenizer, messages, self.train_on_prompt)
+        except DataError as err:
+            raise DataError(f"{where}: {err}") from None
 
     def _source_of(self, path: str) -> DatasetSource | None:
         """The source a file belongs to (a source may be a folder of files)."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raytune_ft.config import InputError
+
 __all__ = ["BUILTIN_DATASETS", "FORMATTINGS", "DataError", "DatasetSource", "resolve_datasets"]
 
 _BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -28,9 +30,13 @@ READERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "cs
 _REGISTRY_FILE = "dataset_info.json"
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 _ENTRY_KEYS = {"file_name", "formatting", "ranking", "columns", "tags", *_HUB_KEYS}
+_COLUMN_KEYS = (
+    "prompt", "query", "response", "history", "messages", "system", "tools", "chosen", "rejected", "kto_tag",
+)  # fmt: skip
+_TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad dataset input; the message names the dataset, file or row and what to do."""
 
 
@@ -46,15 +52,8 @@ class DatasetSource:
     """LLaMA-Factory column mapping (prompt, query, response, history, messages, system, ...)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, assistant_tag, ...)."""
-
-    @property
-    def reader(self) -> str:
-        """Ray Data reader for the files (``json``, ``parquet`` or ``csv``)."""
-        files = [self.path] if self.path.is_file() else sorted(p for p in self.path.iterdir() if p.is_file())
-        kinds = {READERS.get(p.suffix) for p in files}
-        if len(kinds) != 1 or None in kinds:
-            raise DataError(f"dataset {self.name!r}: {self.path} must hold files of one kind: {', '.join(READERS)}")
-        return str(kinds.pop())
+    reader: str = "json"
+    """Ray Data reader for the files: ``json``, ``parquet`` or ``csv``."""
 
 
 def resolve_datasets(names: list[str], dataset_dir: str | Path | None = None) -> list[DatasetSource]:
@@ -62,7 +61,31 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path | None = None) ->
     if not names:
         raise DataError("data.dataset is empty: name at least one dataset (e.g. identity)")
     registry = _load_registry(Path(dataset_dir)) if dataset_dir is not None else {}
-    return [_resolve_one(name, registry, Path(dataset_dir or ".")) for name in names]
+    sources = [_resolve_one(name, registry, Path(dataset_dir or ".")) for name in names]
+    _check_shared_files(sources)
+    return sources
+
+
+def _check_shared_files(sources: list[DatasetSource]) -> None:
+    # Rows are matched to their source by file path inside Ray Data, so one file cannot be read
+    # under two different formats in the same run.
+    by_path: dict[Path, DatasetSource] = {}
+    for source in sources:
+        other = by_path.setdefault(source.path, source)
+        if (other.formatting, other.columns, other.tags) != (source.formatting, source.columns, source.tags):
+            raise DataError(
+                f"datasets {other.name!r} and {source.name!r} read the same file {source.path} with different "
+                "formats, columns or tags; use one of them per run"
+            )
+
+
+def _reader_for(name: str, path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    kinds = {READERS.get(p.suffix) for p in files}
+    if len(kinds) != 1 or None in kinds:
+        names = ", ".join(p.name for p in files[:5]) or "no files"
+        raise DataError(f"dataset {name!r}: {path} must hold files of one kind ({', '.join(READERS)}); found {names}")
+    return str(kinds.pop())
 
 
 def _load_registry(folder: Path) -> dict[str, Any]:
@@ -87,7 +110,7 @@ def _resolve_one(name: str, registry: dict[str, Any], folder: Path) -> DatasetSo
     if path.suffix in READERS or path.is_dir():
         if not path.exists():
             raise DataError(f"data.dataset {name!r}: file not found (resolved to {path.resolve()})")
-        return DatasetSource(name, path.resolve())
+        return DatasetSource(name, path.resolve(), reader=_reader_for(name, path))
     known = [*registry, *BUILTIN_DATASETS]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -118,4 +141,17 @@ def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource
     path = (folder / entry["file_name"]).resolve()
     if not path.exists():
         raise DataError(f"{where}: file_name {entry['file_name']!r} not found (resolved to {path})")
-    return DatasetSource(name, path, formatting, dict(entry.get("columns", {})), dict(entry.get("tags", {})))
+    columns = _checked_keys(entry.get("columns", {}), _COLUMN_KEYS, f"{where}: columns")
+    tags = _checked_keys(entry.get("tags", {}), _TAG_KEYS, f"{where}: tags")
+    return DatasetSource(name, path, formatting, columns, tags, _reader_for(name, path))
+
+
+def _checked_keys(mapping: object, valid: tuple[str, ...], where: str) -> dict[str, str]:
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise DataError(f"{where} must map names to column or tag strings")
+    for key in mapping:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
+            raise DataError(f"{where}: unknown key {key!r}{hint}")
+    return dict(mapping)

@@ -4,6 +4,7 @@
 from .adapters import ADAPTERS, apply_adapter, trainable_parameters
 from .checkpoint import (
     ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     CONFIG_FILE,
     OPTIMIZER_FILE,
     STATE_FILE,
@@ -18,6 +19,7 @@ from .source import BUILTIN_MODELS, ModelSourceError, cache_root, resolve_model_
 __all__ = [
     "ADAPTERS",
     "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
     "BUILTIN_MODELS",
     "CONFIG_FILE",
     "OPTIMIZER_FILE",

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from raytune_ft.config import AdapterConfig
+from raytune_ft.config import AdapterConfig, ConfigError
 
 __all__ = ["ADAPTERS", "apply_adapter", "trainable_parameters"]
 
@@ -28,7 +28,7 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     try:
         return get_peft_model(model, lora)  # type: ignore[arg-type]
     except ValueError as err:
-        raise ValueError(f"adapter.target {cfg.target}: {err}") from None
+        raise ConfigError(f"adapter.target {cfg.target}: {err}") from None
 
 
 def _full(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from raytune_ft.config import InputError
+
 __all__ = [
     "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
     "CONFIG_FILE",
     "OPTIMIZER_FILE",
     "STATE_FILE",
@@ -22,12 +25,13 @@ __all__ = [
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CONFIG_FILE = "raytune_ft.yaml"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A path that is not (and does not contain) a raytune_ft checkpoint."""
 
 

@@ -14,7 +14,7 @@ import torch
 from raytune_ft.config import ModelConfig, load_config
 
 from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
-from .source import resolve_model_source
+from .source import ModelSourceError, resolve_model_source
 
 __all__ = ["load_causal_lm", "load_for_inference", "load_tokenizer"]
 
@@ -29,7 +29,7 @@ def load_tokenizer(path: Path) -> Any:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"{path}: the tokenizer has no chat template; this release trains chat models only")
+        raise ModelSourceError(f"{path}: the tokenizer has no chat template; this release trains chat models only")
     return tokenizer
 
 
@@ -52,7 +52,7 @@ def load_for_inference(model_source: str | None, adapter: str | Path | None = No
     """
     if adapter is None:
         if model_source is None:
-            raise ValueError("give a model source (--model) or an adapter checkpoint (--adapter)")
+            raise ModelSourceError("give a model source (--model) or an adapter checkpoint (--adapter)")
         folder = _maybe_checkpoint(model_source) or resolve_model_source(model_source)
         return load_causal_lm(ModelConfig(), folder).eval(), load_tokenizer(folder)
     from peft import PeftModel

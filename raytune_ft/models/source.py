@@ -17,12 +17,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from raytune_ft.config import InputError
+
 __all__ = ["BUILTIN_MODELS", "BuiltinModel", "ModelSourceError", "cache_root", "resolve_model_source"]
 
 CACHE_ENV = "RAYTUNE_FT_CACHE"
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(InputError):
     """A model source that cannot be resolved to a local folder."""
 
 

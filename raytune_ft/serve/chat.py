@@ -25,6 +25,7 @@ def generate_reply(
 ) -> str:
     """The assistant's reply to ``messages``; ``on_text`` receives text pieces as they decode."""
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = {key: value.to(model.device) for key, value in inputs.items()}
     streamer = _CallbackStreamer(tokenizer, on_text) if on_text else None
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}

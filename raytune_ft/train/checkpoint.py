@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 from raytune_ft.config import JobConfig, dump_config
-from raytune_ft.models import CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, is_adapter_checkpoint
+from raytune_ft.models import (
+    ADAPTER_WEIGHTS,
+    CONFIG_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    CheckpointError,
+    is_adapter_checkpoint,
+)
 
 from .step import StepCore
 
@@ -55,11 +62,11 @@ def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
     from safetensors.torch import load_file
 
     if not is_adapter_checkpoint(folder):
-        raise ValueError(f"{folder}: not an adapter checkpoint")
-    result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        raise CheckpointError(f"{folder}: not an adapter checkpoint")
+    result = set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))
     unexpected = list(getattr(result, "unexpected_keys", []))
     if unexpected:
-        raise ValueError(f"{folder}: adapter weights do not match this model: {unexpected[:3]}")
+        raise CheckpointError(f"{folder}: adapter weights do not match this model: {unexpected[:3]}")
 
 
 def restore_state(folder: Path, core: StepCore) -> TrainState:

@@ -89,7 +89,10 @@ def plan_total_steps(cfg: JobConfig, rows: int) -> int:
     """Optimizer steps for ``num_epochs`` over ``rows`` rows split evenly across workers."""
     per_worker = rows // cfg.scaling.num_workers
     if per_worker == 0:
-        raise ValueError(f"{rows} training rows cannot feed {cfg.scaling.num_workers} workers")
+        raise ConfigError(
+            f"the datasets give {rows} training rows, too few for scaling.num_workers={cfg.scaling.num_workers}; "
+            "add data, raise data.max_samples, or use fewer workers"
+        )
     micro_per_epoch = math.ceil(per_worker / cfg.train.per_device_batch_size)
     return max(1, math.ceil(cfg.train.num_epochs * micro_per_epoch / cfg.train.gradient_accumulation_steps))
 

@@ -86,6 +86,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = restore_state(Path(folder), core) if folder else TrainState()
     if rank == 0:
         _announce(core, cfg, plan, state)
+        _trim_metrics(plan.run_dir, state.global_step)
     shard = ray.train.get_dataset_shard("train")
     batches = _micro_batches(shard, cfg, tokenizer.pad_token_id, state, seed=cfg.train.seed + 1000 * rank)
     _run(core, tokenizer, cfg, plan, state, batches, rank, device)
@@ -105,7 +106,7 @@ def _run(
 
     if state.global_step >= plan.total_steps and rank == 0:
         print(f"raytune_ft: run already complete at step {state.global_step}; nothing to train", flush=True)
-    meter = Meter(total_steps=plan.total_steps, start_step=state.global_step)
+    meter = Meter(total_steps=plan.total_steps)
     while state.global_step < plan.total_steps:
         window = [move_batch(next(batches), device) for _ in range(cfg.train.gradient_accumulation_steps)]
         meter.add(core.step(window))
@@ -170,6 +171,17 @@ def _append_metrics(run_dir: str, metrics: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as out:
         out.write(json.dumps({"time": time.time(), **metrics}) + "\n")
+
+
+def _trim_metrics(run_dir: str, step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if "://" in run_dir or not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def _announce(core: StepCore, cfg: JobConfig, plan: RunPlan, state: TrainState) -> None:

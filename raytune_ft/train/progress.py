@@ -12,14 +12,12 @@ from typing import Any
 from .step import StepStats
 from .strategies import Strategy
 
-__all__ = ["Meter", "format_duration"]
+__all__ = ["Meter"]
 
 
 class Meter:
-    def __init__(self, total_steps: int, start_step: int) -> None:
+    def __init__(self, total_steps: int) -> None:
         self.total_steps = total_steps
-        self.start_step = start_step
-        self.steps_run = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -30,7 +28,6 @@ class Meter:
 
     def add(self, stats: StepStats) -> None:
         self._steps += 1
-        self.steps_run += 1
         for i, value in enumerate((stats.loss_sum, stats.terms, stats.tokens, stats.padded_tokens)):
             self._sums[i] += value
         self._last = stats
@@ -58,11 +55,11 @@ class Meter:
         pct = 100 * m["step"] / self.total_steps
         return (
             f"step {m['step']}/{self.total_steps} ({pct:3.0f}%) | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
-            f"{m['tokens_per_s']:,.0f} tok/s | {m['s_per_step']:.2f} s/step | ETA {format_duration(m['eta_s'])}"
+            f"{m['tokens_per_s']:,.0f} tok/s | {m['s_per_step']:.2f} s/step | ETA {_format_duration(m['eta_s'])}"
         )
 
 
-def format_duration(seconds: float) -> str:
+def _format_duration(seconds: float) -> str:
     seconds = round(seconds)
     minutes, sec = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)

@@ -1,8 +1,9 @@
 """The step core: model + objective + strategy + optimizer, one optimizer step at a time.
 
 It knows nothing of Ray, so the same code runs inside Ray Train workers, in unit tests and in
-single-GPU profiling scripts. Gradient accumulation normalises by the number of loss terms in the
-whole window, so accumulating 4 x 2 samples gives the same update as one batch of 8.
+single-GPU profiling scripts. The loss is normalised by the number of loss terms in the whole
+window on all workers, so accumulating 4 x 2 samples gives the same update as one batch of 8, and
+a worker whose batch holds fewer answer tokens does not weigh more.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from raytune_ft.config import TrainConfig
+from raytune_ft.config import ConfigError, TrainConfig
 
 from .objectives import Objective
 from .strategies import Strategy
@@ -50,12 +51,15 @@ class StepCore:
         """Forward/backward every micro-batch, then clip, step and advance the schedule."""
         self.model.train()
         terms = sum(self.objective.terms(batch) for batch in micro_batches)
+        # Gradients are averaged over workers, so scale by world / global terms to get the global token mean.
+        world = self.strategy.world_size()
+        scale = world / max(self.strategy.all_reduce_sum([terms])[0], 1.0)
         loss_total = 0.0
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.strategy.no_sync(self.model):
                 loss = self.objective.loss_sum(self.model, batch)
-                (loss / max(terms, 1)).backward()
+                (loss * scale).backward()
             loss_total += float(loss.detach())
         grad_norm = self._clip()
         lr = float(self.scheduler.get_last_lr()[0])
@@ -81,7 +85,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     """AdamW over the trainable parameters only."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters; check adapter.type and adapter.target")
+        raise ConfigError("the model has no trainable parameters; check adapter.type and adapter.target")
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 

@@ -31,6 +31,8 @@ class Strategy(Protocol):
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]: ...
 
+    def world_size(self) -> int: ...
+
 
 class DDPStrategy:
     """Replicate the model on every worker and all-reduce gradients (gloo on CPU, NCCL on GPU)."""
@@ -59,6 +61,9 @@ class DDPStrategy:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return [float(v) for v in tensor.tolist()]
+
+    def world_size(self) -> int:
+        return dist.get_world_size() if is_distributed() else 1
 
 
 STRATEGIES: dict[str, Callable[[torch.device], Strategy]] = {"ddp": DDPStrategy}

@@ -24,11 +24,18 @@ def stage_of(path: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
+def absolute(path: Path, node: ast.ImportFrom) -> str:
+    """``from ..train import x`` inside raytune_ft/serve/chat.py -> ``raytune_ft.train``."""
+    package = ["raytune_ft", *path.relative_to(ROOT).parent.parts]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
 def imported_stages(path: Path) -> set[str]:
     stages = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+        if isinstance(node, ast.ImportFrom):
+            names = [absolute(path, node) if node.level else node.module or ""]
         elif isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         else:
@@ -38,6 +45,12 @@ def imported_stages(path: Path) -> set[str]:
             if parts[0] == "raytune_ft" and len(parts) > 1:
                 stages.add(parts[1])
     return stages
+
+
+def test_relative_imports_are_resolved() -> None:
+    node = ast.parse("from ..train import x").body[0]
+    assert isinstance(node, ast.ImportFrom)
+    assert absolute(ROOT / "serve" / "chat.py", node) == "raytune_ft.train"
 
 
 def test_stages_only_import_earlier_stages() -> None:

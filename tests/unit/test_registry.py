@@ -49,13 +49,13 @@ def test_sharegpt_default_and_custom_tags(tmp_path: Path) -> None:
     entries = {
         "plain": {"file_name": "s.json", "formatting": "sharegpt"},
         "custom": {
-            "file_name": "s.json",
+            "file_name": "c.json",
             "formatting": "sharegpt",
             "columns": {"messages": "dialog"},
             "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"},
         },
     }
-    plain, custom = resolve_datasets(["plain", "custom"], registry(tmp_path, entries, {"s.json": []}))
+    plain, custom = resolve_datasets(["plain", "custom"], registry(tmp_path, entries, {"s.json": [], "c.json": []}))
     row = {
         "conversations": [
             {"from": "system", "value": "S"},
@@ -110,3 +110,30 @@ def test_malformed_registry_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "dataset_info.json").write_text("{not json")
     with pytest.raises(DataError, match=r"dataset_info\.json: not valid JSON"):
         resolve_datasets(["x"], tmp_path)
+
+
+def test_one_file_under_two_formats_is_refused(tmp_path: Path) -> None:
+    entries = {"a": {"file_name": "x.json"}, "b": {"file_name": "x.json", "formatting": "sharegpt"}}
+    with pytest.raises(DataError, match=r"datasets 'a' and 'b' read the same file"):
+        resolve_datasets(["a", "b"], registry(tmp_path, entries, {"x.json": []}))
+
+
+def test_column_and_tag_typos_suggest_the_key(tmp_path: Path) -> None:
+    entries = {
+        "a": {"file_name": "x.json", "columns": {"promt": "q"}},
+        "b": {"file_name": "y.json", "tags": {"role": "r"}},
+    }
+    folder = registry(tmp_path, entries, {"x.json": [], "y.json": []})
+    with pytest.raises(DataError, match=r"entry 'a': columns: unknown key 'promt'; did you mean 'prompt'"):
+        resolve_datasets(["a"], folder)
+    with pytest.raises(DataError, match=r"entry 'b': tags: unknown key 'role'; did you mean 'role_tag'"):
+        resolve_datasets(["b"], folder)
+
+
+def test_folder_sources_need_one_kind_of_file(tmp_path: Path) -> None:
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.jsonl").write_text("")
+    assert resolve_datasets([str(tmp_path / "parts")])[0].reader == "json"
+    (tmp_path / "parts" / "b.csv").write_text("")
+    with pytest.raises(DataError, match=r"must hold files of one kind .*found a\.jsonl, b\.csv"):
+        resolve_datasets([str(tmp_path / "parts")])

@@ -1,0 +1,39 @@
+"""Run planning on the driver: how many steps an epoch budget means, and CPUs per worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from raytune_ft.config import ConfigError, load_config
+from raytune_ft.train import plan_total_steps, worker_cpus
+
+
+@pytest.mark.parametrize(
+    ("rows", "workers", "batch", "accum", "epochs", "steps"),
+    [
+        (103, 2, 8, 1, 3, 21),  # the quickstart: 51 rows per worker -> 7 micro-batches per epoch
+        (100, 1, 10, 1, 1, 10),
+        (100, 1, 10, 2, 1, 5),
+        (100, 1, 10, 3, 1, 4),  # a partial accumulation window still makes a step
+        (10, 4, 8, 1, 0.5, 1),
+    ],
+)
+def test_plan_total_steps(rows: int, workers: int, batch: int, accum: int, epochs: float, steps: int) -> None:
+    cfg = load_config(None, [f"scaling.num_workers={workers}", f"train.per_device_batch_size={batch}",
+                             f"train.gradient_accumulation_steps={accum}", f"train.num_epochs={epochs}"])  # fmt: skip
+    assert plan_total_steps(cfg, rows) == steps
+
+
+def test_too_few_rows_for_the_workers() -> None:
+    with pytest.raises(ConfigError, match=r"too few for scaling\.num_workers=4"):
+        plan_total_steps(load_config(None, ["scaling.num_workers=4"]), 3)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "workers", "configured", "expected"),
+    [(2, 2, None, 0.5), (2, 1, None, 1.0), (16, 4, None, 1.0), (3, 4, None, 0.5), (2, 2, 2.0, 2.0)],
+)
+def test_worker_cpus(cluster: float, workers: int, configured: float | None, expected: float) -> None:
+    extra = [] if configured is None else [f"scaling.cpus_per_worker={configured}"]
+    cfg = load_config(None, [f"scaling.num_workers={workers}", *extra])
+    assert worker_cpus(cfg, cluster) == expected
