@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
-from raytune_ft.config import InputError, ModelConfig, dump_config, load_config
+from raytune_ft.config import InputError, ModelConfig, dump_config, llamafactory_translation, load_config
 
 __all__ = ["main"]
 
@@ -42,6 +43,10 @@ def _validate(args: argparse.Namespace) -> int:
     resolve_datasets(cfg.data.dataset, cfg.data.dataset_dir)
     print(f"{args.config}: valid")
     if args.explain:
+        translation = llamafactory_translation(args.config)
+        if translation is not None:
+            print("# translated from LLaMA-Factory keys:")
+            print("\n".join(f"#   {line}" for line in translation.mapped))
         print(dump_config(cfg), end="")
     return 0
 
@@ -90,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a config without running it")
     _config_args(validate)
-    validate.add_argument("--explain", action="store_true", help="print the fully resolved config")
+    validate.add_argument(
+        "--explain", action="store_true", help="print the resolved config (and a LLaMA-Factory file's translation)"
+    )
     validate.set_defaults(func=_validate)
 
     chat = sub.add_parser(
@@ -119,6 +126,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     # Overrides may follow options (``validate cfg.yaml --explain train.max_steps=3``), which
     # argparse alone rejects once the positional list has been consumed.
@@ -138,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"raytune-ft {args.command}: error: {cause}", file=sys.stderr)
         return 2
+
+
+def _format_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"raytune-ft: warning: {message}\n"
 
 
 def _input_error(err: BaseException) -> str | None:

@@ -1,7 +1,15 @@
 """Config stage: the typed ``JobConfig`` and the one loader that reads YAML into it.
 Imports nothing else of raytune_ft, so every stage (and the dashboard) can depend on it."""
 
-from .loader import ConfigError, InputError, dump_config, load_config, parse_overrides
+from .loader import (
+    ConfigError,
+    ConfigWarning,
+    InputError,
+    dump_config,
+    llamafactory_translation,
+    load_config,
+    parse_overrides,
+)
 from .schema import (
     AdapterConfig,
     DataConfig,
@@ -19,6 +27,7 @@ from .schema import (
 __all__ = [
     "AdapterConfig",
     "ConfigError",
+    "ConfigWarning",
     "DataConfig",
     "ExportConfig",
     "InputError",
@@ -31,6 +40,7 @@ __all__ = [
     "TrainConfig",
     "TuneConfig",
     "dump_config",
+    "llamafactory_translation",
     "load_config",
     "parse_overrides",
 ]

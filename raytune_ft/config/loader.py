@@ -8,6 +8,7 @@ never silently becomes a default.
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .llamafactory import LlamaFactoryTranslation, looks_like_llamafactory, translate_llamafactory
 from .schema import JobConfig
 
-__all__ = ["ConfigError", "InputError", "dump_config", "load_config", "parse_overrides"]
+__all__ = [
+    "ConfigError",
+    "ConfigWarning",
+    "InputError",
+    "dump_config",
+    "llamafactory_translation",
+    "load_config",
+    "parse_overrides",
+]
 
 
 class InputError(ValueError):
@@ -31,16 +41,38 @@ class ConfigError(InputError):
     """A config that cannot be used; ``str()`` lists every problem found."""
 
 
+class ConfigWarning(UserWarning):
+    """Config keys that are accepted but change nothing here."""
+
+
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> JobConfig:
-    """Validated config from ``path`` (or defaults when None) with dotted overrides applied."""
+    """Validated config from ``path`` (ours or a flat LLaMA-Factory YAML, or defaults when None)
+    with dotted overrides applied."""
     source = str(path) if path is not None else "<defaults>"
     raw = _read_yaml(Path(path)) if path is not None else {}
+    translation = _translate(raw, source)
+    if translation is not None:
+        raw = translation.config
+        if translation.ignored:
+            listed = "; ".join(f"{key} ({why})" for key, why in translation.ignored.items())
+            warnings.warn(f"{source}: LLaMA-Factory keys accepted but not used: {listed}", ConfigWarning, stacklevel=2)
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value, source)
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_explain(err, source)) from None
+
+
+def llamafactory_translation(path: str | Path) -> LlamaFactoryTranslation | None:
+    """How a flat LLaMA-Factory YAML maps onto our config (None for our own format)."""
+    return _translate(_read_yaml(Path(path)), str(path))
+
+
+def _translate(raw: dict[str, Any], source: str) -> LlamaFactoryTranslation | None:
+    if not looks_like_llamafactory(raw, set(JobConfig.model_fields)):
+        return None
+    return translate_llamafactory(raw, source)
 
 
 def dump_config(cfg: JobConfig) -> str:

@@ -1,0 +1,171 @@
+"""Translate a flat LLaMA-Factory training YAML into our sectioned config.
+
+Users arrive with files like ``llama3_lora_sft.yaml``; they run unchanged. Each key either maps to
+one of our fields, is accepted but irrelevant here (listed in one warning), or asks for something
+we cannot honour yet (an error that lists every such key). Unknown keys fail like ours do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["LlamaFactoryTranslation", "looks_like_llamafactory", "translate_llamafactory"]
+
+Setter = Callable[[Any], dict[str, Any]]
+
+
+def _to(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Setter:
+    return lambda value: {key: convert(value)}
+
+
+def _stage(value: Any) -> dict[str, Any]:
+    return {"method.stage": value}
+
+
+def _output_dir(value: Any) -> dict[str, Any]:
+    path = os.path.normpath(str(value))
+    return {"train.storage_path": os.path.dirname(path) or ".", "train.run_name": os.path.basename(path)}
+
+
+def _max_steps(value: Any) -> dict[str, Any]:
+    return {"train.max_steps": None if value in (None, -1, 0) else value}
+
+
+def _precision(dtype: str) -> Setter:
+    return lambda value: {"model.dtype": dtype} if value else {}
+
+
+# LLaMA-Factory key -> what it sets in our config.
+_MAPPED: dict[str, Setter] = {
+    "model_name_or_path": _to("model.source"),
+    "stage": _stage,
+    "finetuning_type": _to("adapter.type"),
+    "lora_rank": _to("adapter.rank"),
+    "lora_alpha": _to("adapter.alpha"),
+    "lora_dropout": _to("adapter.dropout"),
+    "lora_target": _to("adapter.target"),
+    "dataset": _to("data.dataset"),
+    "dataset_dir": _to("data.dataset_dir"),
+    "cutoff_len": _to("data.cutoff_len"),
+    "max_samples": _to("data.max_samples"),
+    "train_on_prompt": _to("data.train_on_prompt"),
+    "preprocessing_num_workers": _to("data.tokenize_concurrency"),
+    "per_device_train_batch_size": _to("train.per_device_batch_size"),
+    "gradient_accumulation_steps": _to("train.gradient_accumulation_steps"),
+    "learning_rate": _to("train.learning_rate", float),
+    "num_train_epochs": _to("train.num_epochs", float),
+    "max_steps": _max_steps,
+    "lr_scheduler_type": _to("train.lr_scheduler"),
+    "warmup_ratio": _to("train.warmup_ratio"),
+    "weight_decay": _to("train.weight_decay"),
+    "max_grad_norm": _to("train.max_grad_norm"),
+    "output_dir": _output_dir,
+    "logging_steps": _to("train.logging_steps"),
+    "save_steps": _to("train.save_steps"),
+    "save_total_limit": _to("train.save_total_limit"),
+    "seed": _to("train.seed"),
+    "bf16": _precision("bfloat16"),
+    "fp16": _precision("float16"),
+    "ray_num_workers": _to("scaling.num_workers"),
+    "ray_run_name": _to("train.run_name"),
+    "ray_storage_path": _to("train.storage_path"),
+}
+# Accepted, but they change nothing here (the reason is shown in the warning).
+_IGNORED: dict[str, str] = {
+    "do_train": "raytune-ft train always trains",
+    "template": "the tokenizer's own chat template is used and saved with every checkpoint",
+    "overwrite_cache": "nothing is cached between runs",
+    "overwrite_output_dir": "a run with the same name resumes instead of overwriting",
+    "plot_loss": "metrics.jsonl holds the curve",
+    "report_to": "trackers come with the tracking section",
+    "trust_remote_code": "only local models load",
+    "ddp_timeout": "Ray Train manages the process group",
+    "dataloader_num_workers": "Ray Data feeds the workers",
+    "save_only_model": "checkpoints always hold what resume needs",
+    "flash_attn": "sdpa attention is used",
+    "use_fast_tokenizer": "the fast tokenizer is always used",
+    "resume_from_checkpoint": "start the same run_name again to resume",
+    "logging_dir": "metrics go to the run directory",
+}
+# Values that are fine because they ask for nothing (LLaMA-Factory defaults or switched off).
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "packing": (False, None),
+    "neat_packing": (False, None),
+    "mask_history": (False, None),
+    "val_size": (0, 0.0, None),
+    "eval_dataset": (None,),
+    "do_eval": (False, None),
+    "deepspeed": (None,),
+    "adapter_name_or_path": (None,),
+    "warmup_steps": (0, None),
+    "per_device_eval_batch_size": (),
+    "eval_strategy": ("no", None),
+    "eval_steps": (),
+    "quantization_bit": (None,),
+}
+_CANNOT_HONOUR_YET = {
+    "packing": "packing",
+    "neat_packing": "packing",
+    "mask_history": "mask_history",
+    "val_size": "a validation split",
+    "eval_dataset": "evaluation datasets",
+    "do_eval": "evaluation during training",
+    "deepspeed": "the DeepSpeed strategy (only ddp so far)",
+    "adapter_name_or_path": "starting from an existing adapter",
+    "warmup_steps": "warmup in steps (use warmup_ratio)",
+    "quantization_bit": "QLoRA",
+}
+_EVAL_ONLY = {"per_device_eval_batch_size", "eval_steps"}
+
+
+class LlamaFactoryTranslation:
+    """The translated nested config plus what was ignored, for ``validate --explain``."""
+
+    def __init__(self, config: dict[str, Any], mapped: list[str], ignored: dict[str, str]) -> None:
+        self.config = config
+        self.mapped = mapped
+        self.ignored = ignored
+
+
+def looks_like_llamafactory(raw: dict[str, Any], sections: set[str]) -> bool:
+    """A flat file: none of our section names at the top, and LLaMA-Factory's own keys instead."""
+    return not (set(raw) & sections) and bool(set(raw) & (set(_MAPPED) | set(_IGNORED) | set(_NEUTRAL)))
+
+
+def translate_llamafactory(raw: dict[str, Any], source: str) -> LlamaFactoryTranslation:
+    """Nested config for a flat LLaMA-Factory YAML, or ``ConfigError`` listing every key we cannot use."""
+    from .loader import ConfigError  # the loader imports this module; avoid the cycle at import time
+
+    flat: dict[str, Any] = {}
+    mapped: list[str] = []
+    ignored: dict[str, str] = {}
+    problems: list[str] = []
+    known = [*_MAPPED, *_IGNORED, *_NEUTRAL]
+    for key, value in raw.items():
+        if key in _MAPPED:
+            update = _MAPPED[key](value)
+            flat.update(update)
+            mapped += [f"{key}: {value!r} -> {k}: {v!r}" for k, v in update.items()]
+        elif key in _IGNORED:
+            ignored[key] = _IGNORED[key]
+        elif key in _EVAL_ONLY or (key in _NEUTRAL and value in _NEUTRAL[key]):
+            ignored[key] = "no evaluation or feature it configures is on"
+        elif key in _CANNOT_HONOUR_YET:
+            problems.append(f"{key}: {value!r} asks for {_CANNOT_HONOUR_YET[key]}, which raytune_ft cannot do yet")
+        else:
+            close = difflib.get_close_matches(key, known, n=1)
+            problems.append(f"unknown LLaMA-Factory key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    if problems:
+        raise ConfigError(f"{source}: LLaMA-Factory config cannot be used as is:\n  - " + "\n  - ".join(problems))
+    return LlamaFactoryTranslation(_nest(flat), mapped, ignored)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        section, key = dotted.split(".", 1)
+        nested.setdefault(section, {})[key] = value
+    return nested

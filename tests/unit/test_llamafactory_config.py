@@ -1,0 +1,70 @@
+"""Flat LLaMA-Factory YAMLs: translated into our config, ignored keys warned once, and keys we
+cannot honour listed together in one error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raytune_ft.cli import main
+from raytune_ft.config import ConfigError, ConfigWarning, load_config
+
+SHIPPED = Path(__file__).parents[2] / "configs" / "llamafactory" / "smollm2_lora_sft.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lf.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_llamafactory_yaml_translates() -> None:
+    with pytest.warns(ConfigWarning, match=r"template \(the tokenizer's own chat template"):
+        cfg = load_config(SHIPPED)
+    assert cfg.model.source == "builtin:smollm2-135m-instruct"
+    assert (cfg.adapter.type, cfg.adapter.rank, cfg.adapter.target) == ("lora", 8, ["all"])
+    assert cfg.data.dataset == ["identity", "alpaca_300"]
+    assert (cfg.data.cutoff_len, cfg.data.max_samples, cfg.data.tokenize_concurrency) == (512, 1000, 1)
+    assert (cfg.train.per_device_batch_size, cfg.train.gradient_accumulation_steps) == (4, 2)
+    assert (cfg.train.learning_rate, cfg.train.num_epochs, cfg.train.warmup_ratio) == (1e-4, 3.0, 0.1)
+    assert (cfg.train.storage_path, cfg.train.run_name) == ("saves/smollm2-135m/lora", "sft")
+    assert cfg.scaling.num_workers == 2
+
+
+def test_max_steps_minus_one_means_epochs(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "model_name_or_path: x\nmax_steps: -1\nbf16: false\n"))
+    assert cfg.train.max_steps is None and cfg.model.dtype == "float32"
+
+
+def test_overrides_use_our_keys_after_translation(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "model_name_or_path: x\nlearning_rate: 1e-4\n"), ["train.learning_rate=0.5"])
+    assert cfg.train.learning_rate == 0.5
+
+
+def test_keys_we_cannot_honour_are_listed_together(tmp_path: Path) -> None:
+    text = "model_name_or_path: x\npacking: true\ndeepspeed: ds_z3.json\nval_size: 0.1\nlora_rnak: 8\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    for piece in ("packing: True asks for packing", "deepspeed: 'ds_z3.json'", "val_size: 0.1",
+                  "unknown LLaMA-Factory key 'lora_rnak'; did you mean 'lora_rank'"):  # fmt: skip
+        assert piece in message
+
+
+def test_switched_off_features_are_fine(tmp_path: Path) -> None:
+    with pytest.warns(ConfigWarning, match="packing"):
+        load_config(write(tmp_path, "model_name_or_path: x\npacking: false\nval_size: 0\n"))
+
+
+def test_unsupported_values_fail_in_our_terms(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"method\.stage"):
+        load_config(write(tmp_path, "model_name_or_path: x\nstage: ppo\n"))
+
+
+def test_validate_explain_prints_the_translation(capsys: Any) -> None:
+    assert main(["validate", str(SHIPPED), "--explain"]) == 0
+    captured = capsys.readouterr()
+    assert "lora_rank: 8 -> adapter.rank: 8" in captured.out
+    assert "output_dir: 'saves/smollm2-135m/lora/sft' -> train.run_name: 'sft'" in captured.out
