@@ -52,6 +52,7 @@ _MAPPED: dict[str, Setter] = {
     "cutoff_len": _to("data.cutoff_len"),
     "max_samples": _to("data.max_samples"),
     "train_on_prompt": _to("data.train_on_prompt"),
+    "mask_history": _to("data.mask_history"),
     "preprocessing_num_workers": _to("data.tokenize_concurrency"),
     "per_device_train_batch_size": _to("train.per_device_batch_size"),
     "gradient_accumulation_steps": _to("train.gradient_accumulation_steps"),
@@ -94,7 +95,6 @@ _IGNORED: dict[str, str] = {
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "packing": (False, None),
     "neat_packing": (False, None),
-    "mask_history": (False, None),
     "val_size": (0, 0.0, None),
     "eval_dataset": (None,),
     "do_eval": (False, None),
@@ -109,7 +109,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 _CANNOT_HONOUR_YET = {
     "packing": "packing",
     "neat_packing": "packing",
-    "mask_history": "mask_history",
     "val_size": "a validation split",
     "eval_dataset": "evaluation datasets",
     "do_eval": "evaluation during training",

@@ -75,6 +75,9 @@ class DataConfig(Section):
     train_on_prompt: bool = False
     """Compute the loss on prompt tokens too (normally only assistant answers are learned)."""
 
+    mask_history: bool = False
+    """In multi-turn rows, learn only the last assistant answer; earlier turns are context only."""
+
     max_samples: int | None = Field(default=None, ge=1)
     """Use at most this many rows from each dataset (handy for smoke runs)."""
 

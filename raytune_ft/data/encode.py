@@ -23,10 +23,16 @@ Segment = tuple[str, bool]
 """A piece of rendered text and whether the loss is computed on it."""
 
 
-def render_segments(tokenizer: Any, messages: Sequence[dict[str, str]], train_on_prompt: bool) -> list[Segment]:
-    """Split the rendered conversation into (text, trainable) pieces along assistant turns."""
+def render_segments(
+    tokenizer: Any, messages: Sequence[dict[str, str]], train_on_prompt: bool, mask_history: bool = False
+) -> list[Segment]:
+    """Split the rendered conversation into (text, trainable) pieces along assistant turns.
+
+    Every answer is learned, or with ``mask_history`` only the last one (earlier turns are context).
+    """
     segments: list[Segment] = []
     rendered = ""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if messages else -1
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -37,7 +43,8 @@ def render_segments(tokenizer: Any, messages: Sequence[dict[str, str]], train_on
                 "the chat template does not render conversations prefix-consistently (an earlier turn "
                 "changes when a later one is added), so answer spans cannot be located for masking"
             )
-        segments += [(prompt[len(rendered) :], train_on_prompt), (full[len(prompt) :], True)]
+        learned = not mask_history or i == last
+        segments += [(prompt[len(rendered) :], train_on_prompt and learned), (full[len(prompt) :], learned)]
         rendered = full
     return segments
 

@@ -41,12 +41,14 @@ class TokenizeConversations:
         load_tokenizer: Callable[[], Any],
         cutoff_len: int,
         train_on_prompt: bool,
+        mask_history: bool,
         placeholders: dict[str, str],
         sources: list[DatasetSource],
     ) -> None:
         self.tokenizer = load_tokenizer()
         self.cutoff_len = cutoff_len
         self.train_on_prompt = train_on_prompt
+        self.mask_history = mask_history
         self.placeholders = placeholders
         self.sources = {str(source.path): source for source in sources}
 
@@ -70,7 +72,7 @@ class TokenizeConversations:
 
     def _render(self, messages: list[dict[str, str]], where: str) -> list[Segment]:
         try:
-            return render_segments(self.tokenizer, messages, self.train_on_prompt)
+            return render_segments(self.tokenizer, messages, self.train_on_prompt, self.mask_history)
         except DataError as err:
             raise DataError(f"{where}: {err}") from None
 
@@ -102,6 +104,7 @@ def build_train_dataset(
             "load_tokenizer": load_tokenizer,
             "cutoff_len": cfg.cutoff_len,
             "train_on_prompt": cfg.train_on_prompt,
+            "mask_history": cfg.mask_history,
             "placeholders": dict(cfg.placeholders),
             "sources": sources,
         },

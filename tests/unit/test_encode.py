@@ -43,6 +43,21 @@ def test_multi_turn_learns_every_answer_and_masks_every_prompt(tokenizer: Any) -
     assert tokenizer.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
+def test_mask_history_learns_only_the_last_answer(tokenizer: Any) -> None:
+    messages = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "6"},
+    ]
+    segments = render_segments(tokenizer, messages, train_on_prompt=False, mask_history=True)
+    [(ids, labels)] = encode_batch(tokenizer, [segments], cutoff_len=1024)
+    learned = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(learned) == "6<|im_end|>\n"
+    [(same_ids, _)] = encode_batch(tokenizer, [render_segments(tokenizer, messages, False)], cutoff_len=1024)
+    assert ids == same_ids, "masking changes labels only, never the tokens"
+
+
 def test_train_on_prompt_learns_everything(tokenizer: Any) -> None:
     [(ids, labels)] = encode_batch(tokenizer, [render_segments(tokenizer, HI, True)], cutoff_len=1024)
     assert labels == ids

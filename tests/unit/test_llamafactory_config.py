@@ -34,8 +34,9 @@ def test_shipped_llamafactory_yaml_translates() -> None:
 
 
 def test_max_steps_minus_one_means_epochs(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, "model_name_or_path: x\nmax_steps: -1\nbf16: false\n"))
+    cfg = load_config(write(tmp_path, "model_name_or_path: x\nmax_steps: -1\nbf16: false\nmask_history: true\n"))
     assert cfg.train.max_steps is None and cfg.model.dtype == "float32"
+    assert cfg.data.mask_history is True
 
 
 def test_overrides_use_our_keys_after_translation(tmp_path: Path) -> None:
