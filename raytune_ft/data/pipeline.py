@@ -51,36 +51,34 @@ class TokenizeConversations:
         self.mask_history = mask_history
         self.placeholders = placeholders
         self.sources = {str(source.path): source for source in sources}
+        self._by_file: dict[str, DatasetSource | None] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        conversations = [self._render(messages, where) for where, messages in self._messages(batch)]
+        conversations = [self._conversation(batch, i) for i in range(len(batch["path"]))]
         encoded = [e for e in encode_batch(self.tokenizer, conversations, self.cutoff_len) if e is not None]
         return {
             "input_ids": [np.asarray(ids, dtype=np.int32) for ids, _ in encoded],
             "labels": [np.asarray(labels, dtype=np.int32) for _, labels in encoded],
         }
 
-    def _messages(self, batch: dict[str, np.ndarray]) -> list[tuple[str, list[dict[str, str]]]]:
-        """(where, canonical messages) per row; ``where`` names the file and row in errors."""
-        columns = [c for c in batch if c != "path"]
-        out = []
-        for i, path in enumerate(batch["path"]):
-            row = {c: _plain(batch[c][i]) for c in columns if batch[c][i] is not None}
-            where = f"{path}: row {_describe(row)}"
-            out.append((where, normalize_row(row, self.placeholders, where, self._source_of(str(path)))))
-        return out
-
-    def _render(self, messages: list[dict[str, str]], where: str) -> list[Segment]:
+    def _conversation(self, batch: dict[str, np.ndarray], i: int) -> list[Segment]:
+        """Row ``i`` normalised and rendered; errors name the file and the row."""
+        path = str(batch["path"][i])
+        row = {c: _plain(batch[c][i]) for c in batch if c != "path" and batch[c][i] is not None}
         try:
+            messages = normalize_row(row, self.placeholders, path, self._source_of(path))
             return render_segments(self.tokenizer, messages, self.train_on_prompt, self.mask_history)
         except DataError as err:
-            raise DataError(f"{where}: {err}") from None
+            # The row's description is built only here: on the happy path it would cost a repr per row.
+            problem = str(err).removeprefix(f"{path}: ")
+            raise DataError(f"{path}: row {_describe(row)}: {problem}") from None
 
     def _source_of(self, path: str) -> DatasetSource | None:
-        """The source a file belongs to (a source may be a folder of files)."""
-        if path in self.sources:
-            return self.sources[path]
-        return next((s for root, s in self.sources.items() if path.startswith(root.rstrip("/") + "/")), None)
+        """The source a file belongs to (a source may be a folder of files), looked up once per file."""
+        if path not in self._by_file:
+            match = (s for root, s in self.sources.items() if path == root or path.startswith(root.rstrip("/") + "/"))
+            self._by_file[path] = next(match, None)
+        return self._by_file[path]
 
 
 def build_train_dataset(

@@ -16,13 +16,12 @@ from raytune_ft.data import IGNORE_INDEX
 __all__ = ["OBJECTIVES", "Objective", "SFTObjective", "causal_lm_loss_sum"]
 
 
-def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL and its token count: L = -sum_t log p(x_t | x_<t) over unmasked t
-    (Radford et al. 2018, eq. 1); ``labels`` are aligned with the inputs and shifted here."""
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL: L = -sum_t log p(x_t | x_<t) over unmasked t (Radford et al. 2018,
+    eq. 1); ``labels`` are aligned with the inputs and shifted here."""
     shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
     shift_labels = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (shift_labels != IGNORE_INDEX).sum()
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 class Objective(Protocol):
@@ -43,8 +42,7 @@ class SFTObjective:
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total, _ = causal_lm_loss_sum(logits, batch["labels"])
-        return total
+        return causal_lm_loss_sum(logits, batch["labels"])
 
 
 OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}

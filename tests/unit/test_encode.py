@@ -8,6 +8,16 @@ from raytune_ft.data import IGNORE_INDEX, encode_batch, render_segments
 
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 HI = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+TWO_TURNS = [
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6"},
+]
+
+
+def learned_text(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
+    return str(tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]))
 
 
 def test_single_turn_segments_follow_the_template(tokenizer: Any) -> None:
@@ -29,32 +39,18 @@ def test_single_turn_labels_hand_checked(tokenizer: Any) -> None:
 
 
 def test_multi_turn_learns_every_answer_and_masks_every_prompt(tokenizer: Any) -> None:
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4"},
-        {"role": "user", "content": "And 3+3?"},
-        {"role": "assistant", "content": "6"},
-    ]
+    messages = [{"role": "system", "content": "Be brief."}, *TWO_TURNS]
     [(ids, labels)] = encode_batch(tokenizer, [render_segments(tokenizer, messages, False)], cutoff_len=1024)
-    learned = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
-    assert tokenizer.decode(learned) == "4<|im_end|>\n6<|im_end|>\n"
-    assert "Be brief" not in tokenizer.decode(learned)
+    assert learned_text(tokenizer, ids, labels) == "4<|im_end|>\n6<|im_end|>\n"
+    assert "Be brief" not in learned_text(tokenizer, ids, labels)
     assert tokenizer.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
 def test_mask_history_learns_only_the_last_answer(tokenizer: Any) -> None:
-    messages = [
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4"},
-        {"role": "user", "content": "And 3+3?"},
-        {"role": "assistant", "content": "6"},
-    ]
-    segments = render_segments(tokenizer, messages, train_on_prompt=False, mask_history=True)
+    segments = render_segments(tokenizer, TWO_TURNS, train_on_prompt=False, mask_history=True)
     [(ids, labels)] = encode_batch(tokenizer, [segments], cutoff_len=1024)
-    learned = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
-    assert tokenizer.decode(learned) == "6<|im_end|>\n"
-    [(same_ids, _)] = encode_batch(tokenizer, [render_segments(tokenizer, messages, False)], cutoff_len=1024)
+    assert learned_text(tokenizer, ids, labels) == "6<|im_end|>\n"
+    [(same_ids, _)] = encode_batch(tokenizer, [render_segments(tokenizer, TWO_TURNS, False)], cutoff_len=1024)
     assert ids == same_ids, "masking changes labels only, never the tokens"
 
 
