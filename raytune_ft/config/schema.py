@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "AdapterConfig",
@@ -79,7 +79,41 @@ class DataConfig(Section):
     """In multi-turn rows, learn only the last assistant answer; earlier turns are context only."""
 
     max_samples: int | None = Field(default=None, ge=1)
-    """Use at most this many rows from each dataset (handy for smoke runs)."""
+    """Use at most this many rows from each dataset file: the first N (handy for smoke runs)."""
+
+    template: str | None = None
+    """Named chat template (``default``, ``chatml``, ``llama3``, ``qwen``, ``mistral``, ``gemma``,
+    ``phi``) for base models without one. Default: the tokenizer's own chat template. The template
+    used is saved with every checkpoint, so chat, serve and export render prompts exactly as trained."""
+
+    packing: bool = False
+    """Pack several samples into each ``cutoff_len`` row. Position ids restart at every sample and
+    attention cannot cross samples, so the loss equals unpacked training with far less padding."""
+
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    """How several datasets combine: ``concat`` uses every row once; ``interleave_under`` draws rows
+    with ``interleave_probs`` until the first dataset runs out (smaller datasets are subsampled);
+    ``interleave_over`` until the last runs out (smaller datasets are repeated)."""
+
+    interleave_probs: list[float] | None = None
+    """Share of each dataset in the mix for the interleave strategies, in ``dataset`` order; a
+    comma-separated string is accepted. Default: equal shares."""
+
+    val_size: float = Field(default=0.0, ge=0)
+    """Rows held out for validation, reported as ``eval_loss``: a fraction (< 1) or a row count
+    (>= 1). Rows are chosen by a seeded hash of file and row number, so the split is stable."""
+
+    eval_dataset: CommaList | None = None
+    """Datasets used for validation instead of a ``val_size`` split (same forms as ``dataset``)."""
+
+    tokenized_path: str | None = None
+    """Folder for the tokenized dataset (parquet). The first run writes it, later runs (sweeps,
+    restarts) read it instead of tokenizing again; a folder written under other data settings or
+    another tokenizer is refused, never overwritten."""
+
+    on_bad_rows: Literal["error", "skip"] = "error"
+    """What a malformed row does: ``error`` stops with the file, row number and problem; ``skip``
+    leaves it out and logs it (with a running count)."""
 
     shuffle: bool = True
     """Shuffle the data (seeded by ``train.seed``): block order once, globally, and rows within a
@@ -90,6 +124,27 @@ class DataConfig(Section):
 
     tokenize_concurrency: int | None = Field(default=None, ge=1)
     """Number of Ray Data tokenizer actors. Default: follows the cluster's free CPUs."""
+
+    @field_validator("interleave_probs", mode="before")
+    @classmethod
+    def _split_probs(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _check_mixing(self) -> DataConfig:
+        probs = self.interleave_probs
+        if probs is not None:
+            if len(probs) != len(self.dataset):
+                raise ValueError(
+                    f"interleave_probs has {len(probs)} values for {len(self.dataset)} datasets; give one per dataset"
+                )
+            if any(p <= 0 for p in probs):
+                raise ValueError("interleave_probs must all be > 0")
+            if self.mix_strategy == "concat":
+                raise ValueError("interleave_probs needs mix_strategy interleave_under or interleave_over")
+        if self.eval_dataset and self.val_size:
+            raise ValueError("set either val_size (a split of dataset) or eval_dataset, not both")
+        return self
 
 
 class MethodConfig(Section):
@@ -153,6 +208,11 @@ class TrainConfig(Section):
 
     logging_steps: int = Field(default=5, ge=1)
     """Report loss, learning rate and throughput every N optimizer steps."""
+
+    eval_steps: int | None = Field(default=None, ge=1)
+    """Compute ``eval_loss`` on the validation split every N optimizer steps (and at the end).
+    Default: at every checkpoint (``save_steps``). Only used when ``data.val_size`` or
+    ``data.eval_dataset`` gives a validation split."""
 
     save_steps: int = Field(default=500, ge=1)
     """Write a checkpoint every N optimizer steps (and always at the end)."""

@@ -1,21 +1,35 @@
 """Data stage: dataset sources, normalisation to chat messages, template rendering, tokenization
-with label masks, and the Ray Data pipeline that streams it all to training workers."""
+with label masks, packing, and the Ray Data pipeline that streams it all to training workers."""
 
 from .collate import pad_batch
-from .encode import IGNORE_INDEX, encode_batch, render_segments
-from .formats import fill_placeholders, normalize_row
-from .pipeline import build_train_dataset
-from .sources import BUILTIN_DATASETS, DataError, resolve_datasets
+from .encode import IGNORE_INDEX, encode_batch, encode_full, render_segments, truncate
+from .formats import fill_placeholders, normalize_example, normalize_row
+from .packing import pack_samples, padding_efficiency
+from .pipeline import EncodeOptions, PreparedData, build_datasets, build_train_dataset, encode_rows
+from .records import RecordSelection, read_records
+from .sources import BUILTIN_DATASETS, DataError, DatasetSource, resolve_datasets
 
 __all__ = [
     "BUILTIN_DATASETS",
     "IGNORE_INDEX",
     "DataError",
+    "DatasetSource",
+    "EncodeOptions",
+    "PreparedData",
+    "RecordSelection",
+    "build_datasets",
     "build_train_dataset",
     "encode_batch",
+    "encode_full",
+    "encode_rows",
     "fill_placeholders",
+    "normalize_example",
     "normalize_row",
+    "pack_samples",
     "pad_batch",
+    "padding_efficiency",
+    "read_records",
     "render_segments",
     "resolve_datasets",
+    "truncate",
 ]

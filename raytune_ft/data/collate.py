@@ -1,7 +1,9 @@
 """Turn a batch of variable-length token rows into padded tensors for the model.
 
 Padding is dynamic (to the longest row of the batch, right side), so short batches stay short;
-padded positions get attention 0 and label ``IGNORE_INDEX``.
+padded positions get attention 0 and label ``IGNORE_INDEX``. Packed rows also get
+``position_ids`` (the padding tail counts as one more sample), from which the model builds
+attention that stays inside each sample.
 """
 
 from __future__ import annotations
@@ -15,18 +17,23 @@ from .encode import IGNORE_INDEX
 
 __all__ = ["pad_batch"]
 
+Rows = Sequence[Sequence[int] | np.ndarray]
 
-def pad_batch(
-    input_ids: Sequence[Sequence[int] | np.ndarray], labels: Sequence[Sequence[int] | np.ndarray], pad_id: int
-) -> dict[str, torch.Tensor]:
-    """Right-pad rows to the batch maximum: ``input_ids``, ``attention_mask`` and ``labels``."""
+
+def pad_batch(input_ids: Rows, labels: Rows, pad_id: int, position_ids: Rows | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the batch maximum: ``input_ids``, ``attention_mask``, ``labels`` (+ ``position_ids``)."""
     width = max(len(row) for row in input_ids)
     ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
     lab = torch.full((len(input_ids), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    pos = torch.arange(width, dtype=torch.long).repeat(len(input_ids), 1)
     for i, (row, row_labels) in enumerate(zip(input_ids, labels, strict=True)):
         n = len(row)
         ids[i, :n] = torch.from_numpy(np.array(row, dtype=np.int64))
         lab[i, :n] = torch.from_numpy(np.array(row_labels, dtype=np.int64))
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        if position_ids is not None:
+            pos[i, :n] = torch.from_numpy(np.array(position_ids[i], dtype=np.int64))
+            pos[i, n:] = torch.arange(width - n)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": lab}
+    return {**batch, "position_ids": pos} if position_ids is not None else batch

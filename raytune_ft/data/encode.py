@@ -16,7 +16,7 @@ from typing import Any
 
 from .sources import DataError
 
-__all__ = ["IGNORE_INDEX", "Segment", "encode_batch", "render_segments"]
+__all__ = ["IGNORE_INDEX", "Segment", "encode_batch", "encode_full", "render_segments", "truncate"]
 
 IGNORE_INDEX = -100
 Segment = tuple[str, bool]
@@ -53,9 +53,14 @@ def encode_batch(
     tokenizer: Any, conversations: Sequence[list[Segment]], cutoff_len: int
 ) -> list[tuple[list[int], list[int]] | None]:
     """Token ids and labels per conversation; ``None`` for a sample with nothing left to learn."""
+    return [truncate(ids, labels, cutoff_len) for ids, labels in encode_full(tokenizer, conversations)]
+
+
+def encode_full(tokenizer: Any, conversations: Sequence[list[Segment]]) -> list[tuple[list[int], list[int]]]:
+    """Untruncated token ids and labels per conversation, from one batched tokenizer call."""
     texts = [text for segments in conversations for text, _ in segments]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    out: list[tuple[list[int], list[int]] | None] = []
+    out: list[tuple[list[int], list[int]]] = []
     cursor = 0
     for segments in conversations:
         input_ids: list[int] = []
@@ -64,10 +69,14 @@ def encode_batch(
             input_ids += piece
             labels += piece if trainable else [IGNORE_INDEX] * len(piece)
         cursor += len(segments)
-        input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
-        learnable = any(label != IGNORE_INDEX for label in labels)
-        out.append((input_ids, labels) if learnable else None)
+        out.append((input_ids, labels))
     return out
+
+
+def truncate(input_ids: list[int], labels: list[int], cutoff_len: int) -> tuple[list[int], list[int]] | None:
+    """The first ``cutoff_len`` tokens, or None when no answer token is left to learn from."""
+    input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
+    return (input_ids, labels) if any(label != IGNORE_INDEX for label in labels) else None
 
 
 def _render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:

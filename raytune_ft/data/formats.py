@@ -1,22 +1,24 @@
-"""Normalise source rows into the canonical SFT row: ``{"messages": [{"role", "content"}, ...]}``.
+"""Normalise source rows into the canonical row of each training stage.
 
-Registry datasets say their format (LLaMA-Factory's alpaca, sharegpt or openai, with column and
-tag mappings); for bundled data and plain files, alpaca rows (instruction/input/output, optional
-system and history) and rows holding ``messages`` are recognised per row. ``{{key}}`` placeholders
-are filled here, once, so every later stage sees final text.
+sft ``{"messages"}``, pt ``{"text"}``, preference ``{"messages", "chosen", "rejected"}`` and kto
+``{"messages", "label"}``. Registry datasets say their format (LLaMA-Factory's alpaca, sharegpt or
+openai, with column and tag mappings, read as its converters read them); for bundled data and plain
+files, alpaca rows and rows holding ``messages`` (or ``prompt`` for preference pairs) are recognised
+per row. ``{{key}}`` placeholders are filled here, once, so every later stage sees final text.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .sources import DataError, DatasetSource
 
-__all__ = ["fill_placeholders", "normalize_row"]
+__all__ = ["fill_placeholders", "normalize_example", "normalize_row"]
 
 Message = dict[str, str]
+Pair = tuple[list[Message], str, str]
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system"}
 _SHAREGPT_TAGS = {
@@ -27,6 +29,10 @@ _OPENAI_TAGS = {
     **_SHAREGPT_TAGS, "role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
     "observation_tag": "tool",
 }  # fmt: skip
+_LAST_TURN = {
+    "assistant": "the conversation must end with an assistant message to learn from",
+    "user": "the prompt must end with a user message (chosen and rejected are the replies to it)",
+}
 
 
 def fill_placeholders(text: str, values: Mapping[str, str], where: str) -> str:
@@ -39,6 +45,20 @@ def fill_placeholders(text: str, values: Mapping[str, str], where: str) -> str:
         return values[key]
 
     return _PLACEHOLDER.sub(sub, text)
+
+
+def normalize_example(
+    row: Mapping[str, Any],
+    stage: str,
+    placeholders: Mapping[str, str],
+    where: str,
+    source: DatasetSource | None = None,
+) -> dict[str, Any]:
+    """The canonical row of ``stage`` (sft, pt, preference or kto) for one source row."""
+    normalize = _STAGES.get(stage)
+    if normalize is None:
+        raise DataError(f"{where}: stage {stage!r} has no row format; use one of {', '.join(_STAGES)}")
+    return normalize(row, placeholders, where, source)
 
 
 def normalize_row(
@@ -59,7 +79,149 @@ def normalize_row(
             f"{where}: row has neither 'messages' nor alpaca 'instruction'/'output' columns (found: {_found(row)})"
         )
     _check_order(messages, where)
-    return [{"role": m["role"], "content": fill_placeholders(m["content"], placeholders, where)} for m in messages]
+    return _filled(messages, placeholders, where)
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+
+def _sft_example(
+    row: Mapping[str, Any], placeholders: Mapping[str, str], where: str, source: DatasetSource | None
+) -> dict[str, Any]:
+    return {"messages": normalize_row(row, placeholders, where, source)}
+
+
+def _pt_example(
+    row: Mapping[str, Any], placeholders: Mapping[str, str], where: str, source: DatasetSource | None
+) -> dict[str, Any]:
+    # LLaMA-Factory's pt entries map the text with "columns": {"prompt": "text"}.
+    column = source.columns.get("prompt", "text") if source else "text"
+    if column not in row:
+        raise DataError(
+            f"{where}: missing column {column!r} holding the pre-training text; found: {_found(row)} "
+            '(map yours with "columns": {"prompt": ...} in dataset_info.json)'
+        )
+    text = row[column]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: column {column!r} must be non-empty text, got {_kind(text)}")
+    return {"text": fill_placeholders(text, placeholders, where)}
+
+
+def _preference_example(
+    row: Mapping[str, Any], placeholders: Mapping[str, str], where: str, source: DatasetSource | None
+) -> dict[str, Any]:
+    read = _PAIR_READERS.get(source.formatting if source else None, _plain_pair)
+    prompt, chosen, rejected = read(row, where, source)
+    _check_order(prompt, where, last="user")
+    chosen, rejected = (fill_placeholders(text, placeholders, where) for text in (chosen, rejected))
+    _check_pair(chosen, rejected, where, _pair_columns(source))
+    return {"messages": _filled(prompt, placeholders, where), "chosen": chosen, "rejected": rejected}
+
+
+def _kto_example(
+    row: Mapping[str, Any], placeholders: Mapping[str, str], where: str, source: DatasetSource | None
+) -> dict[str, Any]:
+    column = source.columns.get("kto_tag", "label") if source else "label"
+    label = row.get(column)
+    if not isinstance(label, bool):
+        raise DataError(
+            f"{where}: column {column!r} must hold the KTO label, true (desirable) or false (undesirable); "
+            f"got {_kind(label)}{'' if column in row else f' (found: {_found(row)})'}"
+        )
+    return {"messages": normalize_row(row, placeholders, where, source), "label": label}
+
+
+_STAGES: dict[str, Callable[[Mapping[str, Any], Mapping[str, str], str, DatasetSource | None], dict[str, Any]]] = {
+    "sft": _sft_example,
+    "pt": _pt_example,
+    "preference": _preference_example,
+    "kto": _kto_example,
+}
+
+
+# --- preference pairs ---------------------------------------------------------------------------
+
+
+def _pair_columns(source: DatasetSource | None) -> tuple[str, str]:
+    columns = source.columns if source else {}
+    return columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
+
+
+def _alpaca_pair(row: Mapping[str, Any], where: str, source: DatasetSource | None) -> Pair:
+    columns = {**_ALPACA, **(source.columns if source else {})}
+    _require(row, where, columns, ("prompt",))
+    chosen, rejected = _pair_columns(source)
+    return _alpaca_prompt(row, where, columns), _reply_text(row, chosen, where), _reply_text(row, rejected, where)
+
+
+def _sharegpt_pair(row: Mapping[str, Any], where: str, source: DatasetSource | None) -> Pair:
+    assert source is not None  # only sources with a sharegpt/openai formatting are read this way
+    tags = _tags(source)
+    chosen, rejected = _pair_columns(source)
+    prompt = _from_sharegpt(row, where, source)
+    return prompt, _reply_turn(row, chosen, tags, where), _reply_turn(row, rejected, tags, where)
+
+
+def _plain_pair(row: Mapping[str, Any], where: str, source: DatasetSource | None) -> Pair:
+    chosen, rejected = _pair_columns(source)
+    if "prompt" in row:
+        raw = row["prompt"]
+        prompt = [{"role": "user", "content": raw}] if isinstance(raw, str) else _from_messages(raw, where, "prompt")
+    elif row.get("messages") is not None:
+        prompt = _from_messages(row["messages"], where)
+    elif "instruction" in row:
+        prompt = _alpaca_prompt(row, where, _ALPACA)
+    else:
+        raise DataError(
+            f"{where}: a preference row needs 'prompt' (text or messages), 'messages' or alpaca 'instruction', "
+            f"plus {chosen!r} and {rejected!r}; found: {_found(row)}"
+        )
+    return prompt, _reply_text(row, chosen, where), _reply_text(row, rejected, where)
+
+
+_PAIR_READERS: dict[str | None, Callable[[Mapping[str, Any], str, DatasetSource | None], Pair]] = {
+    "alpaca": _alpaca_pair,
+    "sharegpt": _sharegpt_pair,
+    "openai": _sharegpt_pair,
+    None: _plain_pair,
+}
+
+
+def _reply_text(row: Mapping[str, Any], column: str, where: str) -> str:
+    if column not in row:
+        raise DataError(f"{where}: missing column {column!r} (a reply of the preference pair); found: {_found(row)}")
+    value = row[column]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {column!r} must be the reply text (a string), got {_kind(value)}")
+    return value
+
+
+def _reply_turn(row: Mapping[str, Any], column: str, tags: Mapping[str, str], where: str) -> str:
+    turn = row.get(column)
+    example = f"{{{tags['role_tag']!r}: {tags['assistant_tag']!r}, {tags['content_tag']!r}: '...'}}"
+    if not isinstance(turn, Mapping):
+        found = "" if column in row else f" (found: {_found(row)})"
+        raise DataError(
+            f"{where}: column {column!r} must hold one reply turn such as {example}, got {_kind(turn)}{found}"
+        )
+    message = _turn(turn, f"column {column!r}", tags, where)
+    if message["role"] != "assistant":
+        raise DataError(f"{where}: column {column!r} must be an assistant turn such as {example}")
+    return message["content"]
+
+
+def _check_pair(chosen: str, rejected: str, where: str, columns: tuple[str, str]) -> None:
+    for column, text in zip(columns, (chosen, rejected), strict=True):
+        if not text.strip():
+            raise DataError(f"{where}: column {column!r} is empty; both replies of a preference pair need text")
+    if chosen == rejected:
+        raise DataError(
+            f"{where}: columns {columns[0]!r} and {columns[1]!r} hold the same reply; a pair teaches nothing "
+            "unless they differ (drop the row)"
+        )
+
+
+# --- source formats -----------------------------------------------------------------------------
 
 
 def _text(row: Mapping[str, Any], key: str, where: str) -> str:
@@ -71,12 +233,22 @@ def _text(row: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _from_alpaca(row: Mapping[str, Any], where: str, columns: Mapping[str, str]) -> list[Message]:
-    for key in ("prompt", "response"):
+def _require(row: Mapping[str, Any], where: str, columns: Mapping[str, str], keys: tuple[str, ...]) -> None:
+    for key in keys:
         if columns[key] not in row:
             raise DataError(
                 f"{where}: missing column {columns[key]!r} (the alpaca {key!r} column); found: {_found(row)}"
             )
+
+
+def _from_alpaca(row: Mapping[str, Any], where: str, columns: Mapping[str, str]) -> list[Message]:
+    _require(row, where, columns, ("prompt", "response"))
+    prompt = _alpaca_prompt(row, where, columns)
+    return [*prompt, {"role": "assistant", "content": _text(row, columns["response"], where)}]
+
+
+def _alpaca_prompt(row: Mapping[str, Any], where: str, columns: Mapping[str, str]) -> list[Message]:
+    """System, history pairs and the ``prompt\\nquery`` user turn, as LLaMA-Factory joins them."""
     messages: list[Message] = []
     system = _text(row, columns["system"], where)
     if system:
@@ -86,52 +258,62 @@ def _from_alpaca(row: Mapping[str, Any], where: str, columns: Mapping[str, str])
             raise DataError(f"{where}: {columns['history']!r} must be a list of [prompt, response] pairs")
         messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
     prompt = "\n".join(p for p in (_text(row, columns["prompt"], where), _text(row, columns["query"], where)) if p)
-    response = _text(row, columns["response"], where)
-    return [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return [*messages, {"role": "user", "content": prompt}]
+
+
+def _tags(source: DatasetSource) -> dict[str, str]:
+    return {**(_OPENAI_TAGS if source.formatting == "openai" else _SHAREGPT_TAGS), **source.tags}
 
 
 def _from_sharegpt(row: Mapping[str, Any], where: str, source: DatasetSource) -> list[Message]:
-    openai = source.formatting == "openai"
-    tags = {**(_OPENAI_TAGS if openai else _SHAREGPT_TAGS), **source.tags}
-    column = source.columns.get("messages", "messages" if openai else "conversations")
+    tags = _tags(source)
+    column = source.columns.get("messages", "messages" if source.formatting == "openai" else "conversations")
     turns = row.get(column)
     if not isinstance(turns, (list, tuple)):
         raise DataError(f"{where}: column {column!r} must hold the list of turns; found: {_found(row)}")
-    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system"}
-    messages: list[Message] = []
     system = _text(row, source.columns.get("system", "system"), where)
-    if system:
-        messages.append({"role": "system", "content": system})
-    for i, turn in enumerate(turns):
-        role = turn.get(tags["role_tag"]) if isinstance(turn, Mapping) else None
-        content = turn.get(tags["content_tag"]) if isinstance(turn, Mapping) else None
-        if role in (tags["observation_tag"], tags["function_tag"]):
-            raise DataError(f"{where}: turn {i} is a tool turn ({role!r}); tool-call training is not supported yet")
-        if role not in roles or not isinstance(content, str):
-            raise DataError(
-                f"{where}: turn {i} needs {tags['role_tag']!r} in {sorted(roles)} and a string "
-                f"{tags['content_tag']!r}; got {dict(turn) if isinstance(turn, Mapping) else turn!r}"
-            )
-        messages.append({"role": roles[role], "content": content})
-    return messages
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    return messages + [_turn(turn, f"turn {i}", tags, where) for i, turn in enumerate(turns)]
+
+
+def _turn(turn: Any, label: str, tags: Mapping[str, str], where: str) -> Message:
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system"}
+    role = turn.get(tags["role_tag"]) if isinstance(turn, Mapping) else None
+    content = turn.get(tags["content_tag"]) if isinstance(turn, Mapping) else None
+    if role in (tags["observation_tag"], tags["function_tag"]):
+        raise DataError(f"{where}: {label} is a tool turn ({role!r}); tool-call training is not supported yet")
+    if role not in roles or not isinstance(content, str):
+        raise DataError(
+            f"{where}: {label} needs {tags['role_tag']!r} in {sorted(roles)} and a string "
+            f"{tags['content_tag']!r}; got {dict(turn) if isinstance(turn, Mapping) else turn!r}"
+        )
+    return {"role": roles[role], "content": content}
 
 
 def _found(row: Mapping[str, Any]) -> str:
     return ", ".join(sorted(row)) or "no columns"
 
 
-def _from_messages(raw: Any, where: str) -> list[Message]:
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def _from_messages(raw: Any, where: str, column: str = "messages") -> list[Message]:
     if not isinstance(raw, (list, tuple)):
-        raise DataError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+        raise DataError(f"{where}: {column!r} must be a list of {{role, content}} objects")
     messages = []
     for i, item in enumerate(raw):
         if not isinstance(item, Mapping) or not isinstance(item.get("content"), str):
-            raise DataError(f"{where}: messages[{i}] needs a string 'content' and a 'role'")
+            raise DataError(f"{where}: {column}[{i}] needs a string 'content' and a 'role'")
         messages.append({"role": str(item.get("role")), "content": item["content"]})
     return messages
 
 
-def _check_order(messages: list[Message], where: str) -> None:
+def _filled(messages: list[Message], placeholders: Mapping[str, str], where: str) -> list[Message]:
+    return [{"role": m["role"], "content": fill_placeholders(m["content"], placeholders, where)} for m in messages]
+
+
+def _check_order(messages: list[Message], where: str, last: str = "assistant") -> None:
     offset = 1 if messages and messages[0]["role"] == "system" else 0
     turns = messages[offset:]
     for i, message in enumerate(turns):
@@ -143,5 +325,5 @@ def _check_order(messages: list[Message], where: str) -> None:
             )
         if not message["content"].strip():
             raise DataError(f"{where}: message {i + offset} ({message['role']}) is empty")
-    if not turns or turns[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the conversation must end with an assistant message to learn from")
+    if not turns or turns[-1]["role"] != last:
+        raise DataError(f"{where}: {_LAST_TURN[last]}")

@@ -1,136 +1,271 @@
-"""The Ray Data pipeline that feeds training workers: read -> normalise -> tokenize + mask.
+"""The Ray Data pipeline that feeds training workers: read -> normalise -> tokenize + mask -> pack.
 
 It is built lazily on the driver and executed in a streaming fashion by Ray Data, so rows flow
-from the files to the workers' ``get_dataset_shard("train")`` without passing through the
-driver. Tokenization runs in an actor pool so each actor loads the tokenizer once.
+from the files to the workers' ``get_dataset_shard`` without passing through the driver.
+Normalisation, rendering, tokenization and packing run in one actor stage (each actor loads the
+tokenizer once): on a small machine every extra stage competes for the one spare CPU and the
+stream can stall.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from raytune_ft.config import DataConfig
 
-from .encode import Segment, encode_batch, render_segments
+from .encode import encode_full, render_segments, truncate
 from .formats import normalize_row
+from .packing import pack_samples
+from .records import RecordSelection, Split, read_records
 from .sources import DataError, DatasetSource, resolve_datasets
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["TokenizeConversations", "build_train_dataset"]
+__all__ = ["EncodeOptions", "PreparedData", "TokenizeRows", "build_datasets", "build_train_dataset", "encode_rows"]
 
 # Read tasks and tokenizer actors ask for half a CPU each, so one of each fits in the single CPU
 # a small machine has left beside its training workers; at 1 CPU each the stream stalls
 # ("backpressured: ResourceBudget") and the trainer waits forever.
 _DATA_CPUS = 0.5
+_BATCH_ROWS = 256
+_LOGGED_BAD_ROWS = 10
 
 
-class TokenizeConversations:
-    """Ray Data actor UDF: raw rows -> canonical messages -> ``input_ids`` + ``labels`` (prompt masked).
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How rows become token rows; the subset of ``DataConfig`` the tokenizer actors need."""
 
-    Normalisation happens here too, in the same actor, rather than in a separate task stage: on a
-    small machine every extra stage competes for the one spare CPU and the stream can stall.
+    cutoff_len: int
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    placeholders: Mapping[str, str] = field(default_factory=dict)
+    packing: bool = False
+    skip_bad_rows: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> EncodeOptions:
+        return cls(
+            cutoff_len=cfg.cutoff_len,
+            train_on_prompt=cfg.train_on_prompt,
+            mask_history=cfg.mask_history,
+            placeholders=dict(cfg.placeholders),
+            packing=cfg.packing,
+            skip_bad_rows=cfg.on_bad_rows == "skip",
+        )
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One source row after encoding: token ids and labels (untruncated), or why it failed."""
+
+    path: str
+    row: int
+    input_ids: list[int] | None = None
+    labels: list[int] | None = None
+    problem: str = ""
+
+
+def encode_rows(
+    tokenizer: Any,
+    options: EncodeOptions,
+    sources: list[DatasetSource],
+    rows: list[tuple[str, int, str]],
+) -> list[RowResult]:
+    """Parse, normalise, render and tokenize ``(path, row, json_text)`` rows (one tokenizer call)."""
+    results: list[RowResult] = []
+    rendered = []
+    for path, row, record in rows:
+        try:
+            messages = normalize_row(
+                _parse(record, path, row), options.placeholders, f"{path}: row {row}", _owner(sources, path)
+            )
+            rendered.append(render_segments(tokenizer, messages, options.train_on_prompt, options.mask_history))
+            results.append(RowResult(path, row))
+        except DataError as err:
+            results.append(RowResult(path, row, problem=_located(str(err), path, row)))
+    encoded = iter(encode_full(tokenizer, rendered))
+    return [
+        RowResult(r.path, r.row, *next(encoded)) if not r.problem else r  # type: ignore[misc]
+        for r in results
+    ]
+
+
+class TokenizeRows:
+    """Ray Data actor UDF: numbered raw records -> ``input_ids`` + ``labels`` (+ ``position_ids`` when packing).
+
+    A bad row stops the run with its file and row number, or with ``skip_bad_rows`` is logged and
+    left out. A row whose first answer does not fit in ``cutoff_len`` is dropped (nothing to learn).
     """
 
-    def __init__(
-        self,
-        load_tokenizer: Callable[[], Any],
-        cutoff_len: int,
-        train_on_prompt: bool,
-        mask_history: bool,
-        placeholders: dict[str, str],
-        sources: list[DatasetSource],
-    ) -> None:
+    def __init__(self, load_tokenizer: Callable[[], Any], options: EncodeOptions, sources: list[DatasetSource]) -> None:
         self.tokenizer = load_tokenizer()
-        self.cutoff_len = cutoff_len
-        self.train_on_prompt = train_on_prompt
-        self.mask_history = mask_history
-        self.placeholders = placeholders
-        self.sources = {str(source.path): source for source in sources}
-        self._by_file: dict[str, DatasetSource | None] = {}
+        self.options = options
+        self.sources = sources
+        self.skipped = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        conversations = [self._conversation(batch, i) for i in range(len(batch["path"]))]
-        encoded = [e for e in encode_batch(self.tokenizer, conversations, self.cutoff_len) if e is not None]
+        rows = list(zip(batch["path"].tolist(), batch["row"].tolist(), batch["record"].tolist(), strict=True))
+        samples = []
+        for result in encode_rows(self.tokenizer, self.options, self.sources, rows):
+            if result.problem:
+                self._reject(result.problem)
+                continue
+            kept = truncate(result.input_ids or [], result.labels or [], self.options.cutoff_len)
+            if kept is not None:
+                samples.append(kept)
+        if self.options.packing:
+            return _packed_columns(pack_samples(samples, self.options.cutoff_len))
         return {
-            "input_ids": [np.asarray(ids, dtype=np.int32) for ids, _ in encoded],
-            "labels": [np.asarray(labels, dtype=np.int32) for _, labels in encoded],
+            "input_ids": [np.asarray(ids, dtype=np.int32) for ids, _ in samples],
+            "labels": [np.asarray(labels, dtype=np.int32) for _, labels in samples],
         }
 
-    def _conversation(self, batch: dict[str, np.ndarray], i: int) -> list[Segment]:
-        """Row ``i`` normalised and rendered; errors name the file and the row."""
-        path = str(batch["path"][i])
-        row = {c: _plain(batch[c][i]) for c in batch if c != "path" and batch[c][i] is not None}
-        try:
-            messages = normalize_row(row, self.placeholders, path, self._source_of(path))
-            return render_segments(self.tokenizer, messages, self.train_on_prompt, self.mask_history)
-        except DataError as err:
-            # The row's description is built only here: on the happy path it would cost a repr per row.
-            problem = str(err).removeprefix(f"{path}: ")
-            raise DataError(f"{path}: row {_describe(row)}: {problem}") from None
+    def _reject(self, problem: str) -> None:
+        if not self.options.skip_bad_rows:
+            raise DataError(problem)
+        self.skipped += 1
+        if self.skipped <= _LOGGED_BAD_ROWS or self.skipped % 100 == 0:
+            print(f"raytune_ft: skipped bad row ({self.skipped} skipped by this tokenizer): {problem}", flush=True)
 
-    def _source_of(self, path: str) -> DatasetSource | None:
-        """The source a file belongs to (a source may be a folder of files), looked up once per file."""
-        if path not in self._by_file:
-            match = (s for root, s in self.sources.items() if path == root or path.startswith(root.rstrip("/") + "/"))
-            self._by_file[path] = next(match, None)
-        return self._by_file[path]
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The tokenized streams training consumes."""
+
+    train: Any
+    """Lazy ``ray.data.Dataset`` of training rows."""
+    eval: Any | None = None
+    """Validation rows (small; materialised), or None without a validation split."""
+
+
+def build_datasets(cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int) -> PreparedData:
+    """Training (and validation) datasets for ``cfg``, tokenized by ``concurrency`` actors.
+
+    ``load_tokenizer`` runs inside each tokenizer actor (on whichever node it lands), so it must be
+    picklable and must resolve the model on that node.
+    """
+    sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
+    rates = _mixing_rates(cfg, sources, seed)
+    val_fraction = _val_fraction(cfg, sources, seed)
+    split: Split = "train" if val_fraction else "all"
+    reads = [
+        _read(source, RecordSelection(split, val_fraction, rate, cfg.max_samples, seed))
+        for source, rate in zip(sources, rates, strict=True)
+    ]
+    train = _tokenized(reads, sources, cfg, load_tokenizer, concurrency, shuffle_seed=seed if cfg.shuffle else None)
+    evaluation = None
+    if cfg.eval_dataset:
+        eval_sources = resolve_datasets(cfg.eval_dataset, cfg.dataset_dir)
+        reads = [_read(s, RecordSelection(max_rows=cfg.max_samples, seed=seed)) for s in eval_sources]
+        evaluation = _tokenized(reads, eval_sources, cfg, load_tokenizer, concurrency, shuffle_seed=None)
+    elif val_fraction:
+        reads = [_read(s, RecordSelection("eval", val_fraction, 1.0, cfg.max_samples, seed)) for s in sources]
+        evaluation = _tokenized(reads, sources, cfg, load_tokenizer, concurrency, shuffle_seed=None)
+    return PreparedData(train=train, eval=evaluation)
 
 
 def build_train_dataset(
     cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int
 ) -> ray.data.Dataset:
-    """Lazy Ray Dataset of tokenized training rows for ``cfg.dataset``.
+    """The training stream alone (no validation split)."""
+    train: ray.data.Dataset = build_datasets(
+        cfg.model_copy(update={"val_size": 0.0, "eval_dataset": None}), load_tokenizer, seed, concurrency
+    ).train
+    return train
 
-    ``load_tokenizer`` runs inside each tokenizer actor (on whichever node it lands), so it must be
-    picklable and must resolve the model on that node.
-    """
+
+def _tokenized(
+    reads: list[Any],
+    sources: list[DatasetSource],
+    cfg: DataConfig,
+    load_tokenizer: Callable[[], Any],
+    concurrency: int,
+    shuffle_seed: int | None,
+) -> Any:
     import ray.data
 
-    sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
-    parts = [_read_source(source, cfg) for source in sources]
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    if cfg.shuffle:
-        ds = ds.randomize_block_order(seed=seed)
+    ds = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
+    if shuffle_seed is not None:
+        ds = ds.randomize_block_order(seed=shuffle_seed)
     return ds.map_batches(
-        TokenizeConversations,
+        TokenizeRows,
         fn_constructor_kwargs={
             "load_tokenizer": load_tokenizer,
-            "cutoff_len": cfg.cutoff_len,
-            "train_on_prompt": cfg.train_on_prompt,
-            "mask_history": cfg.mask_history,
-            "placeholders": dict(cfg.placeholders),
+            "options": EncodeOptions.from_config(cfg),
             "sources": sources,
         },
-        batch_size=256,
+        batch_size=_BATCH_ROWS,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=_DATA_CPUS,
     )
 
 
-def _read_source(source: DatasetSource, cfg: DataConfig) -> ray.data.Dataset:
-    import ray.data
-
-    read = {"json": ray.data.read_json, "parquet": ray.data.read_parquet, "csv": ray.data.read_csv}[source.reader]
-    ds = read(str(source.path), include_paths=True, num_cpus=_DATA_CPUS)
-    return ds.limit(cfg.max_samples) if cfg.max_samples is not None else ds
+def _read(source: DatasetSource, selection: RecordSelection) -> Any:
+    return read_records(source.read_paths(), source.reader, selection, num_cpus=_DATA_CPUS)
 
 
-def _plain(value: Any) -> Any:
-    """numpy/Arrow containers -> plain Python, so format checks see lists, dicts and str."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def count_rows(source: DatasetSource, max_rows: int | None, seed: int) -> int:
+    """Rows a source holds (reads the files on the cluster; nothing comes to the driver)."""
+    return int(_read(source, RecordSelection(max_rows=max_rows, seed=seed)).count())
 
 
-def _describe(row: dict[str, Any]) -> str:
-    text = repr(row)
-    return text if len(text) <= 120 else text[:117] + "..."
+def _mixing_rates(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> list[float]:
+    """Expected copies of each row per source, so the mix follows ``interleave_probs``.
+
+    interleave_under stops when the first dataset runs out: total T = min_i n_i / p_i, and
+    dataset i gives p_i * T rows. interleave_over stops when the last runs out (max instead of min).
+    """
+    if cfg.mix_strategy == "concat":
+        return [1.0] * len(sources)
+    counts = [count_rows(source, cfg.max_samples, seed) for source in sources]
+    for source, n in zip(sources, counts, strict=True):
+        if n == 0:
+            raise DataError(f"dataset {source.name!r} is empty; interleaving needs rows from every dataset")
+    probs = cfg.interleave_probs or [1.0] * len(sources)
+    probs = [p / sum(probs) for p in probs]
+    ratios = [n / p for n, p in zip(counts, probs, strict=True)]
+    total = min(ratios) if cfg.mix_strategy == "interleave_under" else max(ratios)
+    return [p * total / n for p, n in zip(probs, counts, strict=True)]
+
+
+def _val_fraction(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> float:
+    if cfg.val_size < 1:
+        return cfg.val_size
+    total = sum(count_rows(source, cfg.max_samples, seed) for source in sources)
+    if cfg.val_size >= total:
+        raise DataError(f"data.val_size {cfg.val_size:g} rows is not below the {total} rows of data.dataset")
+    return cfg.val_size / total
+
+
+def _parse(record: str, path: str, row: int) -> dict[str, Any]:
+    try:
+        value = json.loads(record)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: row {row}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: row {row}: expected a JSON object, got {type(value).__name__}")
+    return {key: item for key, item in value.items() if item is not None}
+
+
+def _owner(sources: list[DatasetSource], path: str) -> DatasetSource | None:
+    return next((source for source in sources if source.owns(path)), None)
+
+
+def _located(problem: str, path: str, row: int) -> str:
+    """Every problem names its file and row, whichever layer raised it."""
+    prefix = f"{path}: row {row}"
+    return problem if problem.startswith(prefix) else f"{prefix}: {problem.removeprefix(f'{path}: ')}"
+
+
+def _packed_columns(blocks: list[tuple[list[int], list[int], list[int]]]) -> dict[str, Any]:
+    return {
+        "input_ids": [np.asarray(ids, dtype=np.int32) for ids, _, _ in blocks],
+        "labels": [np.asarray(labels, dtype=np.int32) for _, labels, _ in blocks],
+        "position_ids": [np.asarray(pos, dtype=np.int32) for _, _, pos in blocks],
+    }

@@ -9,6 +9,8 @@ inside a Ray task.
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import glob
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,8 +46,9 @@ class DataError(InputError):
 class DatasetSource:
     name: str
     """What the user wrote in ``data.dataset``."""
-    path: Path
-    """The file, or folder of files, that holds the rows."""
+    path: Path | str
+    """The file or folder of files that holds the rows (a Path), or a glob pattern or a
+    pyarrow/fsspec URI such as ``s3://bucket/data/*.jsonl`` (a str)."""
     formatting: str | None = None
     """``alpaca``, ``sharegpt`` or ``openai``; None recognises alpaca or ``messages`` rows per row."""
     columns: Mapping[str, str] = field(default_factory=dict)
@@ -53,7 +56,29 @@ class DatasetSource:
     tags: Mapping[str, str] = field(default_factory=dict)
     """LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, assistant_tag, ...)."""
     reader: str = "json"
-    """Ray Data reader for the files: ``json``, ``parquet`` or ``csv``."""
+    """Reader for the files: ``json`` (also JSON lines), ``parquet`` or ``csv``."""
+
+    def read_paths(self) -> list[str]:
+        """What the reader opens: the file or folder, each file a glob matched, or the URI."""
+        text = str(self.path)
+        if _is_uri(text) or not _is_glob(text):
+            return [text]
+        return sorted(glob.glob(text))
+
+    def owns(self, file: str) -> bool:
+        """Whether ``file`` (as the reader reports it, URI scheme stripped) belongs to this source."""
+        text = str(self.path).split("://", 1)[-1]
+        if _is_glob(text):
+            return fnmatch.fnmatch(file, text) or fnmatch.fnmatch(file, "*/" + text.lstrip("/"))
+        return file == text or file.startswith(text.rstrip("/") + "/") or file.endswith("/" + text.lstrip("/"))
+
+
+def _is_uri(text: str) -> bool:
+    return "://" in text
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
 
 
 def resolve_datasets(names: list[str], dataset_dir: str | Path | None = None) -> list[DatasetSource]:
@@ -69,7 +94,7 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path | None = None) ->
 def _check_shared_files(sources: list[DatasetSource]) -> None:
     # Rows are matched to their source by file path inside Ray Data, so one file cannot be read
     # under two different formats in the same run.
-    by_path: dict[Path, DatasetSource] = {}
+    by_path: dict[Path | str, DatasetSource] = {}
     for source in sources:
         other = by_path.setdefault(source.path, source)
         if (other.formatting, other.columns, other.tags) != (source.formatting, source.columns, source.tags):
@@ -106,6 +131,8 @@ def _resolve_one(name: str, registry: dict[str, Any], folder: Path) -> DatasetSo
         return _from_entry(name, registry[name], folder)
     if name in BUILTIN_DATASETS:
         return DatasetSource(name, BUILTIN_DATASETS[name])
+    if _is_uri(name) or _is_glob(name):
+        return _pattern_source(name)
     path = Path(name).expanduser()
     if path.suffix in READERS or path.is_dir():
         if not path.exists():
@@ -119,6 +146,24 @@ def _resolve_one(name: str, registry: dict[str, Any], folder: Path) -> DatasetSo
         f"data.dataset {name!r} is not in {where}the bundled datasets ({', '.join(BUILTIN_DATASETS)}), nor a "
         f"path to a {'/'.join(READERS)} file or folder.{hint}"
     )
+
+
+def _pattern_source(name: str) -> DatasetSource:
+    """A glob over local files, or a remote URI (read by pyarrow/fsspec on the nodes)."""
+    if _is_uri(name):
+        reader = READERS.get(Path(name.split("?", 1)[0]).suffix)
+        if reader is None:
+            known = "/".join(READERS)
+            raise DataError(f"data.dataset {name!r}: name the files with a {known} extension (a glob works)")
+        return DatasetSource(name, name, reader=reader)
+    pattern = str(Path(name).expanduser().absolute())
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise DataError(f"data.dataset {name!r}: the pattern matches no files (looked for {pattern})")
+    kinds = {READERS.get(Path(f).suffix) for f in files}
+    if len(kinds) != 1 or None in kinds:
+        raise DataError(f"data.dataset {name!r} matches files of several kinds: {', '.join(files[:5])}")
+    return DatasetSource(name, pattern, reader=str(kinds.pop()))
 
 
 def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource:

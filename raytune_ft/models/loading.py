@@ -21,15 +21,22 @@ __all__ = ["load_causal_lm", "load_for_inference", "load_tokenizer"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(path: Path) -> Any:
-    """Tokenizer with a pad token (the EOS token when the model defines none)."""
+def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
+    """Tokenizer with a pad token (the EOS token when the model defines none).
+
+    Training may load a base model's tokenizer without a chat template and give it a named one
+    (``data.template``); everything else needs the template the model was trained with.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelSourceError(f"{path}: the tokenizer has no chat template; this release trains chat models only")
+    if require_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ModelSourceError(
+            f"{path}: the tokenizer has no chat template. To train this base model, set data.template "
+            "(e.g. default or chatml); its checkpoints then carry the template."
+        )
     return tokenizer
 
 

@@ -12,15 +12,24 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from raytune_ft.config import ConfigError, JobConfig, load_config
-from raytune_ft.data import build_train_dataset
-from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_tokenizer, resolve_model_source
+from raytune_ft.data import PreparedData, build_datasets
+from raytune_ft.data.cache import data_fingerprint, load_or_write
+from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, resolve_model_source
 
 from .loop import RunPlan, train_loop_per_worker
+from .tokenizer import training_tokenizer
 
-__all__ = ["TrainOutcome", "check_resume_compatible", "plan_total_steps", "run_training", "start_ray", "worker_cpus"]
+__all__ = [
+    "TrainOutcome",
+    "check_resume_compatible",
+    "plan_total_steps",
+    "prepare_data",
+    "run_training",
+    "start_ray",
+    "worker_cpus",
+]
 
 # Sections that define what the saved weights are; resuming under different values would mix them.
 _RESUME_SECTIONS = ("model", "adapter", "method")
@@ -111,18 +120,18 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
     cpus = worker_cpus(cfg, cluster_cpus)
     spare = max(1, int(cluster_cpus - cpus * cfg.scaling.num_workers))
-    dataset = build_train_dataset(
-        cfg.data,
-        functools.partial(_tokenizer_for, cfg.model.source),
-        seed=cfg.train.seed,
-        concurrency=cfg.data.tokenize_concurrency or spare,
-    )
+    prepared = prepare_data(cfg, concurrency=cfg.data.tokenize_concurrency or spare)
+    dataset = prepared.train
     if cfg.train.max_steps is not None:
         total_steps = cfg.train.max_steps
     else:  # epochs need a row count: tokenize once into the object store, then count
-        dataset = dataset.materialize()
+        dataset = dataset if cfg.data.tokenized_path else dataset.materialize()
         total_steps = plan_total_steps(cfg, dataset.count())
-    plan = RunPlan(total_steps=total_steps, run_dir=run_dir)
+    datasets = {"train": dataset}
+    if prepared.eval is not None:
+        datasets["eval"] = prepared.eval.materialize()
+        print(f"raytune_ft: {datasets['eval'].count()} validation rows held out", flush=True)
+    plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=prepared.eval is not None)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},
@@ -136,7 +145,7 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.save_total_limit),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": dataset},
+        datasets=datasets,
     )
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
@@ -166,8 +175,18 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
         )
 
 
-def _tokenizer_for(source: str) -> Any:
-    return load_tokenizer(resolve_model_source(source))
+def prepare_data(cfg: JobConfig, concurrency: int) -> PreparedData:
+    """The tokenized train (+ validation) streams, read from ``data.tokenized_path`` when it holds them."""
+    load = functools.partial(training_tokenizer, cfg.model.source, cfg.data.template)
+    build = functools.partial(build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency)
+    if cfg.data.tokenized_path is None:
+        return build()
+    fingerprint = data_fingerprint(cfg.data, load(), cfg.model.source, cfg.train.seed)
+    shuffle_seed = cfg.train.seed if cfg.data.shuffle else None
+    prepared, reused = load_or_write(cfg.data.tokenized_path, fingerprint, build, shuffle_seed)
+    verb = "reusing" if reused else "wrote"
+    print(f"raytune_ft: {verb} tokenized data in {cfg.data.tokenized_path}", flush=True)
+    return prepared
 
 
 def _absolute_storage(storage_path: str) -> str:

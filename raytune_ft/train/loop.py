@@ -23,7 +23,6 @@ from raytune_ft.models import (
     apply_adapter,
     is_adapter_checkpoint,
     load_causal_lm,
-    load_tokenizer,
     resolve_model_source,
     trainable_parameters,
 )
@@ -33,6 +32,7 @@ from .objectives import OBJECTIVES
 from .progress import Meter
 from .step import StepCore, build_optimizer, build_scheduler, move_batch
 from .strategies import STRATEGIES
+from .tokenizer import job_tokenizer
 
 __all__ = ["RunPlan", "build_training", "train_loop_per_worker"]
 
@@ -44,6 +44,8 @@ class RunPlan:
     total_steps: int
     run_dir: str
     """Absolute ``storage_path/run_name`` (local path or URI)."""
+    has_eval: bool = False
+    """Whether an ``eval`` dataset shard exists (``eval_loss`` is then reported)."""
 
 
 def build_training(
@@ -51,7 +53,7 @@ def build_training(
 ) -> tuple[StepCore, Any]:
     """Model (resumed from ``checkpoint`` when given), strategy, optimizer and schedule."""
     model_dir = resolve_model_source(cfg.model.source)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = job_tokenizer(cfg)
     full_resume = checkpoint is not None and not is_adapter_checkpoint(checkpoint)
     model = load_causal_lm(cfg.model, checkpoint if full_resume and checkpoint else model_dir)
     model = apply_adapter(model, cfg.adapter)
@@ -89,7 +91,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _trim_metrics(plan.run_dir, state.global_step)
     shard = ray.train.get_dataset_shard("train")
     batches = _micro_batches(shard, cfg, tokenizer.pad_token_id, state, seed=cfg.train.seed + 1000 * rank)
-    _run(core, tokenizer, cfg, plan, state, batches, rank, device)
+    evaluation = (
+        _Evaluation(ray.train.get_dataset_shard("eval"), cfg, tokenizer.pad_token_id) if plan.has_eval else None
+    )
+    _run(core, tokenizer, cfg, plan, state, batches, evaluation, rank, device)
 
 
 def _run(
@@ -99,6 +104,7 @@ def _run(
     plan: RunPlan,
     state: TrainState,
     batches: Iterator[dict[str, torch.Tensor]],
+    evaluation: _Evaluation | None,
     rank: int,
     device: torch.device,
 ) -> None:
@@ -114,11 +120,15 @@ def _run(
         done = state.global_step == plan.total_steps
         log = done or state.global_step % cfg.train.logging_steps == 0
         save = done or state.global_step % cfg.train.save_steps == 0
-        if not (log or save):
+        evaluate = evaluation is not None and (done or state.global_step % evaluation.every == 0)
+        if not (log or save or evaluate):
             continue
-        metrics = meter.flush(core.strategy, state.global_step) if log else {"step": state.global_step}
-        if log and rank == 0:
-            print(meter.format(metrics), flush=True)
+        metrics: dict[str, Any] = meter.flush(core.strategy, state.global_step) if log else {"step": state.global_step}
+        if evaluate and evaluation is not None:
+            metrics["eval_loss"] = evaluation.loss(core, device)
+        if (log or evaluate) and rank == 0:
+            print(meter.format(metrics) if log else f"step {state.global_step}", end="", flush=True)
+            print(f" | eval_loss {metrics['eval_loss']:.4f}" if evaluate else "", flush=True)
             _append_metrics(plan.run_dir, metrics)
         if save:
             _report_checkpoint(metrics, core, tokenizer, cfg, state, rank)
@@ -144,10 +154,30 @@ def _micro_batches(
             if seen <= skip:
                 continue
             state.batches_in_epoch = seen
-            yield pad_batch(batch["input_ids"], batch["labels"], pad_id)
+            yield pad_batch(batch["input_ids"], batch["labels"], pad_id, batch.get("position_ids"))
         if seen == 0:
             raise DataError("the training dataset is empty after tokenization (every row was dropped)")
         state.epoch, state.batches_in_epoch, skip = state.epoch + 1, 0, 0
+
+
+class _Evaluation:
+    """The validation shard and how to turn it into one cluster-wide ``eval_loss``."""
+
+    def __init__(self, shard: Any, cfg: JobConfig, pad_id: int) -> None:
+        self.shard = shard
+        self.batch_size = cfg.train.per_device_batch_size
+        self.pad_id = pad_id
+        self.every = cfg.train.eval_steps or cfg.train.save_steps
+
+    def loss(self, core: StepCore, device: torch.device) -> float:
+        """Token-mean loss over every worker's validation rows (all workers must call it)."""
+        batches = (
+            move_batch(pad_batch(b["input_ids"], b["labels"], self.pad_id, b.get("position_ids")), device)
+            for b in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy")
+        )
+        loss_sum, terms = core.evaluate(batches)
+        total_loss, total_terms = core.strategy.all_reduce_sum([loss_sum, terms])
+        return total_loss / max(total_terms, 1.0)
 
 
 def _report_checkpoint(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from raytune_ft.data import IGNORE_INDEX
 
-__all__ = ["OBJECTIVES", "Objective", "SFTObjective", "causal_lm_loss_sum"]
+__all__ = ["OBJECTIVES", "Objective", "SFTObjective", "causal_lm_loss_sum", "model_inputs"]
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -22,6 +22,14 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
     shift_labels = labels[:, 1:].reshape(-1)
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Forward arguments: packed batches pass ``position_ids`` and no ``attention_mask``, so the
+    model keeps attention inside each packed sample (see ``raytune_ft.data.packing``)."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 class Objective(Protocol):
@@ -41,7 +49,7 @@ class SFTObjective:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**model_inputs(batch)).logits
         return causal_lm_loss_sum(logits, batch["labels"])
 
 

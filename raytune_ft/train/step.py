@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,22 @@ class StepCore:
             grad_norm=grad_norm,
             lr=lr,
         )
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[float, int]:
+        """Summed loss and loss terms over ``batches`` on this worker (no gradients, eval mode).
+
+        Runs the unwrapped model: a DDP forward may sync buffers with the other workers, which
+        would hang when workers hold different numbers of validation batches.
+        """
+        model = self.strategy.unwrap(self.model)
+        model.eval()
+        loss_sum, terms = 0.0, 0
+        for batch in batches:
+            loss_sum += float(self.objective.loss_sum(model, batch))
+            terms += self.objective.terms(batch)
+        model.train()
+        return loss_sum, terms
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]

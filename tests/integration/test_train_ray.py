@@ -70,7 +70,7 @@ def test_bad_row_inside_ray_data_is_one_clear_error(
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("raytune-ft train: error: ")
-    assert str(data) in err and "{{company}}" in err and "data.placeholders.company" in err
+    assert f"{data}: row 2: placeholder {{{{company}}}}" in err and "data.placeholders.company" in err
 
 
 def test_registry_mixing_sharegpt_and_alpaca(local_ray: None, tiny_model_dir: Path, tmp_path: Path) -> None:
