@@ -1,4 +1,4 @@
-"""``raytune-ft``: the command line over every stage (train, validate, chat).
+"""``raytune-ft``: the command line over every stage (train, validate, data preview, chat).
 
 Each subcommand parses its arguments, loads config through the one loader, and calls a single
 library function; errors raised for bad input are printed as one readable message, no traceback.
@@ -19,6 +19,7 @@ _EPILOG = """examples:
   raytune-ft train configs/quickstart.yaml
   raytune-ft train configs/quickstart.yaml train.max_steps=10 scaling.num_workers=1
   ray job submit --working-dir . -- raytune-ft train configs/quickstart.yaml
+  raytune-ft data preview configs/quickstart.yaml -n 2
   raytune-ft chat --adapter saves/quickstart --prompt "Who are you?"
 """
 
@@ -48,6 +49,21 @@ def _validate(args: argparse.Namespace) -> int:
             print("# translated from LLaMA-Factory keys:")
             print("\n".join(f"#   {line}" for line in translation.mapped))
         print(dump_config(cfg), end="")
+    return 0
+
+
+def _data_preview(args: argparse.Namespace) -> int:
+    import functools
+
+    from raytune_ft.data.preview import build_preview, format_preview
+    from raytune_ft.train import start_ray, training_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    load = functools.partial(training_tokenizer, cfg.model.source, cfg.data.template)
+    tokenizer = load()  # fails fast on a missing model or template, before Ray starts
+    start_ray(args.address)
+    report = build_preview(cfg.data, load, concurrency=cfg.data.tokenize_concurrency or 1, samples=args.samples)
+    print(format_preview(report, tokenizer, cfg.data, cfg.train.per_device_batch_size))
     return 0
 
 
@@ -99,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--explain", action="store_true", help="print the resolved config (and a LLaMA-Factory file's translation)"
     )
     validate.set_defaults(func=_validate)
+
+    data = sub.add_parser("data", help="inspect datasets as training will see them")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    preview = data_sub.add_parser(
+        "preview",
+        help="rendered samples with learned spans marked, token lengths, truncated/dropped/bad rows",
+        description="Runs the training data pipeline over every row of data.dataset (on Ray) and prints "
+        "the first samples with the learned spans marked, then statistics. Accepts our YAML or a "
+        "LLaMA-Factory flat YAML.",
+    )
+    _config_args(preview)
+    preview.add_argument("-n", "--samples", type=int, default=3, help="samples shown in full (default 3)")
+    preview.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    preview.set_defaults(func=_data_preview)
 
     chat = sub.add_parser(
         "chat",

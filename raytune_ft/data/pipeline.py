@@ -27,7 +27,16 @@ from .sources import DataError, DatasetSource, resolve_datasets
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["EncodeOptions", "PreparedData", "TokenizeRows", "build_datasets", "build_train_dataset", "encode_rows"]
+__all__ = [
+    "EncodeOptions",
+    "PreparedData",
+    "TokenizeRows",
+    "build_datasets",
+    "build_train_dataset",
+    "count_rows",
+    "encode_rows",
+    "mixing_rates",
+]
 
 # Read tasks and tokenizer actors ask for half a CPU each, so one of each fits in the single CPU
 # a small machine has left beside its training workers; at 1 CPU each the stream stalls
@@ -216,22 +225,26 @@ def count_rows(source: DatasetSource, max_rows: int | None, seed: int) -> int:
 
 
 def _mixing_rates(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> list[float]:
-    """Expected copies of each row per source, so the mix follows ``interleave_probs``.
-
-    interleave_under stops when the first dataset runs out: total T = min_i n_i / p_i, and
-    dataset i gives p_i * T rows. interleave_over stops when the last runs out (max instead of min).
-    """
     if cfg.mix_strategy == "concat":
         return [1.0] * len(sources)
     counts = [count_rows(source, cfg.max_samples, seed) for source in sources]
     for source, n in zip(sources, counts, strict=True):
         if n == 0:
             raise DataError(f"dataset {source.name!r} is empty; interleaving needs rows from every dataset")
-    probs = cfg.interleave_probs or [1.0] * len(sources)
-    probs = [p / sum(probs) for p in probs]
-    ratios = [n / p for n, p in zip(counts, probs, strict=True)]
-    total = min(ratios) if cfg.mix_strategy == "interleave_under" else max(ratios)
-    return [p * total / n for p, n in zip(probs, counts, strict=True)]
+    return mixing_rates(counts, cfg.interleave_probs, cfg.mix_strategy)
+
+
+def mixing_rates(counts: list[int], probs: list[float] | None, strategy: str) -> list[float]:
+    """Expected copies of each row per dataset, so that the mix follows ``probs``.
+
+    interleave_under stops when the first dataset runs out: total T = min_i n_i / p_i, and
+    dataset i gives p_i * T rows. interleave_over stops when the last runs out (max instead of min).
+    """
+    shares = probs or [1.0] * len(counts)
+    shares = [p / sum(shares) for p in shares]
+    ratios = [n / p for n, p in zip(counts, shares, strict=True)]
+    total = min(ratios) if strategy == "interleave_under" else max(ratios)
+    return [p * total / n for p, n in zip(shares, counts, strict=True)]
 
 
 def _val_fraction(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> float:

@@ -103,7 +103,7 @@ def _jsonl_rows(f: Any, path: str) -> Iterator[tuple[int, str]]:
     """(line number, line) for non-blank lines: a malformed line is found later, by its number."""
     for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), start=1):
         if line.strip():
-            yield number, line
+            yield number, line.rstrip("\r\n")
 
 
 def _json_rows(f: Any, path: str) -> Iterator[tuple[int, str]]:

@@ -35,6 +35,9 @@ def generate_reply(
             **inputs,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
+            # A named template (data.template) makes its end-of-turn marker the tokenizer's eos;
+            # stop there as well as at the model's own eos.
+            eos_token_id=_stop_ids(model, tokenizer),
             streamer=streamer,
             **sampling,
         )
@@ -75,6 +78,12 @@ def _writer(stream: TextIO) -> Callable[[str], None]:
         stream.flush()
 
     return write
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
+    return sorted({*ids, tokenizer.eos_token_id} - {None})
 
 
 class _CallbackStreamer:

@@ -2,11 +2,20 @@
 and the driver that launches it all with Ray Train's TorchTrainer."""
 
 from .checkpoint import TrainState, restore_state, save_checkpoint
-from .launch import TrainOutcome, check_resume_compatible, plan_total_steps, run_training, start_ray, worker_cpus
+from .launch import (
+    TrainOutcome,
+    check_resume_compatible,
+    plan_total_steps,
+    prepare_data,
+    run_training,
+    start_ray,
+    worker_cpus,
+)
 from .loop import RunPlan, build_training, train_loop_per_worker
 from .objectives import OBJECTIVES, Objective, SFTObjective, causal_lm_loss_sum
 from .step import StepCore, StepStats, build_optimizer, build_scheduler
 from .strategies import STRATEGIES, DDPStrategy, Strategy
+from .tokenizer import job_tokenizer, training_tokenizer
 
 __all__ = [
     "OBJECTIVES",
@@ -25,11 +34,14 @@ __all__ = [
     "build_training",
     "causal_lm_loss_sum",
     "check_resume_compatible",
+    "job_tokenizer",
     "plan_total_steps",
+    "prepare_data",
     "restore_state",
     "run_training",
     "save_checkpoint",
     "start_ray",
     "train_loop_per_worker",
+    "training_tokenizer",
     "worker_cpus",
 ]
