@@ -108,7 +108,7 @@ def _jsonl_rows(f: Any, path: str) -> Iterator[tuple[int, str]]:
 
 def _json_rows(f: Any, path: str) -> Iterator[tuple[int, str]]:
     """A ``.json`` file holds one JSON array (or object) of rows, or JSON lines."""
-    text = f.readall().decode("utf-8")
+    text = f.read().decode("utf-8")
     if not text.lstrip().startswith("["):
         yield from _jsonl_rows(io.BytesIO(text.encode("utf-8")), path)
         return

@@ -6,7 +6,7 @@ normalise exactly over a whole gradient-accumulation window instead of averaging
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +24,13 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Forward arguments: packed batches pass ``position_ids`` and no ``attention_mask``, so the
-    model keeps attention inside each packed sample (see ``raytune_ft.data.packing``)."""
+    model keeps attention inside each packed sample (see ``raytune_ft.data.packing``). No KV cache:
+    training never reuses it, and transformers only detects packed rows when there is none."""
     if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
 
 
 class Objective(Protocol):
