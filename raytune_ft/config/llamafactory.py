@@ -34,6 +34,12 @@ def _max_steps(value: Any) -> dict[str, Any]:
     return {"train.max_steps": None if value in (None, -1, 0) else value}
 
 
+def _template(value: Any) -> dict[str, Any]:
+    # LLaMA-Factory always renders with its named template; ours by that name when we have it.
+    # Other names are dropped with a warning (see translate_llamafactory): the tokenizer's own is used.
+    return {"data.template": value} if value in NAMED_TEMPLATES else {}
+
+
 def _precision(dtype: str) -> Setter:
     return lambda value: {"model.dtype": dtype} if value else {}
 
@@ -53,6 +59,15 @@ _MAPPED: dict[str, Setter] = {
     "max_samples": _to("data.max_samples"),
     "train_on_prompt": _to("data.train_on_prompt"),
     "mask_history": _to("data.mask_history"),
+    "template": _template,
+    "packing": _to("data.packing"),
+    "neat_packing": _to("data.packing"),
+    "mix_strategy": _to("data.mix_strategy"),
+    "interleave_probs": _to("data.interleave_probs"),
+    "val_size": _to("data.val_size"),
+    "eval_dataset": _to("data.eval_dataset"),
+    "tokenized_path": _to("data.tokenized_path"),
+    "eval_steps": _to("train.eval_steps"),
     "preprocessing_num_workers": _to("data.tokenize_concurrency"),
     "per_device_train_batch_size": _to("train.per_device_batch_size"),
     "gradient_accumulation_steps": _to("train.gradient_accumulation_steps"),
@@ -77,7 +92,8 @@ _MAPPED: dict[str, Setter] = {
 # Accepted, but they change nothing here (the reason is shown in the warning).
 _IGNORED: dict[str, str] = {
     "do_train": "raytune-ft train always trains",
-    "template": "the tokenizer's own chat template is used and saved with every checkpoint",
+    "eval_strategy": "eval_loss is computed every train.eval_steps whenever val_size or eval_dataset is set",
+    "streaming": "datasets always stream through Ray Data",
     "overwrite_cache": "nothing is cached between runs",
     "overwrite_output_dir": "a run with the same name resumes instead of overwriting",
     "plot_loss": "metrics.jsonl holds the curve",
@@ -93,31 +109,27 @@ _IGNORED: dict[str, str] = {
 }
 # Values that are fine because they ask for nothing (LLaMA-Factory defaults or switched off).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "packing": (False, None),
-    "neat_packing": (False, None),
-    "val_size": (0, 0.0, None),
-    "eval_dataset": (None,),
     "do_eval": (False, None),
     "deepspeed": (None,),
     "adapter_name_or_path": (None,),
     "warmup_steps": (0, None),
     "per_device_eval_batch_size": (),
-    "eval_strategy": ("no", None),
-    "eval_steps": (),
     "quantization_bit": (None,),
 }
 _CANNOT_HONOUR_YET = {
-    "packing": "packing",
-    "neat_packing": "packing",
-    "val_size": "a validation split",
-    "eval_dataset": "evaluation datasets",
-    "do_eval": "evaluation during training",
+    "do_eval": "evaluation without a validation split (set val_size or eval_dataset)",
     "deepspeed": "the DeepSpeed strategy (only ddp so far)",
     "adapter_name_or_path": "starting from an existing adapter",
     "warmup_steps": "warmup in steps (use warmup_ratio)",
     "quantization_bit": "QLoRA",
 }
-_EVAL_ONLY = {"per_device_eval_batch_size", "eval_steps"}
+_EVAL_ONLY = {"per_device_eval_batch_size"}
+_NO_EFFECT = {
+    "template": "not one of raytune_ft's named templates, so the tokenizer's own chat template is used "
+    "(and saved with every checkpoint)",
+}
+NAMED_TEMPLATES = ("default", "chatml", "llama3", "qwen", "mistral", "gemma", "phi")
+"""raytune_ft's named chat templates (``raytune_ft.data.templates``; a test keeps the two in step)."""
 
 
 class LlamaFactoryTranslation:
@@ -148,6 +160,8 @@ def translate_llamafactory(raw: dict[str, Any], source: str) -> LlamaFactoryTran
             update = _MAPPED[key](value)
             flat.update(update)
             mapped += [f"{key}: {value!r} -> {k}: {v!r}" for k, v in update.items()]
+            if not update and key in _NO_EFFECT:
+                ignored[key] = _NO_EFFECT[key]
         elif key in _IGNORED:
             ignored[key] = _IGNORED[key]
         elif key in _EVAL_ONLY or (key in _NEUTRAL and value in _NEUTRAL[key]):

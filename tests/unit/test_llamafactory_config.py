@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_llamafactory_yaml_translates() -> None:
-    with pytest.warns(ConfigWarning, match=r"template \(the tokenizer's own chat template"):
+    with pytest.warns(ConfigWarning, match=r"template \(not one of raytune_ft's named templates"):
         cfg = load_config(SHIPPED)
     assert cfg.model.source == "builtin:smollm2-135m-instruct"
     assert (cfg.adapter.type, cfg.adapter.rank, cfg.adapter.target) == ("lora", 8, ["all"])
@@ -45,18 +45,38 @@ def test_overrides_use_our_keys_after_translation(tmp_path: Path) -> None:
 
 
 def test_keys_we_cannot_honour_are_listed_together(tmp_path: Path) -> None:
-    text = "model_name_or_path: x\npacking: true\ndeepspeed: ds_z3.json\nval_size: 0.1\nlora_rnak: 8\n"
+    text = "model_name_or_path: x\nquantization_bit: 4\ndeepspeed: ds_z3.json\ndo_eval: true\nlora_rnak: 8\n"
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     message = str(err.value)
-    for piece in ("packing: True asks for packing", "deepspeed: 'ds_z3.json'", "val_size: 0.1",
+    for piece in ("quantization_bit: 4 asks for QLoRA", "deepspeed: 'ds_z3.json'", "do_eval: True",
                   "unknown LLaMA-Factory key 'lora_rnak'; did you mean 'lora_rank'"):  # fmt: skip
         assert piece in message
 
 
 def test_switched_off_features_are_fine(tmp_path: Path) -> None:
-    with pytest.warns(ConfigWarning, match="packing"):
-        load_config(write(tmp_path, "model_name_or_path: x\npacking: false\nval_size: 0\n"))
+    with pytest.warns(ConfigWarning, match="do_eval"):
+        load_config(write(tmp_path, "model_name_or_path: x\ndo_eval: false\ndeepspeed: null\n"))
+
+
+def test_data_engine_keys_map(tmp_path: Path) -> None:
+    text = (
+        "model_name_or_path: x\ndataset: a,b\ntemplate: chatml\nneat_packing: true\nval_size: 0.1\n"
+        "mix_strategy: interleave_under\ninterleave_probs: 0.8,0.2\ntokenized_path: cache/tok\neval_steps: 50\n"
+        "eval_strategy: steps\nstreaming: true\n"
+    )
+    with pytest.warns(ConfigWarning, match="eval_strategy"):
+        cfg = load_config(write(tmp_path, text))
+    assert (cfg.data.template, cfg.data.packing, cfg.data.val_size) == ("chatml", True, 0.1)
+    assert (cfg.data.mix_strategy, cfg.data.interleave_probs) == ("interleave_under", [0.8, 0.2])
+    assert (cfg.data.tokenized_path, cfg.train.eval_steps) == ("cache/tok", 50)
+
+
+def test_named_templates_match_the_data_registry() -> None:
+    from raytune_ft.config.llamafactory import NAMED_TEMPLATES
+    from raytune_ft.data.templates import TEMPLATE_NAMES
+
+    assert set(NAMED_TEMPLATES) == set(TEMPLATE_NAMES)
 
 
 def test_unsupported_values_fail_in_our_terms(tmp_path: Path) -> None:

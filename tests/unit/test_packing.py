@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 import torch
 
-from raytune_ft.data import BUILTIN_DATASETS, IGNORE_INDEX, encode_batch, normalize_row, pack_samples, pad_batch
-from raytune_ft.data import padding_efficiency, render_segments
+from raytune_ft.data import (
+    BUILTIN_DATASETS,
+    IGNORE_INDEX,
+    encode_batch,
+    normalize_row,
+    pack_samples,
+    pad_batch,
+    padding_efficiency,
+    render_segments,
+)
 from raytune_ft.train import SFTObjective
 
 NAMES = {"name": "Raytune", "author": "the raytune_ft team"}
