@@ -16,10 +16,10 @@ from pathlib import Path
 from raytune_ft.config import ConfigError, JobConfig, load_config
 from raytune_ft.data import PreparedData, build_datasets
 from raytune_ft.data.cache import data_fingerprint, load_or_write
-from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, resolve_model_source
+from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint
 
 from .loop import RunPlan, train_loop_per_worker
-from .tokenizer import training_tokenizer
+from .tokenizer import job_tokenizer, training_tokenizer
 
 __all__ = [
     "TrainOutcome",
@@ -109,14 +109,15 @@ def plan_total_steps(cfg: JobConfig, rows: int) -> int:
 def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     """Train ``cfg`` on Ray and return where the run and its newest checkpoint are."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage = _absolute_storage(cfg.train.storage_path)
     run_dir = f"{storage.rstrip('/')}/{cfg.train.run_name}"
     check_resume_compatible(cfg, run_dir)
     start_ray(address)
-    resolve_model_source(cfg.model.source)  # convert a builtin model once, before workers race for it
+    # Convert a builtin model once, before workers race for it, and fail here on a missing template.
+    job_tokenizer(cfg)
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
     cpus = worker_cpus(cfg, cluster_cpus)
     spare = max(1, int(cluster_cpus - cpus * cfg.scaling.num_workers))
@@ -146,6 +147,9 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
+        # The validation set is small and an equal split would drop rows to even the shards out;
+        # every worker reads it whole and evaluates every world_size-th batch instead.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None

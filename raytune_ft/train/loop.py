@@ -91,9 +91,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _trim_metrics(plan.run_dir, state.global_step)
     shard = ray.train.get_dataset_shard("train")
     batches = _micro_batches(shard, cfg, tokenizer.pad_token_id, state, seed=cfg.train.seed + 1000 * rank)
-    evaluation = (
-        _Evaluation(ray.train.get_dataset_shard("eval"), cfg, tokenizer.pad_token_id) if plan.has_eval else None
-    )
+    evaluation = None
+    if plan.has_eval:
+        world = ray.train.get_context().get_world_size()
+        evaluation = _Evaluation(ray.train.get_dataset_shard("eval"), cfg, tokenizer.pad_token_id, rank, world)
     _run(core, tokenizer, cfg, plan, state, batches, evaluation, rank, device)
 
 
@@ -163,8 +164,9 @@ def _micro_batches(
 class _Evaluation:
     """The validation shard and how to turn it into one cluster-wide ``eval_loss``."""
 
-    def __init__(self, shard: Any, cfg: JobConfig, pad_id: int) -> None:
+    def __init__(self, shard: Any, cfg: JobConfig, pad_id: int, rank: int, world_size: int) -> None:
         self.shard = shard
+        self.rank, self.world_size = rank, world_size
         self.batch_size = cfg.train.per_device_batch_size
         self.pad_id = pad_id
         self.every = cfg.train.eval_steps or cfg.train.save_steps
@@ -173,7 +175,8 @@ class _Evaluation:
         """Token-mean loss over every worker's validation rows (all workers must call it)."""
         batches = (
             move_batch(pad_batch(b["input_ids"], b["labels"], self.pad_id, b.get("position_ids")), device)
-            for b in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy")
+            for i, b in enumerate(self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy"))
+            if i % self.world_size == self.rank  # every worker holds the whole validation set
         )
         loss_sum, terms = core.evaluate(batches)
         total_loss, total_terms = core.strategy.all_reduce_sum([loss_sum, terms])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from raytune_ft.config import load_config
+from raytune_ft.data import DataError
 from raytune_ft.models import checkpoint_step, is_adapter_checkpoint, latest_checkpoint
 from raytune_ft.train import run_training
 
@@ -89,3 +90,40 @@ def test_registry_mixing_sharegpt_and_alpaca(local_ray: None, tiny_model_dir: Pa
     outcome = run_training(cfg)
     assert outcome.total_steps == 1, "7 rows from two registry datasets make one batch of 7"
     assert outcome.checkpoint is not None and checkpoint_step(Path(outcome.checkpoint)) == 1
+
+
+def test_base_model_with_named_template_packing_and_validation(
+    local_ray: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from raytune_ft.data.templates import TEMPLATES
+    from raytune_ft.models import load_for_inference
+    from raytune_ft.serve import generate_reply
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    overrides = [f"model.source={base}", "data.dataset=identity", "data.cutoff_len=128", "scaling.num_workers=2",
+                 "train.max_steps=4",
+                 "train.per_device_batch_size=2", "train.logging_steps=2", "train.eval_steps=2",
+                 f"train.storage_path={tmp_path}", "train.run_name=templated"]  # fmt: skip
+    with pytest.raises(DataError, match=r"has no chat template of its own: set data\.template"):
+        run_training(load_config(None, overrides))
+
+    cfg = load_config(None, [*overrides, "data.template=default", "data.packing=true", "data.val_size=0.2"])
+    outcome = run_training(cfg)
+    logged = metrics(outcome.run_dir)
+    assert [m["step"] for m in logged if "eval_loss" in m] == [2, 4]
+    assert all(m["eval_loss"] > 0 for m in logged if "eval_loss" in m)
+
+    # The checkpoint carries the template it was trained with; chat renders with it and answers.
+    model, tokenizer = load_for_inference(None, outcome.run_dir)
+    assert tokenizer.chat_template == TEMPLATES["default"].jinja
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], tokenize=False,
+                                           add_generation_prompt=True)  # fmt: skip
+    assert prompt.endswith("Assistant:")
+    assert isinstance(generate_reply(model, tokenizer, [{"role": "user", "content": "Hi"}], max_new_tokens=4), str)
