@@ -62,7 +62,8 @@ def _data_preview(args: argparse.Namespace) -> int:
     load = functools.partial(training_tokenizer, cfg.model.source, cfg.data.template)
     tokenizer = load()  # fails fast on a missing model or template, before Ray starts
     start_ray(args.address)
-    report = build_preview(cfg.data, load, concurrency=cfg.data.tokenize_concurrency or 1, samples=args.samples)
+    concurrency = cfg.data.tokenize_concurrency or 1
+    report = build_preview(cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.stage)
     print(format_preview(report, tokenizer, cfg.data, cfg.train.per_device_batch_size))
     return 0
 

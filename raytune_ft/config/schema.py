@@ -148,8 +148,11 @@ class DataConfig(Section):
 
 
 class MethodConfig(Section):
-    stage: Literal["sft"] = "sft"
-    """Training objective. ``sft``: supervised fine-tuning on chat/instruction data."""
+    stage: Literal["sft", "pt"] = "sft"
+    """Training objective. ``sft``: supervised fine-tuning on chat/instruction data (answers are
+    learned). ``pt``: continued pre-training on plain text (a ``text`` column, or the column a
+    dataset_info.json entry maps as ``prompt``); every token is learned and documents longer than
+    ``data.cutoff_len`` are split into several rows."""
 
 
 class AdapterConfig(Section):

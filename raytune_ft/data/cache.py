@@ -28,7 +28,9 @@ _SHAPING_FIELDS = (
 )  # fmt: skip
 
 
-def data_fingerprint(cfg: DataConfig, tokenizer: Any, model_source: str, seed: int) -> dict[str, Any]:
+def data_fingerprint(
+    cfg: DataConfig, tokenizer: Any, model_source: str, seed: int, stage: str = "sft"
+) -> dict[str, Any]:
     """What the cached tokens depend on, as a JSON-able dict (stored in the manifest)."""
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
     template = hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest()[:16]
@@ -38,6 +40,7 @@ def data_fingerprint(cfg: DataConfig, tokenizer: Any, model_source: str, seed: i
         "vocab": vocab,
         "chat_template": template,
         "seed": seed,
+        "stage": stage,
     }
 
 

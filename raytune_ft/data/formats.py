@@ -104,7 +104,8 @@ def _pt_example(
     text = row[column]
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: column {column!r} must be non-empty text, got {_kind(text)}")
-    return {"text": fill_placeholders(text, placeholders, where)}
+    # Raw corpora are taken verbatim: "{{...}}" in code or wiki text is not a placeholder.
+    return {"text": text}
 
 
 def _preference_example(

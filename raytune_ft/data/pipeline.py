@@ -18,8 +18,8 @@ import numpy as np
 
 from raytune_ft.config import DataConfig
 
-from .encode import encode_full, render_segments, truncate
-from .formats import normalize_row
+from .encode import Segment, encode_full, render_segments, truncate
+from .formats import normalize_example
 from .packing import pack_samples
 from .records import RecordSelection, Split, read_records
 from .sources import DataError, DatasetSource, resolve_datasets
@@ -51,6 +51,8 @@ class EncodeOptions:
     """How rows become token rows; the subset of ``DataConfig`` the tokenizer actors need."""
 
     cutoff_len: int
+    stage: str = "sft"
+    """``sft`` renders conversations with the chat template; ``pt`` learns plain text."""
     train_on_prompt: bool = False
     mask_history: bool = False
     placeholders: Mapping[str, str] = field(default_factory=dict)
@@ -58,9 +60,10 @@ class EncodeOptions:
     skip_bad_rows: bool = False
 
     @classmethod
-    def from_config(cls, cfg: DataConfig) -> EncodeOptions:
+    def from_config(cls, cfg: DataConfig, stage: str = "sft") -> EncodeOptions:
         return cls(
             cutoff_len=cfg.cutoff_len,
+            stage=stage,
             train_on_prompt=cfg.train_on_prompt,
             mask_history=cfg.mask_history,
             placeholders=dict(cfg.placeholders),
@@ -91,10 +94,10 @@ def encode_rows(
     rendered = []
     for path, row, record in rows:
         try:
-            messages = normalize_row(
-                _parse(record, path, row), options.placeholders, f"{path}: row {row}", _owner(sources, path)
-            )
-            rendered.append(render_segments(tokenizer, messages, options.train_on_prompt, options.mask_history))
+            where = f"{path}: row {row}"
+            example = normalize_example(_parse(record, path, row), options.stage, options.placeholders, where,
+                                        _owner(sources, path))  # fmt: skip
+            rendered.append(_SEGMENTS[options.stage](tokenizer, example, options))
             results.append(RowResult(path, row))
         except DataError as err:
             results.append(RowResult(path, row, problem=_located(str(err), path, row)))
@@ -125,9 +128,9 @@ class TokenizeRows:
             if result.problem:
                 self._reject(result.problem)
                 continue
-            kept = truncate(result.input_ids or [], result.labels or [], self.options.cutoff_len)
-            if kept is not None:
-                samples.append(kept)
+            samples += fit_to_cutoff(
+                self.options.stage, result.input_ids or [], result.labels or [], self.options.cutoff_len
+            )
         if self.options.packing:
             return _packed_columns(pack_samples(samples, self.options.cutoff_len))
         return {
@@ -153,13 +156,16 @@ class PreparedData:
     """Validation rows (small; materialised), or None without a validation split."""
 
 
-def build_datasets(cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int) -> PreparedData:
+def build_datasets(
+    cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int, stage: str = "sft"
+) -> PreparedData:
     """Training (and validation) datasets for ``cfg``, tokenized by ``concurrency`` actors.
 
     ``load_tokenizer`` runs inside each tokenizer actor (on whichever node it lands), so it must be
     picklable and must resolve the model on that node.
     """
     sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
+    options = EncodeOptions.from_config(cfg, stage)
     rates = _mixing_rates(cfg, sources, seed)
     val_fraction = _val_fraction(cfg, sources, seed)
     split: Split = "train" if val_fraction else "all"
@@ -167,24 +173,24 @@ def build_datasets(cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int
         _read(source, RecordSelection(split, val_fraction, rate, cfg.max_samples, seed))
         for source, rate in zip(sources, rates, strict=True)
     ]
-    train = _tokenized(reads, sources, cfg, load_tokenizer, concurrency, shuffle_seed=seed if cfg.shuffle else None)
+    train = _tokenized(reads, sources, options, load_tokenizer, concurrency, shuffle_seed=seed if cfg.shuffle else None)
     evaluation = None
     if cfg.eval_dataset:
         eval_sources = resolve_datasets(cfg.eval_dataset, cfg.dataset_dir)
         reads = [_read(s, RecordSelection(max_rows=cfg.max_samples, seed=seed)) for s in eval_sources]
-        evaluation = _tokenized(reads, eval_sources, cfg, load_tokenizer, concurrency, shuffle_seed=None)
+        evaluation = _tokenized(reads, eval_sources, options, load_tokenizer, concurrency, shuffle_seed=None)
     elif val_fraction:
         reads = [_read(s, RecordSelection("eval", val_fraction, 1.0, cfg.max_samples, seed)) for s in sources]
-        evaluation = _tokenized(reads, sources, cfg, load_tokenizer, concurrency, shuffle_seed=None)
+        evaluation = _tokenized(reads, sources, options, load_tokenizer, concurrency, shuffle_seed=None)
     return PreparedData(train=train, eval=evaluation)
 
 
 def build_train_dataset(
-    cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int
+    cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int, stage: str = "sft"
 ) -> ray.data.Dataset:
     """The training stream alone (no validation split)."""
     train: ray.data.Dataset = build_datasets(
-        cfg.model_copy(update={"val_size": 0.0, "eval_dataset": None}), load_tokenizer, seed, concurrency
+        cfg.model_copy(update={"val_size": 0.0, "eval_dataset": None}), load_tokenizer, seed, concurrency, stage
     ).train
     return train
 
@@ -192,7 +198,7 @@ def build_train_dataset(
 def _tokenized(
     reads: list[Any],
     sources: list[DatasetSource],
-    cfg: DataConfig,
+    options: EncodeOptions,
     load_tokenizer: Callable[[], Any],
     concurrency: int,
     shuffle_seed: int | None,
@@ -206,7 +212,7 @@ def _tokenized(
         TokenizeRows,
         fn_constructor_kwargs={
             "load_tokenizer": load_tokenizer,
-            "options": EncodeOptions.from_config(cfg),
+            "options": options,
             "sources": sources,
         },
         batch_size=_BATCH_ROWS,
@@ -254,6 +260,41 @@ def _val_fraction(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> f
     if cfg.val_size >= total:
         raise DataError(f"data.val_size {cfg.val_size:g} rows is not below the {total} rows of data.dataset")
     return cfg.val_size / total
+
+
+def _chat_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[Segment]:
+    return render_segments(tokenizer, example["messages"], options.train_on_prompt, options.mask_history)
+
+
+def _text_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[Segment]:
+    return [(example["text"] + tokenizer.eos_token, True)]
+
+
+_SEGMENTS: dict[str, Callable[[Any, dict[str, Any], EncodeOptions], list[Segment]]] = {
+    "sft": _chat_segments,
+    "pt": _text_segments,
+}
+
+
+Sample = tuple[list[int], list[int]]
+
+
+def _truncated(ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
+    kept = truncate(ids, labels, cutoff_len)
+    return [kept] if kept is not None else []
+
+
+def _split(ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
+    return [(ids[i : i + cutoff_len], labels[i : i + cutoff_len]) for i in range(0, len(ids), cutoff_len)]
+
+
+_FITS: dict[str, Callable[[list[int], list[int], int], list[Sample]]] = {"sft": _truncated, "pt": _split}
+
+
+def fit_to_cutoff(stage: str, ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
+    """Rows of at most ``cutoff_len`` tokens: a conversation keeps its start (and is dropped when no
+    answer token is left); a pre-training document is split into consecutive pieces."""
+    return _FITS[stage](ids, labels, cutoff_len)
 
 
 def _parse(record: str, path: str, row: int) -> dict[str, Any]:

@@ -17,9 +17,9 @@ import numpy as np
 
 from raytune_ft.config import DataConfig
 
-from .encode import IGNORE_INDEX, truncate
+from .encode import IGNORE_INDEX
 from .packing import pack_samples, padding_efficiency
-from .pipeline import EncodeOptions, encode_rows
+from .pipeline import EncodeOptions, encode_rows, fit_to_cutoff
 from .records import RecordSelection, read_records
 from .sources import DatasetSource, resolve_datasets
 
@@ -65,21 +65,23 @@ class DescribeRows:
         }
         for result in encode_rows(self.tokenizer, self.options, self.sources, rows):
             ids, labels = result.input_ids or [], result.labels or []
-            kept = truncate(ids, labels, self.options.cutoff_len) if not result.problem else None
-            sample = kept if kept is not None and result.row <= self.keep else ([], [])
+            pieces = (
+                fit_to_cutoff(self.options.stage, ids, labels, self.options.cutoff_len) if not result.problem else []
+            )
+            sample = pieces[0] if pieces and result.row <= self.keep else ([], [])
             out["path"].append(result.path)
             out["row"].append(result.row)
             out["problem"].append(result.problem)
             out["length"].append(len(ids))
-            out["kept"].append(len(kept[0]) if kept else 0)
-            out["learned"].append(sum(t != IGNORE_INDEX for t in kept[1]) if kept else 0)
+            out["kept"].append(sum(len(piece_ids) for piece_ids, _ in pieces))
+            out["learned"].append(sum(t != IGNORE_INDEX for _, piece_labels in pieces for t in piece_labels))
             out["ids"].append(np.asarray(sample[0], dtype=np.int32))
             out["labels"].append(np.asarray(sample[1], dtype=np.int32))
         return out
 
 
 def build_preview(
-    cfg: DataConfig, load_tokenizer: Callable[[], Any], concurrency: int, samples: int = 3
+    cfg: DataConfig, load_tokenizer: Callable[[], Any], concurrency: int, samples: int = 3, stage: str = "sft"
 ) -> PreviewReport:
     """Statistics over every row of ``cfg.dataset`` and the first ``samples`` rows in full."""
     import ray.data
@@ -92,7 +94,7 @@ def build_preview(
         DescribeRows,
         fn_constructor_kwargs={
             "load_tokenizer": load_tokenizer,
-            "options": EncodeOptions.from_config(cfg),
+            "options": EncodeOptions.from_config(cfg, stage),
             "sources": sources,
             "keep": samples,
         },

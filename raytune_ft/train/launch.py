@@ -182,10 +182,12 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
 def prepare_data(cfg: JobConfig, concurrency: int) -> PreparedData:
     """The tokenized train (+ validation) streams, read from ``data.tokenized_path`` when it holds them."""
     load = functools.partial(training_tokenizer, cfg.model.source, cfg.data.template)
-    build = functools.partial(build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency)
+    build = functools.partial(
+        build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.stage
+    )
     if cfg.data.tokenized_path is None:
         return build()
-    fingerprint = data_fingerprint(cfg.data, load(), cfg.model.source, cfg.train.seed)
+    fingerprint = data_fingerprint(cfg.data, load(), cfg.model.source, cfg.train.seed, cfg.method.stage)
     shuffle_seed = cfg.train.seed if cfg.data.shuffle else None
     prepared, reused = load_or_write(cfg.data.tokenized_path, fingerprint, build, shuffle_seed)
     verb = "reusing" if reused else "wrote"

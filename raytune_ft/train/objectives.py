@@ -54,4 +54,7 @@ class SFTObjective:
         return causal_lm_loss_sum(logits, batch["labels"])
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "sft": SFTObjective,
+    "pt": SFTObjective,  # the same next-token loss; the data marks every token as learned
+}

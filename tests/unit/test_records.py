@@ -4,7 +4,9 @@ errors that name the file and row."""
 from __future__ import annotations
 
 import io
+import json
 import statistics
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,18 @@ def test_encode_rows_names_file_and_row_of_each_problem(tokenizer: object) -> No
     assert results[1].problem.startswith("d.jsonl: row 2: not valid JSON")
     assert results[2].problem == "d.jsonl: row 3: expected a JSON object, got list"
     assert results[3].problem == "d.jsonl: row 4: column 'output' must be a string, got int"
+
+
+def test_pretraining_rows_learn_every_token_and_long_documents_are_split(tokenizer: Any) -> None:
+    from raytune_ft.data.pipeline import fit_to_cutoff
+
+    text = " ".join(f"word{i}" for i in range(60))
+    [result] = encode_rows(
+        tokenizer, EncodeOptions(cutoff_len=32, stage="pt"), [], [("c.jsonl", 1, json.dumps({"text": text}))]
+    )
+    assert result.input_ids == result.labels, "pre-training learns every token"
+    assert result.input_ids is not None and result.input_ids[-1] == tokenizer.eos_token_id
+    pieces = fit_to_cutoff("pt", result.input_ids, result.labels or [], 32)
+    assert [len(ids) for ids, _ in pieces[:-1]] == [32] * (len(pieces) - 1) and len(pieces) > 2
+    assert [t for ids, _ in pieces for t in ids] == result.input_ids, "no token is lost when splitting"
+    assert fit_to_cutoff("sft", result.input_ids, result.labels or [], 32) == [(result.input_ids[:32],) * 2]

@@ -48,10 +48,11 @@ def test_sft_wraps_normalize_row() -> None:
 # --- pt -----------------------------------------------------------------------------------------
 
 
-def test_pt_reads_the_text_column_by_default() -> None:
+def test_pt_reads_the_text_column_by_default_verbatim() -> None:
+    # Raw corpora hold code and wiki markup: "{{...}}" there is text, not a placeholder.
     row = {"text": "{{name}} reads plain text.\n", "id": 3}
-    assert normalize_example(row, "pt", NAMES, "r") == {"text": "Raytune reads plain text.\n"}
-    assert normalize_example(row, "pt", NAMES, "r", source("alpaca")) == {"text": "Raytune reads plain text.\n"}
+    assert normalize_example(row, "pt", NAMES, "r") == {"text": "{{name}} reads plain text.\n"}
+    assert normalize_example(row, "pt", NAMES, "r", source("alpaca")) == {"text": "{{name}} reads plain text.\n"}
 
 
 def test_pt_reads_the_column_mapped_as_prompt() -> None:
@@ -69,7 +70,6 @@ def test_pt_reads_the_column_mapped_as_prompt() -> None:
         ({"text": 5}, r"r: column 'text' must be non-empty text, got int 5"),
         ({"text": None}, r"r: column 'text' must be non-empty text, got nothing"),
         ({"text": "  \n"}, r"r: column 'text' must be non-empty text, got str '  \\n'"),
-        ({"text": "{{company}}"}, r"r: placeholder \{\{company\}\} has no value; set data.placeholders.company"),
     ],
 )
 def test_pt_errors(row: dict[str, Any], problem: str) -> None:
