@@ -39,9 +39,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from raytune_ft.data import resolve_datasets
+    from raytune_ft.data.templates import check_template_name
 
     cfg = load_config(args.config, args.overrides)
     resolve_datasets(cfg.data.dataset, cfg.data.dataset_dir)
+    if cfg.data.eval_dataset:
+        resolve_datasets(cfg.data.eval_dataset, cfg.data.dataset_dir)
+    if cfg.data.template is not None:
+        check_template_name(cfg.data.template)
     print(f"{args.config}: valid")
     if args.explain:
         translation = llamafactory_translation(args.config)

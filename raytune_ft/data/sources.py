@@ -63,7 +63,7 @@ class DatasetSource:
         text = str(self.path)
         if _is_uri(text) or not _is_glob(text):
             return [text]
-        return sorted(glob.glob(text))
+        return sorted(glob.glob(text, recursive=True))
 
     def owns(self, file: str) -> bool:
         """Whether ``file`` (as the reader reports it, URI scheme stripped) belongs to this source."""
@@ -157,7 +157,7 @@ def _pattern_source(name: str) -> DatasetSource:
             raise DataError(f"data.dataset {name!r}: name the files with a {known} extension (a glob works)")
         return DatasetSource(name, name, reader=reader)
     pattern = str(Path(name).expanduser().absolute())
-    files = sorted(glob.glob(pattern))
+    files = sorted(glob.glob(pattern, recursive=True))
     if not files:
         raise DataError(f"data.dataset {name!r}: the pattern matches no files (looked for {pattern})")
     kinds = {READERS.get(Path(f).suffix) for f in files}
@@ -172,12 +172,7 @@ def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource
     if unknown:
         raise DataError(f"{where}: keys {unknown} are not supported (known: {', '.join(sorted(_ENTRY_KEYS))})")
     if "file_name" not in entry:
-        hub = next((entry[k] for k in _HUB_KEYS if k in entry), None)
-        raise DataError(
-            f"{where}: the data comes from a hub ({hub}), which this machine cannot reach. Download it where "
-            f'the network allows, put the file under {folder} and set "file_name" in the entry, or pass '
-            "the file's path in data.dataset."
-        )
+        return _from_hub(name, entry, folder, where)
     if entry.get("ranking"):
         raise DataError(f"{where}: ranking (preference) datasets need a preference stage, which is not available yet")
     formatting = entry.get("formatting", "alpaca")
@@ -189,6 +184,36 @@ def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource
     columns = _checked_keys(entry.get("columns", {}), _COLUMN_KEYS, f"{where}: columns")
     tags = _checked_keys(entry.get("tags", {}), _TAG_KEYS, f"{where}: tags")
     return DatasetSource(name, path, formatting, columns, tags, _reader_for(name, path))
+
+
+def _from_hub(name: str, entry: dict[str, Any], folder: Path, where: str) -> DatasetSource:
+    """Download a ``hf_hub_url`` dataset's data files into the local HF cache, or say how to do without."""
+    hub = next((entry[k] for k in _HUB_KEYS if k in entry), None)
+    fix = (
+        f'Download it where the network allows, put the files under {folder} and set "file_name" in the '
+        "entry, or pass the files' path in data.dataset."
+    )
+    if "hf_hub_url" not in entry:
+        raise DataError(f"{where}: only Hugging Face hub entries (hf_hub_url) can be fetched, not {hub}. {fix}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            entry["hf_hub_url"], repo_type="dataset", allow_patterns=[f"*{suffix}" for suffix in READERS]
+        )
+    except Exception as err:  # offline, unknown repo, no access: all end in the same advice
+        raise DataError(
+            f"{where}: could not fetch {hub} from the Hugging Face hub ({type(err).__name__}). {fix}"
+        ) from None
+    files = sorted(p for p in Path(local).rglob("*") if p.suffix in READERS)
+    kinds = {READERS[p.suffix] for p in files}
+    if len(kinds) != 1:
+        raise DataError(f"{where}: {hub} holds {len(files)} data files of kinds {sorted(kinds)}; {fix}")
+    pattern = str(Path(local) / "**" / f"*{files[0].suffix}")
+    formatting = entry.get("formatting", "alpaca")
+    columns = _checked_keys(entry.get("columns", {}), _COLUMN_KEYS, f"{where}: columns")
+    tags = _checked_keys(entry.get("tags", {}), _TAG_KEYS, f"{where}: tags")
+    return DatasetSource(name, pattern, formatting, columns, tags, kinds.pop())
 
 
 def _checked_keys(mapping: object, valid: tuple[str, ...], where: str) -> dict[str, str]:

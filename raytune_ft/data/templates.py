@@ -14,7 +14,7 @@ from typing import Any
 
 from .sources import DataError
 
-__all__ = ["TEMPLATES", "TEMPLATE_NAMES", "ChatTemplate", "apply_template"]
+__all__ = ["TEMPLATES", "TEMPLATE_NAMES", "ChatTemplate", "apply_template", "check_template_name"]
 
 
 @dataclass(frozen=True)
@@ -187,17 +187,22 @@ TEMPLATES: dict[str, ChatTemplate] = {template.name: template for template in _A
 TEMPLATE_NAMES: tuple[str, ...] = tuple(TEMPLATES)
 
 
+def check_template_name(name: str) -> ChatTemplate:
+    """The template called ``name``, or a DataError that lists the names and suggests the close one."""
+    if name not in TEMPLATES:
+        close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"unknown chat template {name!r}{hint}; choose one of: {', '.join(TEMPLATE_NAMES)}")
+    return TEMPLATES[name]
+
+
 def apply_template(tokenizer: Any, name: str) -> Any:
     """Install template ``name`` on ``tokenizer`` and make its stop marker the eos token; returns the tokenizer.
 
     Generation then stops at the marker (LLaMA-Factory's ``replace_eos``). The marker must already be one
     token: adding it would need a resized, untrained embedding row.
     """
-    if name not in TEMPLATES:
-        close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"unknown chat template {name!r}{hint}; choose one of: {', '.join(TEMPLATE_NAMES)}")
-    template = TEMPLATES[name]
+    template = check_template_name(name)
     if template.stop:
         if not _is_single_token(tokenizer, template.stop):
             raise DataError(

@@ -171,6 +171,8 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
         for key, old in getattr(saved, section).model_dump().items()
         if (new := getattr(getattr(cfg, section), key)) != old
     ]
+    if saved.data.template != cfg.data.template:  # the prompt format the weights have learned
+        changed.append(f"data.template: {saved.data.template!r} -> {cfg.data.template!r}")
     if changed:
         raise ConfigError(
             f"run {cfg.train.run_name!r} already has checkpoints in {run_dir} trained with other settings "

@@ -63,3 +63,8 @@ def test_interactive_chat_keeps_history(tiny_model_dir: Path, monkeypatch: Any) 
     interactive_chat(model, tokenizer, None, 4, 0.0, stdin=io.StringIO("Hi\nAnd then?\nclear\nNew\nexit\n"), stdout=out)
     assert seen == [1, 3, 1], "the second turn sees the first exchange; 'clear' forgets it"
     assert out.getvalue().count("Assistant: ") == 3
+
+
+def test_validate_checks_the_template_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(QUICKSTART), "data.template=chatlm"]) == 2
+    assert "unknown chat template 'chatlm' (did you mean 'chatml'?)" in capsys.readouterr().err

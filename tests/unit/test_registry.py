@@ -87,7 +87,9 @@ def test_openai_format_and_tool_turns(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        ({"hf_hub_url": "org/data"}, r"hub \(org/data\).*set \"file_name\""),
+        # The hub is tried; offline (HF_HUB_OFFLINE=1 in tests, no route on this machine) it says what to do.
+        ({"hf_hub_url": "org/data"}, r"could not fetch org/data from the Hugging Face hub.*set \"file_name\""),
+        ({"ms_hub_url": "org/data"}, r"only Hugging Face hub entries \(hf_hub_url\) can be fetched"),
         ({"file_name": "nope.json"}, "file_name 'nope.json' not found"),
         ({"file_name": "x.json", "formatting": "chatml"}, "formatting 'chatml' is unknown"),
         ({"file_name": "x.json", "ranking": True}, "ranking"),

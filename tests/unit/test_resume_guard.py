@@ -32,3 +32,9 @@ def test_changed_adapter_is_refused_with_the_difference(tmp_path: Path) -> None:
     run = fake_run(tmp_path, "adapter.rank=8")
     with pytest.raises(ConfigError, match=r"adapter\.rank: 8 -> 16.*new train\.run_name"):
         check_resume_compatible(load_config(None, ["adapter.rank=16"]), str(run))
+
+
+def test_changed_template_is_refused(tmp_path: Path) -> None:
+    run = fake_run(tmp_path, "data.template=chatml")
+    with pytest.raises(ConfigError, match=r"data\.template: 'chatml' -> None"):
+        check_resume_compatible(load_config(None), str(run))
