@@ -374,6 +374,11 @@ def ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     return {k: a[f"median_{k}"] / b[f"median_{k}"] for k in ("rows_per_s", "tokens_per_s")}
 
 
+def paired(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """Rows/s ratio of each repeat, whose runs were back to back: robust to drift in the machine's load."""
+    return [x["rows_per_s"] / y["rows_per_s"] for x, y in zip(a["repeats"], b["repeats"], strict=True)]
+
+
 def print_table(result: dict[str, Any]) -> None:
     methods, pad, diag = result["methods"], result["padding_efficiency"], result["diagnostics"]
     print(
@@ -388,6 +393,8 @@ def print_table(result: dict[str, Any]) -> None:
     vs_map, vs_plain = result["ratio_ours_vs_datasets_map"], result["ratio_ours_vs_plain"]
     print(f"\nours = {result['ours']}: {vs_map['rows_per_s']:.2f}x datasets.map rows/s (target {TARGET}x), ", end="")
     print(f"{vs_plain['rows_per_s']:.2f}x plain")
+    per_repeat = ", ".join(f"{x:.2f}" for x in result["ratio_ours_vs_datasets_map_per_repeat"])
+    print(f"ours / datasets.map per repeat: {per_repeat}")
     print(f"\npadding efficiency (skewed set, batches of {BATCH}):")
     for key in (
         "unpacked_file_order",
@@ -489,6 +496,7 @@ def main() -> None:
         },
         "ours": ours,
         "ratio_ours_vs_datasets_map": vs_map,
+        "ratio_ours_vs_datasets_map_per_repeat": paired(methods[ours], methods["datasets_map_np2"]),
         "ratio_ours_vs_plain": ratio(methods[ours], methods["plain_tokenizer"]),
         "ratio_whatif_light_loader_vs_datasets_map": ratio(
             methods[next(m for m in methods if m.startswith("whatif"))], methods["datasets_map_np2"]

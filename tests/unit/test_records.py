@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from raytune_ft.data import DataError, EncodeOptions, RecordSelection, encode_rows
+from raytune_ft.data import IGNORE_INDEX, DataError, DatasetSource, EncodeOptions, RecordSelection, encode_rows
 from raytune_ft.data.pipeline import mixing_rates
 from raytune_ft.data.records import _csv_rows, _json_rows, _jsonl_rows, copies
 
@@ -85,3 +85,30 @@ def test_pretraining_rows_learn_every_token_and_long_documents_are_split(tokeniz
     assert [len(ids) for ids, _ in pieces[:-1]] == [32] * (len(pieces) - 1) and len(pieces) > 2
     assert [t for ids, _ in pieces for t in ids] == result.input_ids, "no token is lost when splitting"
     assert fit_to_cutoff("sft", result.input_ids, result.labels or [], 32) == [(result.input_ids[:32],) * 2]
+
+
+def learned_spans(tokenizer: Any, ids: list[int], labels: list[int]) -> list[str]:
+    spans: list[list[int]] = []
+    for i, (token, label) in enumerate(zip(ids, labels, strict=True)):
+        assert label in (IGNORE_INDEX, token), f"token {i}: a label is either masked or the token itself"
+        if label != IGNORE_INDEX:
+            if i == 0 or labels[i - 1] == IGNORE_INDEX:
+                spans.append([])
+            spans[-1].append(token)
+    return [tokenizer.decode(span) for span in spans]
+
+
+@pytest.mark.parametrize(("mask_history", "expected"), [(False, ["Paris", "Rome"]), (True, ["Rome"])])
+def test_sharegpt_custom_tags_multi_turn_masking_token_by_token(
+    tokenizer: Any, mask_history: bool, expected: list[str]
+) -> None:
+    tags = {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"}
+    source = DatasetSource("chat", "/data/chat.json", "sharegpt", {"messages": "dialog"}, tags)
+    turns = [("me", "Capital of France?"), ("bot", "Paris"), ("me", "And Italy?"), ("bot", "Rome")]
+    record = json.dumps({"dialog": [{"speaker": s, "text": t} for s, t in turns], "system": "Be brief."})
+    options = EncodeOptions(cutoff_len=256, mask_history=mask_history)
+    [result] = encode_rows(tokenizer, options, [source], [("/data/chat.json", 7, record)])
+    assert not result.problem and result.input_ids and result.labels
+    spans = learned_spans(tokenizer, result.input_ids, result.labels)
+    assert spans == [f"{answer}<|im_end|>\n" for answer in expected]
+    assert tokenizer.decode(result.input_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
