@@ -8,8 +8,9 @@ figures to quote. ``datasets.map(batched=True, num_proc=2)`` runs our own per-ro
 baseline renders each conversation once and tokenizes it, without masks: the floor. Ray is started
 once before timing; each timed pipeline run includes starting its tokenizer actors (Python
 imports and the tokenizer load). Also reported: padding efficiency (non-pad / computed tokens,
-batches of 4 padded to the longest row) with and without packing on a length-skewed set.
-Results: bench/results/tokenize_throughput.json.
+batches of 4 padded to the longest row) with and without packing on a length-skewed set, and where
+the pipeline's time goes: a what-if run with a lighter tokenizer loader, the start-up steps of its
+actors, and the per-row steps of its actor timed one by one. Results: bench/results/tokenize_throughput.json.
 
     .venv/bin/python bench/tokenize_throughput.py [--rows 50000] [--repeats 3] [--concurrency 2 1]
 """
@@ -233,9 +234,7 @@ def padding(path: Path, tokenizer: Any) -> dict[str, Any]:
     per_batch = [
         len(ids) for i in range(0, len(samples), 256) for ids, _, _ in pack_samples(samples[i : i + 256], CUTOFF)
     ]
-    started = time.perf_counter()
     pipeline_packed = ours_lengths(path, concurrency=2, packing=True)
-    pipeline_seconds = time.perf_counter() - started
     pipeline_unpacked = ours_lengths(path, concurrency=2)
     return {
         "set": f"alpaca_1k (JSON lines) with every {SKEW_EVERY}th answer repeated {SKEW_TIMES}x (space-joined)",
@@ -250,7 +249,6 @@ def padding(path: Path, tokenizer: Any) -> dict[str, Any]:
         "pipeline_packed": padding_efficiency(pipeline_packed, BATCH),
         "pipeline_packed_rows": len(pipeline_packed),
         "pipeline_packed_tokens": sum(pipeline_packed),
-        "pipeline_packed_seconds": pipeline_seconds,
     }
 
 
@@ -447,7 +445,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 NOTES = {
     "ours": "build_train_dataset (shuffle off) consumed with iter_batches(256, numpy) on the driver; ray.init "
     "excluded (done once before timing); actor start-up (worker process, imports) and the tokenizer load in each "
-    "actor included. first_batch_s is mostly that start-up",
+    "actor included. first_batch_s is mostly that start-up; rows_per_s_after_first_batch overstates the steady "
+    "rate (work done while the first batch was on its way counts after it)",
     "whatif_light_loader": "not ours as shipped: the same pipeline given PreTrainedTokenizerFast.from_pretrained "
     "(the class AutoTokenizer resolves to; identical ids and template) as load_tokenizer, skipping AutoTokenizer's "
     "model-side imports in each actor",

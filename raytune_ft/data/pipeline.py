@@ -94,18 +94,19 @@ def encode_rows(
     rendered = []
     for path, row, record in rows:
         try:
-            where = f"{path}: row {row}"
-            example = normalize_example(_parse(record, path, row), options.stage, options.placeholders, where,
+            fields = _parse(record, path, row)
+            example = normalize_example(fields, options.stage, options.placeholders, f"{path}: row {row}",
                                         _owner(sources, path))  # fmt: skip
             rendered.append(_SEGMENTS[options.stage](tokenizer, example, options))
             results.append(RowResult(path, row))
         except DataError as err:
             results.append(RowResult(path, row, problem=_located(str(err), path, row)))
     encoded = iter(encode_full(tokenizer, rendered))
-    return [
-        RowResult(r.path, r.row, *next(encoded)) if not r.problem else r  # type: ignore[misc]
-        for r in results
-    ]
+    for i, result in enumerate(results):
+        if not result.problem:
+            ids, labels = next(encoded)
+            results[i] = RowResult(result.path, result.row, ids, labels)
+    return results
 
 
 class TokenizeRows:
