@@ -9,8 +9,8 @@ baseline renders each conversation once and tokenizes it, without masks: the flo
 once before timing; each timed pipeline run includes starting its tokenizer actors (Python
 imports and the tokenizer load). Also reported: padding efficiency (non-pad / computed tokens,
 batches of 4 padded to the longest row) with and without packing on a length-skewed set, and where
-the pipeline's time goes: a what-if run with a lighter tokenizer loader, the start-up steps of its
-actors, and the per-row steps of its actor timed one by one. Results: bench/results/tokenize_throughput.json.
+the pipeline's time goes: the start-up steps of its actors, and the per-row steps of its actor
+timed one by one. Results: bench/results/tokenize_throughput.json.
 
     .venv/bin/python bench/tokenize_throughput.py [--rows 50000] [--repeats 3] [--concurrency 2 1]
 """
@@ -100,18 +100,10 @@ def data_config(path: Path, packing: bool = False) -> Any:
 
 
 def package_loader() -> Callable[[], Any]:
-    from raytune_ft.models import load_tokenizer, resolve_model_source
+    """What training ships to its tokenizer actors."""
+    from raytune_ft.models import load_source_tokenizer
 
-    return functools.partial(load_tokenizer, resolve_model_source(MODEL))
-
-
-def light_loader() -> Callable[[], Any]:
-    """The same tokenizer (same class, template and ids) without AutoTokenizer's model-side imports."""
-    from transformers import PreTrainedTokenizerFast
-
-    from raytune_ft.models import resolve_model_source
-
-    return functools.partial(PreTrainedTokenizerFast.from_pretrained, str(resolve_model_source(MODEL)))
+    return functools.partial(load_source_tokenizer, MODEL)
 
 
 def ours_batches(
@@ -203,9 +195,6 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
 def throughput(path: Path, repeats: int, concurrencies: list[int], tokenizer: Any) -> dict[str, dict[str, Any]]:
     methods: dict[str, Callable[[], dict[str, float]]] = {
         **{f"ours_ray_c{c}": functools.partial(run_ours, path, c) for c in concurrencies},
-        f"whatif_light_loader_c{max(concurrencies)}": functools.partial(
-            run_ours, path, max(concurrencies), light_loader()
-        ),
         "datasets_map_np2": functools.partial(run_datasets_map, path, tokenizer),
         "plain_tokenizer": functools.partial(run_plain, path, tokenizer),
     }
@@ -271,22 +260,15 @@ class Clock:
 class StartupProbe:
     """A tokenizer actor's start-up steps, timed in the order the pipeline's actors take them."""
 
-    def __init__(self, model_path: str, light: bool) -> None:
+    def __init__(self) -> None:
         self.clock = Clock()
-        if light:  # the tokenizer first (no torch import); then what importing our data stage adds
-            with self.clock("load_tokenizer_light"):
-                from transformers import PreTrainedTokenizerFast
-
-                PreTrainedTokenizerFast.from_pretrained(model_path)
-            with self.clock("import_raytune_ft_data"):
-                importlib.import_module("raytune_ft.data")
-        else:  # unpickling TokenizeRows and the loader imports our packages; then the tokenizer loads
-            with self.clock("import_raytune_ft_data"):
-                importlib.import_module("raytune_ft.data")
-            with self.clock("import_raytune_ft_models"):
-                from raytune_ft.models import load_tokenizer
-            with self.clock("load_tokenizer_package"):
-                load_tokenizer(Path(model_path))
+        # Unpickling TokenizeRows and the loader imports our packages; then the tokenizer loads.
+        with self.clock("import_raytune_ft_data"):
+            importlib.import_module("raytune_ft.data")
+        with self.clock("import_raytune_ft_models"):
+            from raytune_ft.models import load_source_tokenizer
+        with self.clock("load_source_tokenizer"):
+            load_source_tokenizer(MODEL)
 
     def report(self) -> dict[str, float]:
         return self.clock.seconds
@@ -301,17 +283,10 @@ def actor_startup() -> dict[str, Any]:
     """Wall time until 2 actors started together are ready (as the pipeline starts its pool), and their steps."""
     import ray
 
-    from raytune_ft.models import resolve_model_source
-
-    model_path = str(resolve_model_source(MODEL))
     out: dict[str, Any] = {}
-    for name, cls, args in (
-        ("empty_actor", EmptyActor, ()),
-        ("as_pipeline", StartupProbe, (model_path, False)),
-        ("light_loader", StartupProbe, (model_path, True)),
-    ):
+    for name, cls in (("empty_actor", EmptyActor), ("as_pipeline", StartupProbe)):
         started = time.perf_counter()
-        actors = [ray.remote(num_cpus=0.5)(cls).remote(*args) for _ in range(2)]
+        actors = [ray.remote(num_cpus=0.5)(cls).remote() for _ in range(2)]
         steps = ray.get([actor.report.remote() for actor in actors])
         out[name] = {"ready_s": time.perf_counter() - started, "steps_s": steps}
         for actor in actors:
@@ -447,9 +422,6 @@ NOTES = {
     "excluded (done once before timing); actor start-up (worker process, imports) and the tokenizer load in each "
     "actor included. first_batch_s is mostly that start-up; rows_per_s_after_first_batch overstates the steady "
     "rate (work done while the first batch was on its way counts after it)",
-    "whatif_light_loader": "not ours as shipped: the same pipeline given PreTrainedTokenizerFast.from_pretrained "
-    "(the class AutoTokenizer resolves to; identical ids and template) as load_tokenizer, skipping AutoTokenizer's "
-    "model-side imports in each actor",
     "datasets_map_np2": "load_dataset('text') of the JSONL into a fresh temp cache dir (included; load_dataset_s), "
     "then map(encode_rows + truncate, batched, batch_size 1000, num_proc=2, with_indices); tokens counted from the "
     "Arrow column; the tokenizer is loaded once before timing and pickled to the forked map workers",
@@ -497,9 +469,6 @@ def main() -> None:
         "ratio_ours_vs_datasets_map": vs_map,
         "ratio_ours_vs_datasets_map_per_repeat": paired(methods[ours], methods["datasets_map_np2"]),
         "ratio_ours_vs_plain": ratio(methods[ours], methods["plain_tokenizer"]),
-        "ratio_whatif_light_loader_vs_datasets_map": ratio(
-            methods[next(m for m in methods if m.startswith("whatif"))], methods["datasets_map_np2"]
-        ),
         "target": {"ours_vs_datasets_map_rows_per_s": TARGET, "met": vs_map["rows_per_s"] >= TARGET},
         **measured,
         "notes": NOTES,

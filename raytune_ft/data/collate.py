@@ -9,11 +9,14 @@ attention that stays inside each sample.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .encode import IGNORE_INDEX
+
+if TYPE_CHECKING:  # torch loads lazily: the tokenizer actors import this package and never pad
+    import torch
 
 __all__ = ["pad_batch"]
 
@@ -22,6 +25,8 @@ Rows = Sequence[Sequence[int] | np.ndarray]
 
 def pad_batch(input_ids: Rows, labels: Rows, pad_id: int, position_ids: Rows | None = None) -> dict[str, torch.Tensor]:
     """Right-pad rows to the batch maximum: ``input_ids``, ``attention_mask``, ``labels`` (+ ``position_ids``)."""
+    import torch
+
     width = max(len(row) for row in input_ids)
     ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
     lab = torch.full((len(input_ids), width), IGNORE_INDEX, dtype=torch.long)

@@ -23,6 +23,7 @@ from .formats import normalize_example
 from .packing import pack_samples
 from .records import RecordSelection, Split, read_records
 from .sources import DataError, DatasetSource, resolve_datasets
+from .templates import apply_template
 
 if TYPE_CHECKING:
     import ray.data
@@ -51,6 +52,8 @@ class EncodeOptions:
     """How rows become token rows; the subset of ``DataConfig`` the tokenizer actors need."""
 
     cutoff_len: int
+    template: str | None = None
+    """Named chat template installed on the tokenizer (``data.template``); None keeps its own."""
     stage: str = "sft"
     """``sft`` renders conversations with the chat template; ``pt`` learns plain text."""
     train_on_prompt: bool = False
@@ -63,6 +66,7 @@ class EncodeOptions:
     def from_config(cls, cfg: DataConfig, stage: str = "sft") -> EncodeOptions:
         return cls(
             cutoff_len=cfg.cutoff_len,
+            template=cfg.template,
             stage=stage,
             train_on_prompt=cfg.train_on_prompt,
             mask_history=cfg.mask_history,
@@ -81,6 +85,11 @@ class RowResult:
     input_ids: list[int] | None = None
     labels: list[int] | None = None
     problem: str = ""
+
+
+def templated(tokenizer: Any, options: EncodeOptions) -> Any:
+    """``tokenizer`` with the run's named template installed (when one is set)."""
+    return apply_template(tokenizer, options.template) if options.template else tokenizer
 
 
 def encode_rows(
@@ -117,7 +126,7 @@ class TokenizeRows:
     """
 
     def __init__(self, load_tokenizer: Callable[[], Any], options: EncodeOptions, sources: list[DatasetSource]) -> None:
-        self.tokenizer = load_tokenizer()
+        self.tokenizer = templated(load_tokenizer(), options)
         self.options = options
         self.sources = sources
         self.skipped = 0
@@ -163,7 +172,9 @@ def build_datasets(
     """Training (and validation) datasets for ``cfg``, tokenized by ``concurrency`` actors.
 
     ``load_tokenizer`` runs inside each tokenizer actor (on whichever node it lands), so it must be
-    picklable and must resolve the model on that node.
+    picklable, must resolve the model on that node, and should import little (actors start faster):
+    ``functools.partial(raytune_ft.models.load_source_tokenizer, source)``. ``data.template`` is
+    applied to what it returns.
     """
     sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
     options = EncodeOptions.from_config(cfg, stage)

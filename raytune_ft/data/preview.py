@@ -19,7 +19,7 @@ from raytune_ft.config import DataConfig
 
 from .encode import IGNORE_INDEX
 from .packing import pack_samples, padding_efficiency
-from .pipeline import EncodeOptions, encode_rows, fit_to_cutoff
+from .pipeline import EncodeOptions, encode_rows, fit_to_cutoff, templated
 from .records import RecordSelection, read_records
 from .sources import DatasetSource, resolve_datasets
 
@@ -53,7 +53,7 @@ class DescribeRows:
     def __init__(
         self, load_tokenizer: Callable[[], Any], options: EncodeOptions, sources: list[DatasetSource], keep: int
     ) -> None:
-        self.tokenizer = load_tokenizer()
+        self.tokenizer = templated(load_tokenizer(), options)
         self.options = options
         self.sources = sources
         self.keep = keep

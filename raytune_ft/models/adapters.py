@@ -7,15 +7,16 @@ a model whose ``requires_grad`` flags say what to optimise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from raytune_ft.config import AdapterConfig, ConfigError
 
+if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
+    import torch
+
 __all__ = ["ADAPTERS", "apply_adapter", "trainable_parameters"]
 
-AdapterFn = Callable[[torch.nn.Module, AdapterConfig], torch.nn.Module]
+AdapterFn = Callable[["torch.nn.Module", AdapterConfig], "torch.nn.Module"]
 
 
 def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:

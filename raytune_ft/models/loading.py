@@ -7,18 +7,17 @@ in a checkpoint is the one every reader uses: training and chat cannot drift apa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from raytune_ft.config import ModelConfig, load_config
 
 from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
 from .source import ModelSourceError, resolve_model_source
 
-__all__ = ["load_causal_lm", "load_for_inference", "load_tokenizer"]
+if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
+    import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["load_causal_lm", "load_for_inference", "load_source_tokenizer", "load_tokenizer"]
 
 
 def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
@@ -27,9 +26,7 @@ def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
     Training may load a base model's tokenizer without a chat template and give it a named one
     (``data.template``); everything else needs the template the model was trained with.
     """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if require_chat_template and not getattr(tokenizer, "chat_template", None):
@@ -40,12 +37,33 @@ def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
     return tokenizer
 
 
+def load_source_tokenizer(source: str) -> Any:
+    """The tokenizer of a model source as it ships (no template check): what tokenizer actors load."""
+    return load_tokenizer(resolve_model_source(source), require_chat_template=False)
+
+
+def _from_pretrained(path: Path) -> Any:
+    """A fast tokenizer straight from ``tokenizer.json`` when there is one.
+
+    AutoTokenizer gives the same class but first imports the model-side code to read the config,
+    about 6 s of every tokenizer actor's start on a small CPU (bench/tokenize_throughput.py).
+    """
+    if (path / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    from transformers import AutoTokenizer  # importing it loads torch and the model registry
+
+    return AutoTokenizer.from_pretrained(path)
+
+
 def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
     """The base model from a local HF folder in ``cfg.dtype``."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
-        path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
+        path, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation
     )
     return model
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from raytune_ft.config import ConfigError, JobConfig, load_config
 from raytune_ft.data import PreparedData, build_datasets
 from raytune_ft.data.cache import data_fingerprint, load_or_write
-from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint
+from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_source_tokenizer
 
 from .loop import RunPlan, train_loop_per_worker
-from .tokenizer import job_tokenizer, training_tokenizer
+from .tokenizer import job_tokenizer
 
 __all__ = [
     "TrainOutcome",
@@ -183,13 +183,13 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
 
 def prepare_data(cfg: JobConfig, concurrency: int) -> PreparedData:
     """The tokenized train (+ validation) streams, read from ``data.tokenized_path`` when it holds them."""
-    load = functools.partial(training_tokenizer, cfg.model.source, cfg.data.template)
+    load = functools.partial(load_source_tokenizer, cfg.model.source)  # light: actors start faster
     build = functools.partial(
         build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.stage
     )
     if cfg.data.tokenized_path is None:
         return build()
-    fingerprint = data_fingerprint(cfg.data, load(), cfg.model.source, cfg.train.seed, cfg.method.stage)
+    fingerprint = data_fingerprint(cfg.data, job_tokenizer(cfg), cfg.model.source, cfg.train.seed, cfg.method.stage)
     shuffle_seed = cfg.train.seed if cfg.data.shuffle else None
     prepared, reused = load_or_write(cfg.data.tokenized_path, fingerprint, build, shuffle_seed)
     verb = "reusing" if reused else "wrote"

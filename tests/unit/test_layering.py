@@ -79,3 +79,19 @@ def test_heavy_modules_are_imported_lazily() -> None:
 def test_every_module_has_a_docstring() -> None:
     for path in ROOT.rglob("*.py"):
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(ROOT)} has no module docstring"
+
+
+def test_tokenizer_actors_import_no_torch() -> None:
+    """Ray Data tokenizer actors import the data and models packages and load a tokenizer; torch
+    would add seconds to every actor's start (bench/tokenize_throughput.py)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, functools; import raytune_ft.data, raytune_ft.models; "
+        "from raytune_ft.data.pipeline import TokenizeRows; "
+        "raytune_ft.models.load_source_tokenizer('builtin:smollm2-135m-instruct'); "
+        "print(sorted(m for m in ('torch', 'peft', 'ray.train') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
