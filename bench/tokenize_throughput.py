@@ -438,6 +438,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 1], help="tokenizer actor counts to run")
+    parser.add_argument("--out", default=str(RESULTS), help="results file (default bench/results/tokenize_throughput.json)")
     args = parser.parse_args()
     os.environ.update(ENV)
     sys.path.insert(0, str(ROOT))
@@ -474,8 +475,9 @@ def main() -> None:
         "notes": NOTES,
         "command": "python bench/tokenize_throughput.py " + " ".join(sys.argv[1:]),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
 
 
