@@ -438,7 +438,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 1], help="tokenizer actor counts to run")
-    parser.add_argument("--out", default=str(RESULTS), help="results file (default bench/results/tokenize_throughput.json)")
+    parser.add_argument("--out", default=str(RESULTS), help="results file (default: %(default)s)")
     args = parser.parse_args()
     os.environ.update(ENV)
     sys.path.insert(0, str(ROOT))
