@@ -46,6 +46,7 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/tokenize_throughput.py
 
 clean:
 	rm -rf saves .pytest_cache .mypy_cache .ruff_cache
