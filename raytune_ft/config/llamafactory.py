@@ -94,7 +94,7 @@ _IGNORED: dict[str, str] = {
     "do_train": "raytune-ft train always trains",
     "eval_strategy": "eval_loss is computed every train.eval_steps whenever val_size or eval_dataset is set",
     "streaming": "datasets always stream through Ray Data",
-    "overwrite_cache": "nothing is cached between runs",
+    "overwrite_cache": "data.tokenized_path is reused only when its fingerprint matches, and never overwritten",
     "overwrite_output_dir": "a run with the same name resumes instead of overwriting",
     "plot_loss": "metrics.jsonl holds the curve",
     "report_to": "trackers come with the tracking section",
