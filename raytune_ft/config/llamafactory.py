@@ -53,6 +53,11 @@ _MAPPED: dict[str, Setter] = {
     "lora_alpha": _to("adapter.alpha"),
     "lora_dropout": _to("adapter.dropout"),
     "lora_target": _to("adapter.target"),
+    "use_rslora": _to("adapter.use_rslora"),
+    "use_dora": _to("adapter.use_dora"),
+    "freeze_trainable_layers": _to("adapter.freeze_trainable_layers"),
+    "freeze_trainable_modules": _to("adapter.freeze_trainable_modules"),
+    "freeze_extra_modules": _to("adapter.freeze_extra_modules"),
     "dataset": _to("data.dataset"),
     "dataset_dir": _to("data.dataset_dir"),
     "cutoff_len": _to("data.cutoff_len"),
@@ -115,6 +120,7 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "warmup_steps": (0, None),
     "per_device_eval_batch_size": (),
     "quantization_bit": (None,),
+    "pissa_init": (False, None),
 }
 _CANNOT_HONOUR_YET = {
     "do_eval": "evaluation without a validation split (set val_size or eval_dataset)",
@@ -122,6 +128,7 @@ _CANNOT_HONOUR_YET = {
     "adapter_name_or_path": "starting from an existing adapter",
     "warmup_steps": "warmup in steps (use warmup_ratio)",
     "quantization_bit": "QLoRA",
+    "pissa_init": "PiSSA initialisation (its checkpoints need converting before they load on the base model)",
 }
 _EVAL_ONLY = {"per_device_eval_batch_size"}
 _NO_EFFECT = {

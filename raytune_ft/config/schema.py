@@ -156,8 +156,9 @@ class MethodConfig(Section):
 
 
 class AdapterConfig(Section):
-    type: Literal["lora", "full"] = "lora"
-    """What is trained: ``lora`` adapters (base frozen) or every weight (``full``)."""
+    type: Literal["lora", "freeze", "full"] = "lora"
+    """What is trained: ``lora`` adapters (base frozen), ``freeze`` (only some decoder layers, see
+    ``freeze_trainable_layers``), or every weight (``full``)."""
 
     rank: int = Field(default=8, ge=1)
     """LoRA rank r."""
@@ -171,6 +172,22 @@ class AdapterConfig(Section):
     target: CommaList = Field(default_factory=lambda: ["all"])
     """Modules that get adapters: ``all`` (every linear layer but the LM head) or module names such
     as ``q_proj,v_proj``. A comma-separated string is accepted."""
+
+    use_rslora: bool = False
+    """Scale LoRA updates by alpha / sqrt(rank) (rsLoRA, Kalajdzievski 2023), which keeps high ranks stable."""
+
+    use_dora: bool = False
+    """DoRA (Liu et al. 2024): learn a magnitude vector per output feature on top of the LoRA direction."""
+
+    freeze_trainable_layers: int = 2
+    """For ``type: freeze``: train the last N decoder layers (a negative N trains the first |N|)."""
+
+    freeze_trainable_modules: CommaList = Field(default_factory=lambda: ["all"])
+    """For ``type: freeze``: which modules inside those layers train, e.g. ``mlp,self_attn``;
+    ``all`` trains the layers whole."""
+
+    freeze_extra_modules: CommaList = Field(default_factory=list)
+    """For ``type: freeze``: more modules outside the decoder layers that train, e.g. ``embed_tokens,norm``."""
 
 
 class TrainConfig(Section):

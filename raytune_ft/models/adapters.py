@@ -24,7 +24,13 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
 
     target: Any = "all-linear" if cfg.target == ["all"] else cfg.target
     lora = LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target, task_type="CAUSAL_LM"
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=target,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        task_type="CAUSAL_LM",
     )
     try:
         return get_peft_model(model, lora)  # type: ignore[arg-type]
@@ -37,7 +43,53 @@ def _full(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     return model
 
 
-ADAPTERS: dict[str, AdapterFn] = {"lora": _lora, "full": _full}
+def _freeze(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
+    """Train only the chosen decoder layers (and extra modules), as LLaMA-Factory's freeze tuning."""
+    layers = _decoder_layers(model)
+    n = cfg.freeze_trainable_layers
+    if n == 0 or abs(n) > len(layers):
+        raise ConfigError(
+            f"adapter.freeze_trainable_layers {n}: choose 1..{len(layers)} (last layers) or -1..-{len(layers)} "
+            f"(first layers); the model has {len(layers)} decoder layers"
+        )
+    chosen = layers[-n:] if n > 0 else layers[:-n]
+    model.requires_grad_(False)
+    for layer in chosen:
+        for name, module in layer.named_children():
+            if cfg.freeze_trainable_modules == ["all"] or name in cfg.freeze_trainable_modules:
+                module.requires_grad_(True)
+    _unfreeze_named(model, cfg.freeze_extra_modules)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            f"adapter.freeze_trainable_modules {cfg.freeze_trainable_modules} names no module of a decoder "
+            f"layer; it has {sorted(dict(layers[0].named_children()))}"
+        )
+    return model
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's stack of decoder layers: its longest ModuleList."""
+    import torch
+
+    stacks = [list(m) for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not stacks:
+        raise ConfigError("adapter.type freeze: this model has no stack of decoder layers to choose from")
+    return max(stacks, key=len)
+
+
+def _unfreeze_named(model: torch.nn.Module, names: list[str]) -> None:
+    found = set()
+    for path, module in model.named_modules():
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf in names:
+            module.requires_grad_(True)
+            found.add(leaf)
+    missing = sorted(set(names) - found)
+    if missing:
+        raise ConfigError(f"adapter.freeze_extra_modules: no module named {missing} in the model")
+
+
+ADAPTERS: dict[str, AdapterFn] = {"lora": _lora, "freeze": _freeze, "full": _full}
 
 
 def apply_adapter(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:

@@ -89,3 +89,18 @@ def test_validate_explain_prints_the_translation(capsys: Any) -> None:
     captured = capsys.readouterr()
     assert "lora_rank: 8 -> adapter.rank: 8" in captured.out
     assert "output_dir: 'saves/smollm2-135m/lora/sft' -> train.run_name: 'sft'" in captured.out
+
+
+def test_adapter_family_keys_map(tmp_path: Path) -> None:
+    text = (
+        "model_name_or_path: x\nfinetuning_type: freeze\nfreeze_trainable_layers: -1\n"
+        "freeze_trainable_modules: mlp,self_attn\nfreeze_extra_modules: embed_tokens\nuse_dora: true\nuse_rslora: true\n"
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.adapter.type, cfg.adapter.freeze_trainable_layers) == ("freeze", -1)
+    assert cfg.adapter.freeze_trainable_modules == ["mlp", "self_attn"] and cfg.adapter.freeze_extra_modules == [
+        "embed_tokens"
+    ]
+    assert cfg.adapter.use_dora and cfg.adapter.use_rslora
+    with pytest.raises(ConfigError, match="pissa_init: True asks for PiSSA"):
+        load_config(write(tmp_path, "model_name_or_path: x\npissa_init: true\n"))

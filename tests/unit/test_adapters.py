@@ -1,0 +1,84 @@
+"""The adapter family: freeze tuning trains exactly the chosen layers and modules, rsLoRA changes
+the scaling, DoRA learns magnitudes; and each is reachable from a LLaMA-Factory YAML."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from raytune_ft.config import ConfigError, JobConfig, load_config
+from raytune_ft.data import BUILTIN_DATASETS, encode_batch, normalize_row, pad_batch, render_segments
+from raytune_ft.train import build_training
+
+CPU = torch.device("cpu")
+
+
+def job(model_dir: Path, *overrides: str) -> JobConfig:
+    return load_config(None, [f"model.source={model_dir}", "train.learning_rate=1e-2", "train.seed=0", *overrides])
+
+
+def batch(tokenizer: Any) -> dict[str, torch.Tensor]:
+    import json
+
+    rows = [json.loads(line) for line in BUILTIN_DATASETS["identity"].read_text().splitlines()[:4]]
+    names = {"name": "Raytune", "author": "the raytune_ft team"}
+    convs = [render_segments(tokenizer, normalize_row(r, names, "identity"), False) for r in rows]
+    encoded = [e for e in encode_batch(tokenizer, convs, 256) if e is not None]
+    return pad_batch([ids for ids, _ in encoded], [labels for _, labels in encoded], tokenizer.pad_token_id)
+
+
+def moved(cfg: JobConfig, tokenizer: Any) -> set[str]:
+    core, _ = build_training(cfg, 10, CPU)
+    before = {n: p.detach().clone() for n, p in core.model.named_parameters()}
+    for _ in range(2):
+        core.step([batch(tokenizer)])
+    return {n for n, p in core.model.named_parameters() if not torch.equal(before[n], p)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["adapter.freeze_trainable_layers=1"], lambda n: n.startswith("model.layers.1.")),
+        (["adapter.freeze_trainable_layers=-1"], lambda n: n.startswith("model.layers.0.")),
+        (["adapter.freeze_trainable_layers=1", "adapter.freeze_trainable_modules=mlp"],
+         lambda n: n.startswith("model.layers.1.mlp.")),
+        (["adapter.freeze_trainable_layers=1", "adapter.freeze_trainable_modules=mlp",
+          "adapter.freeze_extra_modules=norm"],
+         lambda n: n.startswith("model.layers.1.mlp.") or n == "model.norm.weight"),
+    ],
+)  # fmt: skip
+def test_freeze_tuning_trains_exactly_the_chosen_weights(
+    tiny_model_dir: Path, tokenizer: Any, overrides: list[str], expected: Any
+) -> None:
+    cfg = job(tiny_model_dir, "adapter.type=freeze", *overrides)
+    core, _ = build_training(cfg, 10, CPU)
+    names = [n for n, _ in core.model.named_parameters()]
+    assert {n for n, p in core.model.named_parameters() if p.requires_grad} == {n for n in names if expected(n)}
+    assert moved(cfg, tokenizer) == {n for n in names if expected(n)}
+
+
+def test_freeze_errors_name_the_setting(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"freeze_trainable_layers 5: choose 1\.\.2 .* has 2 decoder layers"):
+        build_training(job(tiny_model_dir, "adapter.type=freeze", "adapter.freeze_trainable_layers=5"), 10, CPU)
+    with pytest.raises(ConfigError, match=r"freeze_trainable_modules \['mpl'\] names no module.*'mlp'"):
+        build_training(job(tiny_model_dir, "adapter.type=freeze", "adapter.freeze_trainable_modules=mpl"), 10, CPU)
+
+
+def test_rslora_scales_by_the_root_of_the_rank(tiny_model_dir: Path) -> None:
+    def scaling(*overrides: str) -> float:
+        core, _ = build_training(job(tiny_model_dir, "adapter.rank=16", "adapter.alpha=32", *overrides), 10, CPU)
+        layer = next(m for m in core.model.modules() if isinstance(getattr(m, "scaling", None), dict))
+        return float(layer.scaling["default"])
+
+    assert scaling() == pytest.approx(32 / 16)
+    assert scaling("adapter.use_rslora=true") == pytest.approx(32 / math.sqrt(16))
+
+
+def test_dora_learns_magnitudes_and_keeps_the_base_frozen(tiny_model_dir: Path, tokenizer: Any) -> None:
+    changed = moved(job(tiny_model_dir, "adapter.use_dora=true"), tokenizer)
+    assert any("lora_magnitude_vector" in n for n in changed)
+    assert all("lora_" in n for n in changed), "only adapter weights may move"
