@@ -94,7 +94,8 @@ def test_validate_explain_prints_the_translation(capsys: Any) -> None:
 def test_adapter_family_keys_map(tmp_path: Path) -> None:
     text = (
         "model_name_or_path: x\nfinetuning_type: freeze\nfreeze_trainable_layers: -1\n"
-        "freeze_trainable_modules: mlp,self_attn\nfreeze_extra_modules: embed_tokens\nuse_dora: true\nuse_rslora: true\n"
+        "freeze_trainable_modules: mlp,self_attn\nfreeze_extra_modules: embed_tokens\n"
+        "use_dora: true\nuse_rslora: true\n"
     )
     cfg = load_config(write(tmp_path, text))
     assert (cfg.adapter.type, cfg.adapter.freeze_trainable_layers) == ("freeze", -1)
