@@ -40,6 +40,10 @@ def _template(value: Any) -> dict[str, Any]:
     return {"data.template": value} if value in NAMED_TEMPLATES else {}
 
 
+def _no_checkpointing(value: Any) -> dict[str, Any]:
+    return {"model.gradient_checkpointing": not value}
+
+
 def _precision(dtype: str) -> Setter:
     return lambda value: {"model.dtype": dtype} if value else {}
 
@@ -54,6 +58,7 @@ _MAPPED: dict[str, Setter] = {
     "lora_dropout": _to("adapter.dropout"),
     "lora_target": _to("adapter.target"),
     "use_rslora": _to("adapter.use_rslora"),
+    "disable_gradient_checkpointing": _no_checkpointing,
     "use_dora": _to("adapter.use_dora"),
     "freeze_trainable_layers": _to("adapter.freeze_trainable_layers"),
     "freeze_trainable_modules": _to("adapter.freeze_trainable_modules"),

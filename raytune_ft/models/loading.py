@@ -65,6 +65,9 @@ def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
     model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation
     )
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing also works when the inputs need no grad (LoRA on a frozen base).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
     return model
 
 

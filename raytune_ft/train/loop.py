@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -127,6 +128,7 @@ def _run(
         metrics: dict[str, Any] = meter.flush(core.strategy, state.global_step) if log else {"step": state.global_step}
         if evaluate and evaluation is not None:
             metrics["eval_loss"] = evaluation.loss(core, device)
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
         if (log or evaluate) and rank == 0:
             print(meter.format(metrics) if log else f"step {state.global_step}", end="", flush=True)
             print(f" | eval_loss {metrics['eval_loss']:.4f}" if evaluate else "", flush=True)

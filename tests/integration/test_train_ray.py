@@ -4,6 +4,7 @@ storage_path/run_name, and starting the same run again resumes from its latest c
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,7 @@ def test_base_model_with_named_template_packing_and_validation(
     logged = metrics(outcome.run_dir)
     assert [m["step"] for m in logged if "eval_loss" in m] == [2, 4]
     assert all(m["eval_loss"] > 0 for m in logged if "eval_loss" in m)
+    assert all(m["eval_perplexity"] == pytest.approx(math.exp(m["eval_loss"])) for m in logged if "eval_loss" in m)
 
     # The checkpoint carries the template it was trained with; chat renders with it and answers.
     model, tokenizer = load_for_inference(None, outcome.run_dir)

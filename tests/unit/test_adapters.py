@@ -82,3 +82,19 @@ def test_dora_learns_magnitudes_and_keeps_the_base_frozen(tiny_model_dir: Path, 
     changed = moved(job(tiny_model_dir, "adapter.use_dora=true"), tokenizer)
     assert any("lora_magnitude_vector" in n for n in changed)
     assert all("lora_" in n for n in changed), "only adapter weights may move"
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_gradient_checkpointing_gives_the_same_step(tiny_model_dir: Path, tokenizer: Any, adapter: str) -> None:
+    cores = []
+    for on in (False, True):
+        torch.manual_seed(0)  # the same LoRA init in both
+        cfg = job(tiny_model_dir, f"adapter.type={adapter}", f"model.gradient_checkpointing={on}")
+        cores.append(build_training(cfg, 10, CPU)[0])
+    base = cores[1].model.get_base_model() if adapter == "lora" else cores[1].model  # type: ignore[operator]
+    assert base.is_gradient_checkpointing
+    plain, checkpointed = (core.step([batch(tokenizer)]) for core in cores)
+    assert checkpointed.loss_sum == pytest.approx(plain.loss_sum, rel=1e-6)
+    assert checkpointed.grad_norm == pytest.approx(plain.grad_norm, rel=1e-4)
+    for (name, a), (_, b) in zip(cores[0].model.named_parameters(), cores[1].model.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

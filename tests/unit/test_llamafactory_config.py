@@ -105,3 +105,12 @@ def test_adapter_family_keys_map(tmp_path: Path) -> None:
     assert cfg.adapter.use_dora and cfg.adapter.use_rslora
     with pytest.raises(ConfigError, match="pissa_init: True asks for PiSSA"):
         load_config(write(tmp_path, "model_name_or_path: x\npissa_init: true\n"))
+
+
+def test_disable_gradient_checkpointing_maps(tmp_path: Path) -> None:
+    assert load_config(
+        write(tmp_path, "model_name_or_path: x\ndisable_gradient_checkpointing: false\n")
+    ).model.gradient_checkpointing
+    assert not load_config(
+        write(tmp_path, "model_name_or_path: x\ndisable_gradient_checkpointing: true\n")
+    ).model.gradient_checkpointing
