@@ -73,3 +73,18 @@ def test_architecture_trains(arch_dir: Path, tokenizer: Any, adapter: str) -> No
     if adapter == "lora":
         assert any("lora_A" in n for n in before)
         assert not unadapted_linears(core.model), "adapter.target all must reach every linear layer"
+
+
+def test_lora_all_reaches_moe_experts_and_router(tmp_path: Path, tokenizer: Any) -> None:
+    """transformers 5 fuses a MoE layer's experts into 3D parameters (not nn.Linear); peft still adapts them."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("mixtral", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                  num_local_experts=4, num_experts_per_tok=2)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    core, _ = build_training(load_config(None, [f"model.source={tmp_path}"]), 10, CPU)
+    trainable = [n for n, p in core.model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in trainable)
+    assert any(".mlp.experts." in n for n in trainable) and any(".mlp.gate." in n for n in trainable)
