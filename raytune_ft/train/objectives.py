@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from raytune_ft.data import IGNORE_INDEX
 
-__all__ = ["OBJECTIVES", "Objective", "SFTObjective", "causal_lm_loss_sum", "model_inputs"]
+__all__ = ["OBJECTIVES", "Objective", "SFTObjective", "causal_lm_loss_sum", "learned_positions", "model_inputs"]
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -43,15 +43,30 @@ class Objective(Protocol):
         ...
 
 
+def learned_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions t (in any row) whose next token is learned: the only logits the loss reads."""
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
+
+
 class SFTObjective:
-    """Supervised fine-tuning: next-token loss on the unmasked (answer) tokens."""
+    """Supervised fine-tuning: next-token loss on the unmasked (answer) tokens.
+
+    The LM head runs only at positions whose next token is learned (``logits_to_keep``): with a
+    49k vocabulary the head and its softmax are a large share of a small model's step, and prompt
+    and padding positions need neither. The loss equals ``causal_lm_loss_sum`` on full logits.
+    """
 
     def terms(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(**model_inputs(batch)).logits
-        return causal_lm_loss_sum(logits, batch["labels"])
+        keep = learned_positions(batch["labels"])
+        logits = model(**model_inputs(batch), logits_to_keep=keep).logits  # (batch, len(keep), vocab)
+        targets = batch["labels"][:, 1:][:, keep]
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

@@ -75,3 +75,18 @@ def test_packed_loss_equals_unpacked_loss(tokenizer: Any, kind: str) -> None:
     crossed = {k: v for k, v in packed.items() if k != "position_ids"}
     with torch.no_grad():
         assert abs(objective.loss_sum(model, crossed).item() - plain_loss.item()) > 2e-2
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma", "phi3"])
+def test_loss_on_learned_positions_equals_full_logits_loss(tokenizer: Any, kind: str) -> None:
+    """SFTObjective runs the LM head only where the next token is learned; the loss must not change."""
+    from raytune_ft.train import causal_lm_loss_sum
+    from raytune_ft.train.objectives import model_inputs
+
+    data = samples(tokenizer, 4)
+    model = tiny(kind, len(tokenizer))
+    batch = pad_batch([ids for ids, _ in data], [labels for _, labels in data], tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = causal_lm_loss_sum(model(**model_inputs(batch)).logits, batch["labels"])
+        selected = SFTObjective().loss_sum(model, batch)
+    assert selected.item() == pytest.approx(full.item(), rel=1e-5)
