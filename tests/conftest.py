@@ -86,3 +86,23 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def identity_batch(tokenizer: Any) -> Any:
+    """``identity_batch(n, offset=0)``: n rows of the bundled identity set as a padded training batch."""
+    import json
+
+    from raytune_ft.data import BUILTIN_DATASETS, encode_batch, normalize_row, pad_batch, render_segments
+
+    rows = [json.loads(line) for line in BUILTIN_DATASETS["identity"].read_text().splitlines()]
+    names = {"name": "Raytune", "author": "the raytune_ft team"}
+
+    def make(n: int = 4, offset: int = 0) -> dict[str, torch.Tensor]:
+        convs = [
+            render_segments(tokenizer, normalize_row(r, names, "identity"), False) for r in rows[offset : offset + n]
+        ]
+        encoded = [e for e in encode_batch(tokenizer, convs, 256) if e is not None]
+        return pad_batch([ids for ids, _ in encoded], [labels for _, labels in encoded], tokenizer.pad_token_id)
+
+    return make

@@ -31,14 +31,14 @@ def pad_batch(input_ids: Rows, labels: Rows, pad_id: int, position_ids: Rows | N
     ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
     lab = torch.full((len(input_ids), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-    pos = torch.arange(width, dtype=torch.long).repeat(len(input_ids), 1)
+    pos = torch.zeros((len(input_ids), width), dtype=torch.long) if position_ids is not None else None
     for i, (row, row_labels) in enumerate(zip(input_ids, labels, strict=True)):
         n = len(row)
         ids[i, :n] = torch.from_numpy(np.array(row, dtype=np.int64))
         lab[i, :n] = torch.from_numpy(np.array(row_labels, dtype=np.int64))
         mask[i, :n] = 1
-        if position_ids is not None:
+        if pos is not None and position_ids is not None:
             pos[i, :n] = torch.from_numpy(np.array(position_ids[i], dtype=np.int64))
             pos[i, n:] = torch.arange(width - n)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": lab}
-    return {**batch, "position_ids": pos} if position_ids is not None else batch
+    return {**batch, "position_ids": pos} if pos is not None else batch

@@ -101,11 +101,12 @@ def encode_rows(
     """Parse, normalise, render and tokenize ``(path, row, json_text)`` rows (one tokenizer call)."""
     results: list[RowResult] = []
     rendered = []
+    owners = {path: _owner(sources, path) for path in {path for path, _, _ in rows}}  # once per file, not per row
     for path, row, record in rows:
         try:
             fields = _parse(record, path, row)
             example = normalize_example(fields, options.stage, options.placeholders, f"{path}: row {row}",
-                                        _owner(sources, path))  # fmt: skip
+                                        owners[path])  # fmt: skip
             rendered.append(_SEGMENTS[options.stage](tokenizer, example, options))
             results.append(RowResult(path, row))
         except DataError as err:
@@ -178,8 +179,11 @@ def build_datasets(
     """
     sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
     options = EncodeOptions.from_config(cfg, stage)
-    rates = _mixing_rates(cfg, sources, seed)
-    val_fraction = _val_fraction(cfg, sources, seed)
+    # Interleaving and a row-count val_size need each source's size: read it once, for both.
+    counted = cfg.mix_strategy != "concat" or cfg.val_size >= 1
+    counts = [count_rows(source, cfg.max_samples, seed) for source in sources] if counted else []
+    rates = _mixing_rates(cfg, sources, counts)
+    val_fraction = _val_fraction(cfg, counts)
     split: Split = "train" if val_fraction else "all"
     reads = [
         _read(source, RecordSelection(split, val_fraction, rate, cfg.max_samples, seed))
@@ -242,10 +246,9 @@ def count_rows(source: DatasetSource, max_rows: int | None, seed: int) -> int:
     return int(_read(source, RecordSelection(max_rows=max_rows, seed=seed)).count())
 
 
-def _mixing_rates(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> list[float]:
+def _mixing_rates(cfg: DataConfig, sources: list[DatasetSource], counts: list[int]) -> list[float]:
     if cfg.mix_strategy == "concat":
         return [1.0] * len(sources)
-    counts = [count_rows(source, cfg.max_samples, seed) for source in sources]
     for source, n in zip(sources, counts, strict=True):
         if n == 0:
             raise DataError(f"dataset {source.name!r} is empty; interleaving needs rows from every dataset")
@@ -265,10 +268,10 @@ def mixing_rates(counts: list[int], probs: list[float] | None, strategy: str) ->
     return [p * total / n for p, n in zip(shares, counts, strict=True)]
 
 
-def _val_fraction(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> float:
+def _val_fraction(cfg: DataConfig, counts: list[int]) -> float:
     if cfg.val_size < 1:
         return cfg.val_size
-    total = sum(count_rows(source, cfg.max_samples, seed) for source in sources)
+    total = sum(counts)
     if cfg.val_size >= total:
         raise DataError(f"data.val_size {cfg.val_size:g} rows is not below the {total} rows of data.dataset")
     return cfg.val_size / total

@@ -61,8 +61,9 @@ def copies(selection: RecordSelection, path: str, row: int) -> int:
     elif selection.split == "eval":
         return 0
     whole = math.floor(selection.rate)
-    extra = row_fraction(selection.seed, "mix", path, row) < selection.rate - whole
-    return whole + int(extra)
+    if selection.rate == whole:  # no hash needed for whole copies (the usual rate 1.0)
+        return whole
+    return whole + int(row_fraction(selection.seed, "mix", path, row) < selection.rate - whole)
 
 
 def read_records(paths: list[str], reader: str, selection: RecordSelection, num_cpus: float) -> Any:

@@ -167,26 +167,32 @@ def _pattern_source(name: str) -> DatasetSource:
 
 
 def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource:
+    """Validate a registry entry once, then locate its files (on disk, or fetched from the hub)."""
     where = f"{folder / _REGISTRY_FILE} entry {name!r}"
     unknown = sorted(set(entry) - _ENTRY_KEYS)
     if unknown:
         raise DataError(f"{where}: keys {unknown} are not supported (known: {', '.join(sorted(_ENTRY_KEYS))})")
-    if "file_name" not in entry:
-        return _from_hub(name, entry, folder, where)
     if entry.get("ranking"):
         raise DataError(f"{where}: ranking (preference) datasets need a preference stage, which is not available yet")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATTINGS:
         raise DataError(f"{where}: formatting {formatting!r} is unknown; use one of {', '.join(FORMATTINGS)}")
+    columns = _checked_keys(entry.get("columns", {}), _COLUMN_KEYS, f"{where}: columns")
+    tags = _checked_keys(entry.get("tags", {}), _TAG_KEYS, f"{where}: tags")
+    path, reader = (
+        _local_files(name, entry, folder, where) if "file_name" in entry else _hub_files(entry, folder, where)
+    )
+    return DatasetSource(name, path, formatting, columns, tags, reader)
+
+
+def _local_files(name: str, entry: dict[str, Any], folder: Path, where: str) -> tuple[Path, str]:
     path = (folder / entry["file_name"]).resolve()
     if not path.exists():
         raise DataError(f"{where}: file_name {entry['file_name']!r} not found (resolved to {path})")
-    columns = _checked_keys(entry.get("columns", {}), _COLUMN_KEYS, f"{where}: columns")
-    tags = _checked_keys(entry.get("tags", {}), _TAG_KEYS, f"{where}: tags")
-    return DatasetSource(name, path, formatting, columns, tags, _reader_for(name, path))
+    return path, _reader_for(name, path)
 
 
-def _from_hub(name: str, entry: dict[str, Any], folder: Path, where: str) -> DatasetSource:
+def _hub_files(entry: dict[str, Any], folder: Path, where: str) -> tuple[str, str]:
     """Download a ``hf_hub_url`` dataset's data files into the local HF cache, or say how to do without."""
     hub = next((entry[k] for k in _HUB_KEYS if k in entry), None)
     fix = (
@@ -209,11 +215,7 @@ def _from_hub(name: str, entry: dict[str, Any], folder: Path, where: str) -> Dat
     kinds = {READERS[p.suffix] for p in files}
     if len(kinds) != 1:
         raise DataError(f"{where}: {hub} holds {len(files)} data files of kinds {sorted(kinds)}; {fix}")
-    pattern = str(Path(local) / "**" / f"*{files[0].suffix}")
-    formatting = entry.get("formatting", "alpaca")
-    columns = _checked_keys(entry.get("columns", {}), _COLUMN_KEYS, f"{where}: columns")
-    tags = _checked_keys(entry.get("tags", {}), _TAG_KEYS, f"{where}: tags")
-    return DatasetSource(name, pattern, formatting, columns, tags, kinds.pop())
+    return str(Path(local) / "**" / f"*{files[0].suffix}"), kinds.pop()
 
 
 def _checked_keys(mapping: object, valid: tuple[str, ...], where: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from raytune_ft.config import ConfigError, JobConfig, load_config
 from raytune_ft.data import PreparedData, build_datasets
@@ -117,11 +118,11 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     check_resume_compatible(cfg, run_dir)
     start_ray(address)
     # Convert a builtin model once, before workers race for it, and fail here on a missing template.
-    job_tokenizer(cfg)
+    tokenizer = job_tokenizer(cfg)
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
     cpus = worker_cpus(cfg, cluster_cpus)
     spare = max(1, int(cluster_cpus - cpus * cfg.scaling.num_workers))
-    prepared = prepare_data(cfg, concurrency=cfg.data.tokenize_concurrency or spare)
+    prepared = prepare_data(cfg, tokenizer, concurrency=cfg.data.tokenize_concurrency or spare)
     dataset = prepared.train
     if cfg.train.max_steps is not None:
         total_steps = cfg.train.max_steps
@@ -181,15 +182,18 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
         )
 
 
-def prepare_data(cfg: JobConfig, concurrency: int) -> PreparedData:
-    """The tokenized train (+ validation) streams, read from ``data.tokenized_path`` when it holds them."""
+def prepare_data(cfg: JobConfig, tokenizer: Any, concurrency: int) -> PreparedData:
+    """The tokenized train (+ validation) streams, read from ``data.tokenized_path`` when it holds them.
+
+    ``tokenizer`` is the run's (``job_tokenizer``), used on the driver only to fingerprint the cache.
+    """
     load = functools.partial(load_source_tokenizer, cfg.model.source)  # light: actors start faster
     build = functools.partial(
         build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.stage
     )
     if cfg.data.tokenized_path is None:
         return build()
-    fingerprint = data_fingerprint(cfg.data, job_tokenizer(cfg), cfg.model.source, cfg.train.seed, cfg.method.stage)
+    fingerprint = data_fingerprint(cfg.data, tokenizer, cfg.model.source, cfg.train.seed, cfg.method.stage)
     shuffle_seed = cfg.train.seed if cfg.data.shuffle else None
     prepared, reused = load_or_write(cfg.data.tokenized_path, fingerprint, build, shuffle_seed)
     verb = "reusing" if reused else "wrote"

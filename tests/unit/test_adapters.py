@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from raytune_ft.config import ConfigError, JobConfig, load_config
-from raytune_ft.data import BUILTIN_DATASETS, encode_batch, normalize_row, pad_batch, render_segments
 from raytune_ft.train import build_training
 
 CPU = torch.device("cpu")
@@ -21,21 +20,11 @@ def job(model_dir: Path, *overrides: str) -> JobConfig:
     return load_config(None, [f"model.source={model_dir}", "train.learning_rate=1e-2", "train.seed=0", *overrides])
 
 
-def batch(tokenizer: Any) -> dict[str, torch.Tensor]:
-    import json
-
-    rows = [json.loads(line) for line in BUILTIN_DATASETS["identity"].read_text().splitlines()[:4]]
-    names = {"name": "Raytune", "author": "the raytune_ft team"}
-    convs = [render_segments(tokenizer, normalize_row(r, names, "identity"), False) for r in rows]
-    encoded = [e for e in encode_batch(tokenizer, convs, 256) if e is not None]
-    return pad_batch([ids for ids, _ in encoded], [labels for _, labels in encoded], tokenizer.pad_token_id)
-
-
-def moved(cfg: JobConfig, tokenizer: Any) -> set[str]:
+def moved(cfg: JobConfig, make_batch: Any) -> set[str]:
     core, _ = build_training(cfg, 10, CPU)
     before = {n: p.detach().clone() for n, p in core.model.named_parameters()}
     for _ in range(2):
-        core.step([batch(tokenizer)])
+        core.step([make_batch()])
     return {n for n, p in core.model.named_parameters() if not torch.equal(before[n], p)}
 
 
@@ -52,13 +41,13 @@ def moved(cfg: JobConfig, tokenizer: Any) -> set[str]:
     ],
 )  # fmt: skip
 def test_freeze_tuning_trains_exactly_the_chosen_weights(
-    tiny_model_dir: Path, tokenizer: Any, overrides: list[str], expected: Any
+    tiny_model_dir: Path, identity_batch: Any, overrides: list[str], expected: Any
 ) -> None:
     cfg = job(tiny_model_dir, "adapter.type=freeze", *overrides)
     core, _ = build_training(cfg, 10, CPU)
     names = [n for n, _ in core.model.named_parameters()]
     assert {n for n, p in core.model.named_parameters() if p.requires_grad} == {n for n in names if expected(n)}
-    assert moved(cfg, tokenizer) == {n for n in names if expected(n)}
+    assert moved(cfg, identity_batch) == {n for n in names if expected(n)}
 
 
 def test_freeze_errors_name_the_setting(tiny_model_dir: Path) -> None:
@@ -78,14 +67,14 @@ def test_rslora_scales_by_the_root_of_the_rank(tiny_model_dir: Path) -> None:
     assert scaling("adapter.use_rslora=true") == pytest.approx(32 / math.sqrt(16))
 
 
-def test_dora_learns_magnitudes_and_keeps_the_base_frozen(tiny_model_dir: Path, tokenizer: Any) -> None:
-    changed = moved(job(tiny_model_dir, "adapter.use_dora=true"), tokenizer)
+def test_dora_learns_magnitudes_and_keeps_the_base_frozen(tiny_model_dir: Path, identity_batch: Any) -> None:
+    changed = moved(job(tiny_model_dir, "adapter.use_dora=true"), identity_batch)
     assert any("lora_magnitude_vector" in n for n in changed)
     assert all("lora_" in n for n in changed), "only adapter weights may move"
 
 
 @pytest.mark.parametrize("adapter", ["lora", "full"])
-def test_gradient_checkpointing_gives_the_same_step(tiny_model_dir: Path, tokenizer: Any, adapter: str) -> None:
+def test_gradient_checkpointing_gives_the_same_step(tiny_model_dir: Path, identity_batch: Any, adapter: str) -> None:
     cores = []
     for on in (False, True):
         torch.manual_seed(0)  # the same LoRA init in both
@@ -93,7 +82,7 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_model_dir: Path, tokeni
         cores.append(build_training(cfg, 10, CPU)[0])
     base = cores[1].model.get_base_model() if adapter == "lora" else cores[1].model  # type: ignore[operator]
     assert base.is_gradient_checkpointing
-    plain, checkpointed = (core.step([batch(tokenizer)]) for core in cores)
+    plain, checkpointed = (core.step([identity_batch()]) for core in cores)
     assert checkpointed.loss_sum == pytest.approx(plain.loss_sum, rel=1e-6)
     assert checkpointed.grad_norm == pytest.approx(plain.grad_norm, rel=1e-4)
     for (name, a), (_, b) in zip(cores[0].model.named_parameters(), cores[1].model.named_parameters(), strict=True):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from raytune_ft.config import load_config
-from raytune_ft.data import BUILTIN_DATASETS, encode_batch, normalize_row, pad_batch, render_segments
 from raytune_ft.train import build_training
 
 CPU = torch.device("cpu")
@@ -42,14 +40,6 @@ def arch_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return folder
 
 
-def batch(tokenizer: Any) -> dict[str, torch.Tensor]:
-    rows = [json.loads(line) for line in BUILTIN_DATASETS["identity"].read_text().splitlines()[:4]]
-    names = {"name": "Raytune", "author": "the raytune_ft team"}
-    convs = [render_segments(tokenizer, normalize_row(r, names, "identity"), False) for r in rows]
-    encoded = [e for e in encode_batch(tokenizer, convs, 256) if e is not None]
-    return pad_batch([ids for ids, _ in encoded], [labels for _, labels in encoded], tokenizer.pad_token_id)
-
-
 def unadapted_linears(model: torch.nn.Module) -> set[str]:
     """Linear layers LoRA left alone (peft wraps each target and keeps it as ``base_layer``)."""
     return {
@@ -60,12 +50,12 @@ def unadapted_linears(model: torch.nn.Module) -> set[str]:
 
 
 @pytest.mark.parametrize("adapter", ["lora", "full"])
-def test_architecture_trains(arch_dir: Path, tokenizer: Any, adapter: str) -> None:
+def test_architecture_trains(arch_dir: Path, identity_batch: Any, adapter: str) -> None:
     cfg = load_config(None, [f"model.source={arch_dir}", f"adapter.type={adapter}", "adapter.rank=16",
                              "train.learning_rate=1e-2", "train.lr_scheduler=constant", "train.seed=0"])  # fmt: skip
     core, _ = build_training(cfg, 20, CPU)
     before = {n: p.detach().clone() for n, p in core.model.named_parameters() if p.requires_grad}
-    data = batch(tokenizer)
+    data = identity_batch()
     losses = [s.loss_sum / s.terms for s in (core.step([data]) for _ in range(12))]
     assert losses[-1] < losses[0] - 0.3, losses
     changed = [n for n, p in core.model.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
