@@ -1,16 +1,22 @@
 """Tokenization throughput of our Ray Data pipeline vs ``datasets.map`` vs plain tokenizer calls.
 
-All three turn the same generated alpaca set (shared/bench-data/alpaca_1k.json repeated to 50k
-rows, JSON lines) into token rows with SmolLM2-135M-Instruct's tokenizer, cutoff 512, in this one
+All turn the same generated alpaca set (shared/bench-data/alpaca_1k.json repeated to 50k rows,
+JSON lines) into token rows with SmolLM2-135M-Instruct's tokenizer, cutoff 512, in this one
 invocation, interleaved repeat by repeat so the machine's noise hits each alike; the ratios are the
 figures to quote. ``datasets.map(batched=True, num_proc=2)`` runs our own per-row work
-(``encode_rows`` + ``truncate``: parse, normalise, render with label masks, tokenize); the plain
-baseline renders each conversation once and tokenizes it, without masks: the floor. Ray is started
-once before timing; each timed pipeline run includes starting its tokenizer actors (Python
-imports and the tokenizer load). Also reported: padding efficiency (non-pad / computed tokens,
-batches of 4 padded to the longest row) with and without packing on a length-skewed set, and where
-the pipeline's time goes: the start-up steps of its actors, and the per-row steps of its actor
-timed one by one. Results: bench/results/tokenize_throughput.json.
+(``encode_rows`` + ``truncate``: parse, normalise, render with label masks, tokenize) with the
+transformers tokenizer, as a LLaMA-Factory user's preprocessing does, and once more with our
+``RowTokenizer`` (what our workers load) to separate the tokenizer's share of the gain from the
+pipeline's; the plain baseline renders each conversation once and tokenizes it, without masks.
+
+Two settings for our pipeline. ``ours_ray``: Ray started once and Ray Data warmed up before timing
+(a running cluster); every timed run is a new pipeline, so its worker processes load the tokenizer
+inside the timing. ``ours_new_job``: a fresh local Ray per repeat (``ray.init`` untimed), so the
+timing also holds Ray Data's first execution and fresh worker processes; each such run is paired
+with a ``datasets.map`` run right after it. Also reported: padding efficiency (non-pad / computed
+tokens, batches of 4 padded to the longest row) with and without packing on a length-skewed set,
+a worker's start-up (imports + tokenizer load in a fresh process, ours vs transformers'), and the
+per-row steps of a tokenizer task timed one by one. Results: bench/results/tokenize_throughput.json.
 
     .venv/bin/python bench/tokenize_throughput.py [--rows 50000] [--repeats 3] [--concurrency 2 1]
 """
@@ -20,11 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
+import itertools
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,17 +100,23 @@ def timed(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
     return {"seconds": seconds, **out, "rows_per_s": out["rows"] / seconds, "tokens_per_s": out["tokens"] / seconds}
 
 
+_PIPELINES = itertools.count()
+
+
 def data_config(path: Path, packing: bool = False) -> Any:
+    """A new pipeline each call: an unused placeholder makes its setup differ from every earlier one, so
+    the worker processes load its tokenizer afresh (they keep the tokenizers of recent pipelines)."""
     from raytune_ft.config import DataConfig
 
-    return DataConfig(dataset=[str(path)], cutoff_len=CUTOFF, shuffle=False, packing=packing, placeholders={})
+    tag = {"bench_pipeline": str(next(_PIPELINES))}
+    return DataConfig(dataset=[str(path)], cutoff_len=CUTOFF, shuffle=False, packing=packing, placeholders=tag)
 
 
 def package_loader() -> Callable[[], Any]:
-    """What training ships to its tokenizer actors."""
-    from raytune_ft.models import load_source_tokenizer
+    """What training ships to its tokenizer tasks."""
+    from raytune_ft.models import load_row_tokenizer
 
-    return functools.partial(load_source_tokenizer, MODEL)
+    return functools.partial(load_row_tokenizer, MODEL)
 
 
 def ours_batches(
@@ -122,7 +135,7 @@ def ours_lengths(path: Path, concurrency: int, packing: bool = False) -> list[in
 
 
 def run_ours(path: Path, concurrency: int, load: Callable[[], Any] | None = None) -> dict[str, float]:
-    """Also times the first batch (actor start-up dominates it) and the driver's own CPU time."""
+    """Also times the first batch (start-up dominates it) and the driver's own CPU time."""
     started, cpu = time.perf_counter(), time.process_time()
     batches = ours_batches(path, concurrency, load=load)
     first = next(batches)
@@ -192,18 +205,62 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
     return {"rows": runs[0]["rows"], "tokens": runs[0]["tokens"], **medians, "repeats": runs}
 
 
-def throughput(path: Path, repeats: int, concurrencies: list[int], tokenizer: Any) -> dict[str, dict[str, Any]]:
+def throughput(
+    path: Path, repeats: int, concurrencies: list[int], tokenizer: Any, row_tokenizer: Any
+) -> dict[str, dict[str, Any]]:
+    """Every method on a running Ray, interleaved repeat by repeat."""
     methods: dict[str, Callable[[], dict[str, float]]] = {
         **{f"ours_ray_c{c}": functools.partial(run_ours, path, c) for c in concurrencies},
         "datasets_map_np2": functools.partial(run_datasets_map, path, tokenizer),
+        "datasets_map_np2_rowtokenizer": functools.partial(run_datasets_map, path, row_tokenizer),
         "plain_tokenizer": functools.partial(run_plain, path, tokenizer),
     }
+    return repeated(methods, repeats)
+
+
+def repeated(methods: dict[str, Callable[[], dict[str, float]]], repeats: int) -> dict[str, dict[str, Any]]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in methods}
     for repeat in range(1, repeats + 1):
         for name, fn in methods.items():  # interleaved, so drift in machine load is shared
             runs[name].append(timed(fn))
             r = runs[name][-1]
-            print(f"repeat {repeat} {name:18s} {r['seconds']:7.2f}s {r['rows_per_s']:9.0f} rows/s", flush=True)
+            print(f"repeat {repeat} {name:30s} {r['seconds']:7.2f}s {r['rows_per_s']:9.0f} rows/s", flush=True)
+    return {name: summarize(r) for name, r in runs.items()}
+
+
+def start_ray() -> None:
+    import ray
+    import ray.data
+
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, "PYTHONPATH": str(ROOT)}}
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_ours_new_job(path: Path, concurrency: int) -> dict[str, float]:
+    """``run_ours`` on a local Ray started just before (untimed) and stopped after."""
+    import ray
+
+    start_ray()
+    try:
+        return timed(functools.partial(run_ours, path, concurrency))
+    finally:
+        ray.shutdown()
+
+
+def new_jobs(path: Path, repeats: int, concurrency: int, tokenizer: Any) -> dict[str, dict[str, Any]]:
+    """Each repeat: our pipeline as a new job's first (fresh Ray), then ``datasets.map`` right after."""
+    methods: dict[str, Callable[[], dict[str, float]]] = {
+        f"ours_new_job_c{concurrency}": lambda: run_ours_new_job(path, concurrency),
+        "datasets_map_np2": functools.partial(run_datasets_map, path, tokenizer),
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in methods}
+    for repeat in range(1, repeats + 1):
+        for name, fn in methods.items():
+            runs[name].append(fn() if name.startswith("ours") else timed(fn))
+            r = runs[name][-1]
+            print(f"new job {repeat} {name:29s} {r['seconds']:7.2f}s {r['rows_per_s']:9.0f} rows/s", flush=True)
     return {name: summarize(r) for name, r in runs.items()}
 
 
@@ -257,45 +314,38 @@ class Clock:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-class StartupProbe:
-    """A tokenizer actor's start-up steps, timed in the order the pipeline's actors take them."""
-
-    def __init__(self) -> None:
-        self.clock = Clock()
-        # Unpickling TokenizeRows and the loader imports our packages; then the tokenizer loads.
-        with self.clock("import_raytune_ft_data"):
-            importlib.import_module("raytune_ft.data")
-        with self.clock("import_raytune_ft_models"):
-            from raytune_ft.models import load_source_tokenizer
-        with self.clock("load_source_tokenizer"):
-            load_source_tokenizer(MODEL)
-
-    def report(self) -> dict[str, float]:
-        return self.clock.seconds
+_STARTUP = """
+import json, sys, time
+started = time.perf_counter()
+import raytune_ft.data, raytune_ft.models
+imported = time.perf_counter()
+{load}
+print(json.dumps({{"imports_s": imported - started, "tokenizer_s": time.perf_counter() - imported}}))
+"""
+_LOADERS = {
+    "row_tokenizer": "raytune_ft.models.load_row_tokenizer(sys.argv[1])",
+    "transformers": "raytune_ft.models.load_tokenizer(raytune_ft.models.resolve_model_source(sys.argv[1]), False)",
+}
 
 
-class EmptyActor:
-    def report(self) -> dict[str, float]:
-        return {}
-
-
-def actor_startup() -> dict[str, Any]:
-    """Wall time until 2 actors started together are ready (as the pipeline starts its pool), and their steps."""
-    import ray
-
+def worker_startup(times: int = 3) -> dict[str, Any]:
+    """A fresh process importing our packages and loading the tokenizer: ours vs transformers' (median)."""
     out: dict[str, Any] = {}
-    for name, cls in (("empty_actor", EmptyActor), ("as_pipeline", StartupProbe)):
-        started = time.perf_counter()
-        actors = [ray.remote(num_cpus=0.5)(cls).remote() for _ in range(2)]
-        steps = ray.get([actor.report.remote() for actor in actors])
-        out[name] = {"ready_s": time.perf_counter() - started, "steps_s": steps}
-        for actor in actors:
-            ray.kill(actor)
+    for name, load in _LOADERS.items():
+        runs = []
+        for _ in range(times):
+            code = _STARTUP.format(load=load)
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            command = [sys.executable, "-c", code, MODEL]
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        out[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     return out
 
 
-def work_breakdown(path: Path, tokenizer: Any, rows: int = 5000) -> dict[str, float]:
-    """Seconds per 1000 rows of each step of ``TokenizeRows.__call__``, in this process, 256-row batches."""
+def work_breakdown(path: Path, tokenizer: Any, row_tokenizer: Any, rows: int = 5000) -> dict[str, float]:
+    """Seconds per 1000 rows of each step of ``TokenizeRows.__call__``, in this process, 256-row batches;
+    the two tokenizer steps also with the transformers tokenizer, for comparison."""
     import numpy as np
     from ray.data.block import BlockAccessor
 
@@ -311,9 +361,13 @@ def work_breakdown(path: Path, tokenizer: Any, rows: int = 5000) -> dict[str, fl
         with clock("normalize"):
             messages = [normalize_row(row, {}, "x") for row in parsed]
         with clock("render_segments"):
-            segments = [render_segments(tokenizer, m, False) for m in messages]
+            segments = [render_segments(row_tokenizer, m, False) for m in messages]
+        with clock("render_segments_transformers"):
+            [render_segments(tokenizer, m, False) for m in messages]
         with clock("tokenizer_call"):
-            ids = tokenizer([text for s in segments for text, _ in s], add_special_tokens=False)
+            ids = row_tokenizer([text for s in segments for text, _ in s], add_special_tokens=False)
+        with clock("tokenizer_call_transformers"):
+            tokenizer([text for s in segments for text, _ in s], add_special_tokens=False)
         with clock("encode_full_assembly"):  # encode_full given those ids: joining segments, masking labels
             encoded = encode_full(lambda texts, add_special_tokens: ids, segments)  # noqa: B023
         with clock("truncate"):
@@ -325,7 +379,7 @@ def work_breakdown(path: Path, tokenizer: Any, rows: int = 5000) -> dict[str, fl
         with clock("arrow_block"):
             BlockAccessor.batch_to_block(columns)
         with clock("plain_render_once"):
-            [tokenizer.apply_chat_template(m, tokenize=False) for m in messages]
+            [row_tokenizer.apply_chat_template(m, tokenize=False) for m in messages]
     return {name: s * 1000 / len(lines) for name, s in clock.seconds.items()}
 
 
@@ -357,7 +411,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"\n{'method':24s} {'rows':>7s} {'tokens':>9s} {'median s':>9s} {'rows/s':>8s} {'tokens/s':>9s} first batch s"
     )
-    for name, m in methods.items():
+    for name, m in [*methods.items(), *((f"{k} (new job)", v) for k, v in result["new_jobs"].items())]:
         first = f"{m['median_first_batch_s']:13.1f}" if "median_first_batch_s" in m else ""
         print(
             f"{name:24s} {m['rows']:7d} {m['tokens']:9d} {m['median_seconds']:9.2f} "
@@ -367,6 +421,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\nours = {result['ours']}: {vs_map['rows_per_s']:.2f}x datasets.map rows/s (target {TARGET}x), ", end="")
     print(f"{vs_plain['rows_per_s']:.2f}x plain")
     per_repeat = ", ".join(f"{x:.2f}" for x in result["ratio_ours_vs_datasets_map_per_repeat"])
+    new_job = result["ratio_ours_new_job_vs_datasets_map"]["rows_per_s"]
+    print(f"as a new job (fresh Ray, paired datasets.map runs): {new_job:.2f}x datasets.map rows/s")
     print(f"ours / datasets.map per repeat: {per_repeat}")
     print(f"\npadding efficiency (skewed set, batches of {BATCH}):")
     for key in (
@@ -377,59 +433,62 @@ def print_table(result: dict[str, Any]) -> None:
         "pipeline_packed",
     ):
         print(f"  {key:22s} {pad[key]:.3f}")
-    print("\nactor start-up, 2 actors together (s):")
-    for name, probe in diag["actor_startup"].items():
-        print(f"  {name:14s} ready {probe['ready_s']:5.1f}  steps {json.dumps(probe['steps_s'][0])}")
+    print("\nworker start-up in a fresh process, imports + tokenizer load (s):")
+    for name, probe in diag["worker_startup_s"].items():
+        print(f"  {name:14s} imports {probe['imports_s']:5.2f}  tokenizer {probe['tokenizer_s']:5.2f}")
     print("\nper-row work, seconds per 1000 rows (one process):")
     for name, seconds in diag["work_s_per_1000_rows"].items():
-        print(f"  {name:22s} {seconds:.3f}")
+        print(f"  {name:30s} {seconds:.3f}")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything timed, on one private local Ray started once before the timings."""
+    """Everything timed: first on one private local Ray started before the timings, then as new jobs."""
     import datasets
     import ray
-    import ray.data
 
-    from raytune_ft.models import load_tokenizer, resolve_model_source
+    from raytune_ft.models import load_row_tokenizer, load_tokenizer, resolve_model_source
 
     datasets.disable_progress_bars()
     path, skewed = make_alpaca(args.rows), make_skewed()
-    started = time.perf_counter()
     tokenizer = load_tokenizer(resolve_model_source(MODEL))
-    tokenizer_load_s = time.perf_counter() - started
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, "PYTHONPATH": str(ROOT)}}
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    row_tokenizer = load_row_tokenizer(MODEL)
+    start_ray()
     try:
         run_ours(skewed, max(args.concurrency))  # warm-up: Ray Data's first execution, the file cache
-        methods = throughput(path, args.repeats, args.concurrency, tokenizer)
+        methods = throughput(path, args.repeats, args.concurrency, tokenizer, row_tokenizer)
         pad = padding(skewed, tokenizer)
-        startup = actor_startup()
     finally:
         ray.shutdown()
+    jobs = new_jobs(path, args.repeats, max(args.concurrency), tokenizer)
     diagnostics = {
-        "actor_startup": startup,
-        "work_s_per_1000_rows": work_breakdown(path, tokenizer),
-        "tokenizer_load_s_driver": tokenizer_load_s,
+        "worker_startup_s": worker_startup(),
+        "work_s_per_1000_rows": work_breakdown(path, tokenizer, row_tokenizer),
     }
-    return {"methods": methods, "padding_efficiency": pad, "diagnostics": diagnostics}
+    return {"methods": methods, "new_jobs": jobs, "padding_efficiency": pad, "diagnostics": diagnostics}
 
 
 NOTES = {
-    "ours": "build_train_dataset (shuffle off) consumed with iter_batches(256, numpy) on the driver; ray.init "
-    "excluded (done once before timing); actor start-up (worker process, imports) and the tokenizer load in each "
-    "actor included. first_batch_s is mostly that start-up; rows_per_s_after_first_batch overstates the steady "
-    "rate (work done while the first batch was on its way counts after it)",
+    "ours_ray": "build_train_dataset (shuffle off) consumed with iter_batches(256, numpy) on the driver, on a "
+    "running local Ray (ray.init and one warm-up pipeline before timing); each timed run is a new pipeline, so "
+    "its tokenizer tasks load the tokenizer inside the timing (their processes and imports are warm). "
+    "first_batch_s: time to the first batch; rows_per_s_after_first_batch overstates the steady rate (work done "
+    "while the first batch was on its way counts after it)",
+    "ours_new_job": "the same on a local Ray started just before each run (ray.init untimed): Ray Data's first "
+    "execution, fresh worker processes and their imports are inside the timing; each is followed by a "
+    "datasets.map run, and the ratio is of those pairs' medians",
     "datasets_map_np2": "load_dataset('text') of the JSONL into a fresh temp cache dir (included; load_dataset_s), "
-    "then map(encode_rows + truncate, batched, batch_size 1000, num_proc=2, with_indices); tokens counted from the "
-    "Arrow column; the tokenizer is loaded once before timing and pickled to the forked map workers",
+    "then map(encode_rows + truncate, batched, batch_size 1000, num_proc=2, with_indices) with the transformers "
+    "tokenizer; tokens counted from the Arrow column; the tokenizer is loaded once before timing and pickled to "
+    "the forked map workers. datasets_map_np2_rowtokenizer: the same with our RowTokenizer",
     "plain_tokenizer": "one process: json.loads + normalize_row + apply_chat_template(tokenize=False) + "
-    "tokenizer(1000 texts); no label masks; tokens capped at cutoff_len",
-    "order": "one warm-up pipeline run on the skewed set, then methods interleaved within each repeat",
-    "work_s_per_1000_rows": "the steps of TokenizeRows.__call__ timed one by one in the driver process "
-    "(encode_full_assembly: encode_full fed the tokenizer_call's ids); plain_render_once: the plain baseline's render",
+    "tokenizer(1000 texts) with the transformers tokenizer; no label masks; tokens capped at cutoff_len",
+    "order": "one warm-up pipeline run on the skewed set, then methods interleaved within each repeat; then the "
+    "new-job pairs",
+    "worker_startup_s": "a fresh python process: import raytune_ft.data and raytune_ft.models, then load the "
+    "tokenizer (load_row_tokenizer, or the transformers tokenizer, which imports transformers); median of 3",
+    "work_s_per_1000_rows": "the steps of TokenizeRows.__call__ timed one by one in the driver process with the "
+    "RowTokenizer (encode_full_assembly: encode_full fed the tokenizer_call's ids); *_transformers: the same step "
+    "with the transformers tokenizer; plain_render_once: the plain baseline's render",
 }
 
 
@@ -437,7 +496,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 1], help="tokenizer actor counts to run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 1], help="tokenizer task limits to run")
     parser.add_argument("--out", default=str(RESULTS), help="results file (default: %(default)s)")
     args = parser.parse_args()
     os.environ.update(ENV)
@@ -463,13 +522,15 @@ def main() -> None:
             "rows": args.rows,
             "cutoff_len": CUTOFF,
             "repeats": args.repeats,
-            "tokenizer_actor_concurrency": args.concurrency,
+            "tokenizer_task_concurrency": args.concurrency,
             "baseline_batch_rows": BATCH_ROWS,
         },
         "ours": ours,
         "ratio_ours_vs_datasets_map": vs_map,
         "ratio_ours_vs_datasets_map_per_repeat": paired(methods[ours], methods["datasets_map_np2"]),
         "ratio_ours_vs_plain": ratio(methods[ours], methods["plain_tokenizer"]),
+        "ratio_ours_vs_datasets_map_rowtokenizer": ratio(methods[ours], methods["datasets_map_np2_rowtokenizer"]),
+        "ratio_ours_new_job_vs_datasets_map": ratio(*measured["new_jobs"].values()),
         "target": {"ours_vs_datasets_map_rows_per_s": TARGET, "met": vs_map["rows_per_s"] >= TARGET},
         **measured,
         "notes": NOTES,

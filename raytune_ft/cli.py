@@ -61,12 +61,12 @@ def _data_preview(args: argparse.Namespace) -> int:
     import functools
 
     from raytune_ft.data.preview import build_preview, format_preview
-    from raytune_ft.models import load_source_tokenizer
+    from raytune_ft.models import load_row_tokenizer
     from raytune_ft.train import job_tokenizer, start_ray
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = job_tokenizer(cfg)  # fails fast on a missing model or template, before Ray starts
-    load = functools.partial(load_source_tokenizer, cfg.model.source)
+    load = functools.partial(load_row_tokenizer, cfg.model.source)
     start_ray(args.address)
     concurrency = cfg.data.tokenize_concurrency or 1
     report = build_preview(cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.stage)

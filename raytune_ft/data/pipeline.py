@@ -2,14 +2,18 @@
 
 It is built lazily on the driver and executed in a streaming fashion by Ray Data, so rows flow
 from the files to the workers' ``get_dataset_shard`` without passing through the driver.
-Normalisation, rendering, tokenization and packing run in one actor stage (each actor loads the
-tokenizer once): on a small machine every extra stage competes for the one spare CPU and the
-stream can stall.
+Normalisation, rendering, tokenization and packing run in one map stage of Ray tasks (at most
+``concurrency`` at once): on a small machine every extra stage competes for the one spare CPU and
+the stream can stall. Tasks, not actors: they run in Ray's already started worker processes, and
+each process keeps its tokenizer between tasks, so the first rows arrive seconds sooner than from
+actors that each start a process (bench/tokenize_throughput.py).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,7 +43,7 @@ __all__ = [
     "mixing_rates",
 ]
 
-# Read tasks and tokenizer actors ask for half a CPU each, so one of each fits in the single CPU
+# Read and tokenizer tasks ask for half a CPU each, so one of each fits in the single CPU
 # a small machine has left beside its training workers; at 1 CPU each the stream stalls
 # ("backpressured: ResourceBudget") and the trainer waits forever.
 _DATA_CPUS = 0.5
@@ -120,7 +124,8 @@ def encode_rows(
 
 
 class TokenizeRows:
-    """Ray Data actor UDF: numbered raw records -> ``input_ids`` + ``labels`` (+ ``position_ids`` when packing).
+    """Numbered raw records -> ``input_ids`` + ``labels`` (+ ``position_ids`` when packing), with the
+    tokenizer loaded once; one per worker process and pipeline (``tokenize_task``).
 
     A bad row stops the run with its file and row number, or with ``skip_bad_rows`` is logged and
     left out. A row whose first answer does not fit in ``cutoff_len`` is dropped (nothing to learn).
@@ -154,7 +159,24 @@ class TokenizeRows:
             raise DataError(problem)
         self.skipped += 1
         if self.skipped <= _LOGGED_BAD_ROWS or self.skipped % 100 == 0:
-            print(f"raytune_ft: skipped bad row ({self.skipped} skipped by this tokenizer): {problem}", flush=True)
+            print(f"raytune_ft: skipped bad row ({self.skipped} skipped by this process): {problem}", flush=True)
+
+
+_WORKERS: OrderedDict[bytes, TokenizeRows] = OrderedDict()
+_KEPT_WORKERS = 4
+
+
+def tokenize_task(batch: dict[str, np.ndarray], setup: bytes) -> dict[str, Any]:
+    """Ray Data task UDF: ``TokenizeRows`` for ``setup`` (the pickled loader, options and sources).
+
+    The first task of a pipeline in a worker process loads the tokenizer; later ones reuse it. A
+    process keeps the few most recent pipelines' tokenizers (sweeps run several in one job).
+    """
+    worker = _WORKERS.pop(setup, None) or TokenizeRows(*pickle.loads(setup))
+    _WORKERS[setup] = worker
+    while len(_WORKERS) > _KEPT_WORKERS:
+        _WORKERS.popitem(last=False)
+    return worker(batch)
 
 
 @dataclass(frozen=True)
@@ -170,12 +192,12 @@ class PreparedData:
 def build_datasets(
     cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int, stage: str = "sft"
 ) -> PreparedData:
-    """Training (and validation) datasets for ``cfg``, tokenized by ``concurrency`` actors.
+    """Training (and validation) datasets for ``cfg``, tokenized by at most ``concurrency`` tasks at once.
 
-    ``load_tokenizer`` runs inside each tokenizer actor (on whichever node it lands), so it must be
-    picklable, must resolve the model on that node, and should import little (actors start faster):
-    ``functools.partial(raytune_ft.models.load_source_tokenizer, source)``. ``data.template`` is
-    applied to what it returns.
+    ``load_tokenizer`` runs inside the worker processes (on whichever node they are), so it must be
+    picklable, must resolve the model on that node, and should import little (the first rows come
+    sooner): ``functools.partial(raytune_ft.models.load_row_tokenizer, source)``. ``data.template``
+    is applied to what it returns.
     """
     sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
     options = EncodeOptions.from_config(cfg, stage)
@@ -225,14 +247,10 @@ def _tokenized(
     if shuffle_seed is not None:
         ds = ds.randomize_block_order(seed=shuffle_seed)
     return ds.map_batches(
-        TokenizeRows,
-        fn_constructor_kwargs={
-            "load_tokenizer": load_tokenizer,
-            "options": options,
-            "sources": sources,
-        },
+        tokenize_task,
+        fn_args=(pickle.dumps((load_tokenizer, options, sources)),),
         batch_size=_BATCH_ROWS,
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        compute=ray.data.TaskPoolStrategy(size=concurrency),
         num_cpus=_DATA_CPUS,
     )
 

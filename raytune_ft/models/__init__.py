@@ -13,7 +13,7 @@ from .checkpoint import (
     is_adapter_checkpoint,
     latest_checkpoint,
 )
-from .loading import load_causal_lm, load_for_inference, load_source_tokenizer, load_tokenizer
+from .loading import load_causal_lm, load_for_inference, load_row_tokenizer, load_tokenizer
 from .source import BUILTIN_MODELS, ModelSourceError, cache_root, resolve_model_source
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
     "latest_checkpoint",
     "load_causal_lm",
     "load_for_inference",
-    "load_source_tokenizer",
+    "load_row_tokenizer",
     "load_tokenizer",
     "resolve_model_source",
     "trainable_parameters",

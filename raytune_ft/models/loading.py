@@ -17,7 +17,7 @@ from .source import ModelSourceError, resolve_model_source
 if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
     import torch
 
-__all__ = ["load_causal_lm", "load_for_inference", "load_source_tokenizer", "load_tokenizer"]
+__all__ = ["load_causal_lm", "load_for_inference", "load_row_tokenizer", "load_tokenizer"]
 
 
 def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
@@ -37,16 +37,20 @@ def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
     return tokenizer
 
 
-def load_source_tokenizer(source: str) -> Any:
-    """The tokenizer of a model source as it ships (no template check): what tokenizer actors load."""
-    return load_tokenizer(resolve_model_source(source), require_chat_template=False)
+def load_row_tokenizer(source: str) -> Any:
+    """What the data workers tokenize with: a ``RowTokenizer`` (no transformers import; the same token
+    rows) when the model folder allows it, else its transformers tokenizer as it ships (no template check)."""
+    from .fast_tokenizer import RowTokenizer
+
+    path = resolve_model_source(source)
+    return RowTokenizer.from_folder(path) or load_tokenizer(path, require_chat_template=False)
 
 
 def _from_pretrained(path: Path) -> Any:
     """A fast tokenizer straight from ``tokenizer.json`` when there is one.
 
     AutoTokenizer gives the same class but first imports the model-side code to read the config,
-    about 6 s of every tokenizer actor's start on a small CPU (bench/tokenize_throughput.py).
+    seconds more on a small CPU.
     """
     if (path / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast

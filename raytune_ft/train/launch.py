@@ -17,7 +17,7 @@ from typing import Any
 from raytune_ft.config import ConfigError, JobConfig, load_config
 from raytune_ft.data import PreparedData, build_datasets
 from raytune_ft.data.cache import data_fingerprint, load_or_write
-from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_source_tokenizer
+from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_row_tokenizer
 
 from .loop import RunPlan, train_loop_per_worker
 from .tokenizer import job_tokenizer
@@ -187,7 +187,7 @@ def prepare_data(cfg: JobConfig, tokenizer: Any, concurrency: int) -> PreparedDa
 
     ``tokenizer`` is the run's (``job_tokenizer``), used on the driver only to fingerprint the cache.
     """
-    load = functools.partial(load_source_tokenizer, cfg.model.source)  # light: actors start faster
+    load = functools.partial(load_row_tokenizer, cfg.model.source)  # light: the first rows come sooner
     build = functools.partial(
         build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.stage
     )

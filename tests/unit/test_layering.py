@@ -81,17 +81,17 @@ def test_every_module_has_a_docstring() -> None:
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(ROOT)} has no module docstring"
 
 
-def test_tokenizer_actors_import_no_torch() -> None:
-    """Ray Data tokenizer actors import the data and models packages and load a tokenizer; torch
-    would add seconds to every actor's start (bench/tokenize_throughput.py)."""
+def test_tokenizer_tasks_import_neither_torch_nor_transformers() -> None:
+    """Ray Data tokenizer tasks import the data and models packages and load a tokenizer; torch or
+    transformers would add seconds before a worker's first rows (bench/tokenize_throughput.py)."""
     import subprocess
     import sys
 
     code = (
         "import sys, functools; import raytune_ft.data, raytune_ft.models; "
-        "from raytune_ft.data.pipeline import TokenizeRows; "
-        "raytune_ft.models.load_source_tokenizer('builtin:smollm2-135m-instruct'); "
-        "print(sorted(m for m in ('torch', 'peft', 'ray.train') if m in sys.modules))"
+        "from raytune_ft.data.pipeline import tokenize_task; "
+        "raytune_ft.models.load_row_tokenizer('builtin:smollm2-135m-instruct'); "
+        "print(sorted(m for m in ('torch', 'peft', 'ray.train', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
