@@ -256,8 +256,10 @@ class ScalingConfig(Section):
     use_gpu: bool = False
     """Give each worker a GPU (NCCL); otherwise train on CPU (gloo)."""
 
-    strategy: Literal["ddp"] = "ddp"
-    """How workers share the model: ``ddp`` replicates it and all-reduces gradients."""
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """How workers share the model: ``ddp`` replicates it and all-reduces gradients; ``fsdp2`` shards
+    parameters, gradients and optimizer state (torch ``fully_shard`` per decoder layer), gathers the
+    full weights for each checkpoint's export and saves resume state shard by shard."""
 
     cpus_per_worker: float | None = Field(default=None, gt=0)
     """CPUs reserved per worker. Default: 1, lowered on a small local machine so the Ray Data

@@ -39,21 +39,24 @@ class TrainState:
     """Micro-batches of the current epoch this worker has consumed."""
 
 
-def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig, state: TrainState) -> None:
-    """Write a self-contained checkpoint into ``folder`` (called on rank 0 only)."""
-    model = core.strategy.unwrap(core.model)
-    model.save_pretrained(folder)  # type: ignore[operator]
-    tokenizer.save_pretrained(folder)
-    (folder / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
-    torch.save(
-        {
-            "optimizer": core.optimizer.state_dict(),
-            "scheduler": core.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-        },
-        folder / OPTIMIZER_FILE,
-    )
-    (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig, state: TrainState) -> bool:
+    """Write this worker's part of a self-contained checkpoint into ``folder``; every worker calls it.
+
+    Rank 0 writes the exported weights (the whole model or adapter, gathered by the strategy), the
+    tokenizer, config, progress and optimizer file; a sharded strategy also has every worker write
+    its shards. Returns whether this worker wrote anything (and so has a checkpoint to report).
+    """
+    weights = core.strategy.full_state_dict(core.model)
+    resume_state = core.strategy.save_state(folder, core.model, core.optimizer)
+    if weights is not None:
+        model = core.strategy.unwrap(core.model)
+        model.save_pretrained(folder, state_dict=weights)  # type: ignore[operator]
+        tokenizer.save_pretrained(folder)
+        (folder / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
+        saved = {**resume_state, "scheduler": core.scheduler.state_dict(), "rng": torch.get_rng_state()}
+        torch.save(saved, folder / OPTIMIZER_FILE)
+        (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
@@ -70,9 +73,10 @@ def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
 
 
 def restore_state(folder: Path, core: StepCore) -> TrainState:
-    """Restore optimizer, scheduler and RNG from ``folder``; return the saved progress."""
+    """Restore optimizer (and a sharded strategy's model shards), scheduler and RNG from ``folder``;
+    return the saved progress. Every worker calls it."""
     saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
-    core.optimizer.load_state_dict(saved["optimizer"])
+    core.strategy.load_state(folder, core.model, core.optimizer, saved)
     core.scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
     return TrainState(**json.loads((folder / STATE_FILE).read_text()))

@@ -174,15 +174,26 @@ class _Evaluation:
         self.every = cfg.train.eval_steps or cfg.train.save_steps
 
     def loss(self, core: StepCore, device: torch.device) -> float:
-        """Token-mean loss over every worker's validation rows (all workers must call it)."""
-        batches = (
-            move_batch(pad_batch(b["input_ids"], b["labels"], self.pad_id, b.get("position_ids")), device)
-            for i, b in enumerate(self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy"))
-            if i % self.world_size == self.rank  # every worker holds the whole validation set
-        )
-        loss_sum, terms = core.evaluate(batches)
+        """Token-mean loss over every worker's validation rows (all workers must call it).
+
+        Every worker holds the whole validation set and evaluates every world_size-th batch. Under a
+        strategy whose forward is collective, workers with one batch fewer run an uncounted forward
+        so that all run the same number.
+        """
+        mine, count, filler = [], 0, None
+        for i, b in enumerate(self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy")):
+            count, filler = count + 1, b if filler is None else filler
+            if i % self.world_size == self.rank:
+                mine.append(b)
+        rounds = math.ceil(count / self.world_size) if core.strategy.collective_forward else len(mine)
+        idle = [filler] * (rounds - len(mine)) if filler is not None else []
+        loss_sum, terms = core.evaluate(self._moved(mine, device), idle=self._moved(idle, device))
         total_loss, total_terms = core.strategy.all_reduce_sum([loss_sum, terms])
         return total_loss / max(total_terms, 1.0)
+
+    def _moved(self, batches: list[dict[str, Any]], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+        for b in batches:
+            yield move_batch(pad_batch(b["input_ids"], b["labels"], self.pad_id, b.get("position_ids")), device)
 
 
 def _report_checkpoint(
@@ -191,10 +202,8 @@ def _report_checkpoint(
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="raytune_ft-ckpt-") as tmp:
-        checkpoint = None
-        if rank == 0:
-            save_checkpoint(Path(tmp), core, tokenizer, cfg, state)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        wrote = save_checkpoint(Path(tmp), core, tokenizer, cfg, state)  # Ray merges the workers' folders
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if wrote else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.global_step:06d}")
 
 

@@ -76,11 +76,14 @@ class StepCore:
         )
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    def evaluate(
+        self, batches: Iterable[dict[str, torch.Tensor]], idle: Iterable[dict[str, torch.Tensor]] = ()
+    ) -> tuple[float, int]:
         """Summed loss and loss terms over ``batches`` on this worker (no gradients, eval mode).
 
         Runs the unwrapped model: a DDP forward may sync buffers with the other workers, which
-        would hang when workers hold different numbers of validation batches.
+        would hang when workers hold different numbers of validation batches. ``idle`` batches run
+        forward uncounted (a sharded model needs every worker in every forward).
         """
         model = self.strategy.unwrap(self.model)
         model.eval()
@@ -88,13 +91,16 @@ class StepCore:
         for batch in batches:
             loss_sum += float(self.objective.loss_sum(model, batch))
             terms += self.objective.terms(batch)
+        for batch in idle:
+            self.objective.loss_sum(model, batch)
         model.train()
         return loss_sum, terms
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
         limit = self.max_grad_norm if self.max_grad_norm is not None else math.inf
-        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
