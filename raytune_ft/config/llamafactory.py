@@ -40,6 +40,10 @@ def _template(value: Any) -> dict[str, Any]:
     return {"data.template": value} if value in NAMED_TEMPLATES else {}
 
 
+def _deepspeed(value: Any) -> dict[str, Any]:
+    return {} if value is None else {"scaling.strategy": "deepspeed", "scaling.deepspeed": value}
+
+
 def _no_checkpointing(value: Any) -> dict[str, Any]:
     return {"model.gradient_checkpointing": not value}
 
@@ -58,6 +62,7 @@ _MAPPED: dict[str, Setter] = {
     "lora_dropout": _to("adapter.dropout"),
     "lora_target": _to("adapter.target"),
     "use_rslora": _to("adapter.use_rslora"),
+    "deepspeed": _deepspeed,
     "disable_gradient_checkpointing": _no_checkpointing,
     "use_dora": _to("adapter.use_dora"),
     "freeze_trainable_layers": _to("adapter.freeze_trainable_layers"),
@@ -120,7 +125,6 @@ _IGNORED: dict[str, str] = {
 # Values that are fine because they ask for nothing (LLaMA-Factory defaults or switched off).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "do_eval": (False, None),
-    "deepspeed": (None,),
     "adapter_name_or_path": (None,),
     "warmup_steps": (0, None),
     "per_device_eval_batch_size": (),
@@ -129,7 +133,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 _CANNOT_HONOUR_YET = {
     "do_eval": "evaluation without a validation split (set val_size or eval_dataset)",
-    "deepspeed": "the DeepSpeed strategy (only ddp so far)",
     "adapter_name_or_path": "starting from an existing adapter",
     "warmup_steps": "warmup in steps (use warmup_ratio)",
     "quantization_bit": "QLoRA",

@@ -256,10 +256,20 @@ class ScalingConfig(Section):
     use_gpu: bool = False
     """Give each worker a GPU (NCCL); otherwise train on CPU (gloo)."""
 
-    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    strategy: Literal["ddp", "fsdp2", "deepspeed"] = "ddp"
     """How workers share the model: ``ddp`` replicates it and all-reduces gradients; ``fsdp2`` shards
     parameters, gradients and optimizer state (torch ``fully_shard`` per decoder layer), gathers the
-    full weights for each checkpoint's export and saves resume state shard by shard."""
+    full weights for each checkpoint's export and saves resume state shard by shard; ``deepspeed``
+    runs DeepSpeed ZeRO (``deepspeed``, ``deepspeed_offload``)."""
+
+    deepspeed: int | str | None = None
+    """For ``strategy: deepspeed``: a ZeRO stage (0-3; default 2), or the path of a DeepSpeed JSON config
+    such as LLaMA-Factory's ``ds_z3_config.json`` (its ``"auto"`` values are filled from this config;
+    batch size, accumulation, clipping and precision always come from this config)."""
+
+    deepspeed_offload: Literal["none", "optimizer", "all"] = "none"
+    """With a ZeRO stage number: keep optimizer state (stages 1-3), or also parameters (stage 3), in
+    CPU memory."""
 
     cpus_per_worker: float | None = Field(default=None, gt=0)
     """CPUs reserved per worker. Default: 1, lowered on a small local machine so the Ray Data
@@ -267,6 +277,54 @@ class ScalingConfig(Section):
 
     max_failures: int = Field(default=0, ge=-1)
     """Times Ray Train restarts the workers from the latest checkpoint after a failure (-1: forever)."""
+
+    @model_validator(mode="after")
+    def _check_deepspeed(self) -> ScalingConfig:
+        if self.strategy != "deepspeed":
+            if self.deepspeed is not None or self.deepspeed_offload != "none":
+                raise ValueError("deepspeed and deepspeed_offload need strategy: deepspeed")
+            return self
+        if isinstance(self.deepspeed, int):
+            _check_zero(self.deepspeed, self.deepspeed_offload, "deepspeed")
+        elif isinstance(self.deepspeed, str):
+            if self.deepspeed_offload != "none":
+                raise ValueError("deepspeed_offload applies to a ZeRO stage number; set offload in the JSON file")
+            _check_deepspeed_file(self.deepspeed)
+        return self
+
+
+def _check_zero(stage: object, offload: str, where: str) -> None:
+    if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage <= 3:
+        raise ValueError(f"{where}: the ZeRO stage must be 0, 1, 2 or 3, not {stage!r}")
+    if offload == "all" and stage != 3:
+        raise ValueError(f"{where}: parameter offload (deepspeed_offload: all) needs ZeRO stage 3, not {stage}")
+    if offload == "optimizer" and stage == 0:
+        raise ValueError(f"{where}: optimizer offload needs ZeRO stage 1, 2 or 3")
+
+
+def _check_deepspeed_file(path: str) -> None:
+    """The JSON exists, parses, names a ZeRO stage, and leaves the optimizer to us."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"deepspeed: {path} is not a file; give a ZeRO stage (0-3) or a DeepSpeed JSON config path")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"deepspeed: {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"deepspeed: {path} must hold a JSON object")
+    taken = sorted({"optimizer", "scheduler"} & set(config))
+    if taken:
+        raise ValueError(
+            f"deepspeed: {path} has {' and '.join(taken)} sections; raytune_ft builds the optimizer and schedule "
+            "from train.* (learning_rate, weight_decay, lr_scheduler, warmup_ratio): remove them"
+        )
+    zero = config.get("zero_optimization", {})
+    offload = "all" if "offload_param" in zero else "optimizer" if "offload_optimizer" in zero else "none"
+    _check_zero(zero.get("stage", 0), offload, f"deepspeed: {path}: zero_optimization")
 
 
 # The sections below are reserved: the stages that read them (sweeps, serving, export, tracking)

@@ -98,6 +98,12 @@ def apply_adapter(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts, of the whole model also when it is sharded."""
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(_numel(p) for p in model.parameters())
+
+
+def _numel(parameter: torch.nn.Parameter) -> int:
+    # DeepSpeed ZeRO-3 empties partitioned parameters and keeps their size in ds_numel;
+    # FSDP2's DTensors report their global size already.
+    return int(getattr(parameter, "ds_numel", parameter.numel()))

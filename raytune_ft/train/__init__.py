@@ -14,13 +14,14 @@ from .launch import (
 from .loop import RunPlan, build_training, train_loop_per_worker
 from .objectives import OBJECTIVES, Objective, SFTObjective, causal_lm_loss_sum
 from .step import StepCore, StepStats, build_optimizer, build_scheduler
-from .strategies import STRATEGIES, DDPStrategy, FSDP2Strategy, Strategy
+from .strategies import STRATEGIES, DDPStrategy, DeepSpeedStrategy, FSDP2Strategy, Strategy
 from .tokenizer import job_tokenizer, training_tokenizer
 
 __all__ = [
     "OBJECTIVES",
     "STRATEGIES",
     "DDPStrategy",
+    "DeepSpeedStrategy",
     "FSDP2Strategy",
     "Objective",
     "RunPlan",

@@ -7,6 +7,7 @@ step itself (``StepCore``) run without Ray too; only data iteration and reportin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import tempfile
@@ -60,9 +61,8 @@ def build_training(
     model = apply_adapter(model, cfg.adapter)
     if checkpoint is not None and not full_resume:
         load_weights_into(model, checkpoint)
-    strategy = STRATEGIES[cfg.scaling.strategy](device)
-    model = strategy.wrap(model)
-    optimizer = build_optimizer(model, cfg.train)
+    strategy = STRATEGIES[cfg.scaling.strategy](device, cfg)
+    model, optimizer = strategy.prepare(model, functools.partial(build_optimizer, cfg=cfg.train))
     core = StepCore(
         model=model,
         objective=OBJECTIVES[cfg.method.stage](),

@@ -59,13 +59,11 @@ class StepCore:
             last = i == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.strategy.no_sync(self.model):
                 loss = self.objective.loss_sum(self.model, batch)
-                (loss * scale).backward()
+                self.strategy.backward(self.model, loss * scale)
             loss_total += float(loss.detach())
-        grad_norm = self._clip()
         lr = float(self.scheduler.get_last_lr()[0])
-        self.optimizer.step()
+        grad_norm = self.strategy.optimizer_step(self.model, self.optimizer, self.max_grad_norm)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return StepStats(
             loss_sum=loss_total,
             terms=terms,
@@ -95,12 +93,6 @@ class StepCore:
             self.objective.loss_sum(model, batch)
         model.train()
         return loss_sum, terms
-
-    def _clip(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        limit = self.max_grad_norm if self.max_grad_norm is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, limit)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

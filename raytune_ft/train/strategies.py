@@ -10,6 +10,8 @@ to plain single-process training (unit tests, profiling).
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +20,20 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["SHARDED_DIR", "STRATEGIES", "DDPStrategy", "FSDP2Strategy", "Strategy", "decoder_layers", "is_distributed"]
+from raytune_ft.config import JobConfig
+
+__all__ = [
+    "SHARDED_DIR",
+    "STRATEGIES",
+    "DDPStrategy",
+    "DeepSpeedStrategy",
+    "FSDP2Strategy",
+    "Strategy",
+    "decoder_layers",
+    "deepspeed_config",
+    "is_distributed",
+]
+OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
 SHARDED_DIR = "sharded"
 """Checkpoint subfolder of a sharded strategy's torch.distributed.checkpoint files (model + optimizer)."""
@@ -36,11 +51,23 @@ class Strategy(Protocol):
     collective_forward: bool
     """Whether every worker must run each forward pass together (sharded parameters are gathered)."""
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
+    def prepare(
+        self, model: torch.nn.Module, make_optimizer: OptimizerFactory
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The wrapped model and the (torch) optimizer over its trainable parameters."""
+        ...
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[None]: ...
+
+    def backward(self, model: torch.nn.Module, loss: torch.Tensor) -> None: ...
+
+    def optimizer_step(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None
+    ) -> float:
+        """Clip the window's gradients, update the weights and clear the gradients; returns the norm."""
+        ...
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]: ...
 
@@ -63,9 +90,30 @@ class Strategy(Protocol):
 
 
 class _Collectives:
-    """Counters summed across workers; the same for every strategy."""
+    """Counters summed across workers and the plain torch step; shared by the strategies."""
 
     device: torch.device
+
+    def prepare(
+        self, model: torch.nn.Module, make_optimizer: OptimizerFactory
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        wrapped = self.wrap(model)
+        return wrapped, make_optimizer(wrapped)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def backward(self, model: torch.nn.Module, loss: torch.Tensor) -> None:
+        loss.backward()  # type: ignore[no-untyped-call]
+
+    def optimizer_step(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None
+    ) -> float:
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         if not is_distributed():
@@ -83,7 +131,7 @@ class DDPStrategy(_Collectives):
 
     collective_forward = False
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, cfg: JobConfig) -> None:
         self.device = device
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -125,7 +173,7 @@ class FSDP2Strategy(_Collectives):
 
     collective_forward = True
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, cfg: JobConfig) -> None:
         self.device = device
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -190,6 +238,129 @@ class FSDP2Strategy(_Collectives):
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 
+class DeepSpeedStrategy(_Collectives):
+    """DeepSpeed ZeRO stage 0-3 (optionally offloading optimizer state or parameters to CPU memory).
+
+    The engine gets our torch optimizer (a DeepSpeed-config optimizer would JIT-build fused kernels)
+    and runs in unmanaged gradient accumulation: each micro-batch's ``backward`` accumulates, and the
+    window's one ``step`` reduces, clips (``gradient_clipping``) and updates, as in the other
+    strategies. Checkpoints: the full weights (gathered across ranks under ZeRO-3) exported on rank 0,
+    and the engine's own checkpoint (``deepspeed/``, each rank its partition; frozen weights left out)
+    for resume.
+    """
+
+    def __init__(self, device: torch.device, cfg: JobConfig) -> None:
+        self.device = device
+        self.cfg = cfg
+        self.stage = 0
+        self.collective_forward = False
+
+    def prepare(
+        self, model: torch.nn.Module, make_optimizer: OptimizerFactory
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        import deepspeed
+
+        model.to(self.device)
+        optimizer = make_optimizer(model)
+        config = deepspeed_config(self.cfg, self.world_size(), _hidden_size(model))
+        self.stage = int(config["zero_optimization"].get("stage", 0))
+        self.collective_forward = self.stage == 3  # ZeRO-3 gathers each layer's parameters in forward
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        return engine, optimizer  # the scheduler drives the torch optimizer's param groups, shared with ZeRO's
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        module: torch.nn.Module = getattr(model, "module", model)
+        return module
+
+    def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # unmanaged accumulation: gradients wait for step()
+
+    def backward(self, model: torch.nn.Module, loss: torch.Tensor) -> None:
+        model.backward(loss, scale_wrt_gas=False)  # type: ignore[operator]  # the loss is already scaled
+
+    def optimizer_step(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None
+    ) -> float:
+        model.step()  # type: ignore[operator]
+        norm = model.get_global_grad_norm()  # type: ignore[operator]
+        return float(norm) if norm is not None else math.nan
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        if self.stage == 3:
+            state: dict[str, torch.Tensor] | None = model._zero3_consolidated_16bit_state_dict()  # type: ignore[operator]
+            return state
+        return self.unwrap(model).state_dict() if _rank() == 0 else None
+
+    def save_state(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        engine: Any = model
+        engine.save_checkpoint(str(folder / _DEEPSPEED_DIR), tag=_DEEPSPEED_TAG, exclude_frozen_parameters=True)
+        return {}
+
+    def load_state(
+        self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]
+    ) -> None:
+        if not (folder / _DEEPSPEED_DIR).is_dir():
+            raise FileNotFoundError(
+                f"{folder}: no {_DEEPSPEED_DIR}/ folder, so this checkpoint was not written by scaling.strategy "
+                "deepspeed; resume it with the strategy that wrote it"
+            )
+        engine: Any = model
+        engine.load_checkpoint(
+            str(folder / _DEEPSPEED_DIR), tag=_DEEPSPEED_TAG, load_module_strict=False, load_lr_scheduler_states=False
+        )
+
+
+_DEEPSPEED_DIR, _DEEPSPEED_TAG = "deepspeed", "state"
+
+
+def deepspeed_config(cfg: JobConfig, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config for this run: from ``scaling.deepspeed`` (a ZeRO stage or a JSON file whose
+    ``"auto"`` values are filled in, as with LLaMA-Factory's files), plus what our loop needs."""
+    setting = cfg.scaling.deepspeed if cfg.scaling.deepspeed is not None else 2
+    if isinstance(setting, int):
+        config: dict[str, Any] = {"zero_optimization": _zero_section(setting, cfg.scaling.deepspeed_offload)}
+    else:
+        config = json.loads(Path(setting).read_text(encoding="utf-8"))
+    micro, accumulation = cfg.train.per_device_batch_size, cfg.train.gradient_accumulation_steps
+    ours = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * world_size,
+        "gradient_clipping": cfg.train.max_grad_norm or 0.0,
+    }
+    config.update(ours)
+    config["bf16"] = {**config.get("bf16", {}), "enabled": cfg.model.dtype == "bfloat16"}
+    config["fp16"] = {**config.get("fp16", {}), "enabled": cfg.model.dtype == "float16"}
+    config["managed_gradient_accumulation"] = False
+    config["zero_force_ds_cpu_optimizer"] = False  # our torch AdamW, also with optimizer offload
+    config.setdefault("steps_per_print", 2**31 - 1)
+    zero = config.setdefault("zero_optimization", {})
+    sizes = {
+        "reduce_bucket_size": hidden_size**2 if hidden_size else 5 * 10**8,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden_size**2) if hidden_size else 5 * 10**7,
+        "stage3_param_persistence_threshold": 10 * hidden_size if hidden_size else 10**5,
+    }
+    for key, value in sizes.items():  # transformers' fill-ins for LLaMA-Factory's "auto"
+        if zero.get(key) == "auto":
+            zero[key] = value
+    return config
+
+
+def _zero_section(stage: int, offload: str) -> dict[str, Any]:
+    section: dict[str, Any] = {"stage": stage}
+    if offload in ("optimizer", "all"):
+        section["offload_optimizer"] = {"device": "cpu"}
+    if offload == "all":
+        section["offload_param"] = {"device": "cpu"}
+    return section
+
+
+def _hidden_size(model: torch.nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    size = getattr(config, "hidden_size", None)
+    return size if isinstance(size, int) else None
+
+
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of a transformers model (its ``_no_split_modules`` classes), in order."""
     names: set[str] = set()
@@ -201,4 +372,8 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-STRATEGIES: dict[str, Callable[[torch.device], Strategy]] = {"ddp": DDPStrategy, "fsdp2": FSDP2Strategy}
+STRATEGIES: dict[str, Callable[[torch.device, JobConfig], Strategy]] = {
+    "ddp": DDPStrategy,
+    "fsdp2": FSDP2Strategy,
+    "deepspeed": DeepSpeedStrategy,
+}

@@ -1,5 +1,5 @@
-"""scaling.strategy on 2 CPU Ray workers (gloo): FSDP2 trains LoRA and full models like DDP does, exports
-the gathered weights, and resumes from its sharded (torch.distributed.checkpoint) state."""
+"""scaling.strategy on 2 CPU Ray workers (gloo): FSDP2 and DeepSpeed ZeRO train LoRA and full models like
+DDP does, export the gathered weights, and resume from their own sharded state."""
 
 from __future__ import annotations
 
@@ -58,25 +58,56 @@ def test_fsdp2_lora_trains_evaluates_and_resumes_from_shards(
     assert logged[-1]["eval_loss"] < logged[2]["eval_loss"]
 
 
-def test_fsdp2_full_tuning_matches_ddp_and_exports_the_whole_model(
+@pytest.mark.parametrize(("stage", "offload"), [(2, "none"), (3, "all")])
+def test_deepspeed_lora_trains_and_resumes_from_its_checkpoint(
+    local_ray: None, tiny_model_dir: Path, tmp_path: Path, stage: int, offload: str
+) -> None:
+    """ZeRO-2, and ZeRO-3 with optimizer state and parameters offloaded to CPU memory."""
+    args = overrides(
+        tiny_model_dir, tmp_path, f"ds{stage}-lora", "scaling.strategy=deepspeed", f"scaling.deepspeed={stage}",
+        f"scaling.deepspeed_offload={offload}", "adapter.rank=32", "train.save_steps=3", "data.val_size=0.2",
+        "train.eval_steps=3", "train.gradient_accumulation_steps=2",
+    )  # fmt: skip
+    first = run_training(load_config(None, [*args, "train.max_steps=3"]))
+    folder = Path(first.checkpoint or "")
+    assert is_adapter_checkpoint(folder) and checkpoint_step(folder) == 3
+    written = {p.name for p in (folder / "deepspeed" / "state").iterdir()}
+    assert {f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)} <= written, written
+
+    second = run_training(load_config(None, [*args, "train.max_steps=6"]))
+    logged = metrics(second.run_dir)
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6], "resume continues at step 4"
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    assert logged[-1]["eval_loss"] < logged[2]["eval_loss"]
+
+
+def test_sharded_full_tuning_matches_ddp_and_exports_the_whole_model(
     local_ray: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Same data, seed and steps: the sharded run's losses and exported weights equal the replicated run's."""
+    """Same data, seed and steps: FSDP2's and ZeRO-3's losses and exported weights equal the replicated run's."""
     from transformers import AutoModelForCausalLM
 
+    strategies = {
+        "ddp": ["scaling.strategy=ddp"],
+        "fsdp2": ["scaling.strategy=fsdp2"],
+        "zero3": ["scaling.strategy=deepspeed", "scaling.deepspeed=3"],
+    }
     runs = {}
-    for strategy in ("ddp", "fsdp2"):
+    for name, strategy in strategies.items():
         args = overrides(
-            tiny_model_dir, tmp_path, f"full-{strategy}", f"scaling.strategy={strategy}", "adapter.type=full",
-            "train.learning_rate=1e-3", "train.max_steps=3", "train.save_steps=3",
+            tiny_model_dir, tmp_path, f"full-{name}", *strategy, "adapter.type=full", "train.learning_rate=1e-3",
+            "train.max_steps=3", "train.save_steps=3",
         )  # fmt: skip
-        runs[strategy] = run_training(load_config(None, args))
+        runs[name] = run_training(load_config(None, args))
     losses = {name: [m["loss"] for m in metrics(run.run_dir)] for name, run in runs.items()}
     assert losses["fsdp2"] == pytest.approx(losses["ddp"], rel=1e-4), losses
-    assert losses["fsdp2"][-1] < losses["fsdp2"][0]
+    assert losses["zero3"] == pytest.approx(losses["ddp"], rel=1e-4), losses
+    assert losses["ddp"][-1] < losses["ddp"][0]
 
     models = {name: AutoModelForCausalLM.from_pretrained(run.checkpoint) for name, run in runs.items()}
+    reference = models["ddp"].state_dict()
+    for name in ("fsdp2", "zero3"):
+        for key, weight in models[name].state_dict().items():
+            torch.testing.assert_close(weight, reference[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    for name, weight in models["fsdp2"].state_dict().items():
-        torch.testing.assert_close(weight, models["ddp"].state_dict()[name], rtol=1e-4, atol=1e-5)
-    assert not torch.equal(models["fsdp2"].model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(models["ddp"].model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
