@@ -63,6 +63,9 @@ _MAPPED: dict[str, Setter] = {
     "lora_target": _to("adapter.target"),
     "use_rslora": _to("adapter.use_rslora"),
     "deepspeed": _deepspeed,
+    "quantization_bit": _to("model.quantization_bit"),
+    "pissa_init": _to("adapter.pissa_init"),
+    "pissa_iter": _to("adapter.pissa_iter"),
     "disable_gradient_checkpointing": _no_checkpointing,
     "use_dora": _to("adapter.use_dora"),
     "freeze_trainable_layers": _to("adapter.freeze_trainable_layers"),
@@ -107,6 +110,7 @@ _MAPPED: dict[str, Setter] = {
 # Accepted, but they change nothing here (the reason is shown in the warning).
 _IGNORED: dict[str, str] = {
     "do_train": "raytune-ft train always trains",
+    "pissa_convert": "checkpoints always store a PiSSA adapter converted to plain LoRA",
     "eval_strategy": "eval_loss is computed every train.eval_steps whenever val_size or eval_dataset is set",
     "streaming": "datasets always stream through Ray Data",
     "overwrite_cache": "data.tokenized_path is reused only when its fingerprint matches, and never overwritten",
@@ -128,15 +132,11 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "adapter_name_or_path": (None,),
     "warmup_steps": (0, None),
     "per_device_eval_batch_size": (),
-    "quantization_bit": (None,),
-    "pissa_init": (False, None),
 }
 _CANNOT_HONOUR_YET = {
     "do_eval": "evaluation without a validation split (set val_size or eval_dataset)",
     "adapter_name_or_path": "starting from an existing adapter",
     "warmup_steps": "warmup in steps (use warmup_ratio)",
-    "quantization_bit": "QLoRA",
-    "pissa_init": "PiSSA initialisation (its checkpoints need converting before they load on the base model)",
 }
 _EVAL_ONLY = {"per_device_eval_batch_size"}
 _NO_EFFECT = {

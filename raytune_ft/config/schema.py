@@ -59,6 +59,15 @@ class ModelConfig(Section):
     much less activation memory for about a third more compute. (LLaMA-Factory turns it on unless
     ``disable_gradient_checkpointing``.)"""
 
+    quantization_bit: Literal[4, 8] | None = None
+    """QLoRA: load the frozen base in 4-bit (NF4 with double quantization, computing in ``dtype``) or
+    8-bit through bitsandbytes, and train a LoRA adapter on it. Needs CUDA GPUs (``scaling.use_gpu``)
+    and the bitsandbytes package; ``adapter.type: lora`` and ``scaling.strategy: ddp``."""
+
+    compile: bool = False
+    """Compile the model's forward with ``torch.compile`` (inductor) at its first step: faster steps
+    after a compile of a minute or more (longer on CPU, which also needs a C++ compiler). Opt-in."""
+
 
 class DataConfig(Section):
     dataset: CommaList = Field(default_factory=lambda: ["identity"])
@@ -183,6 +192,15 @@ class AdapterConfig(Section):
 
     use_dora: bool = False
     """DoRA (Liu et al. 2024): learn a magnitude vector per output feature on top of the LoRA direction."""
+
+    pissa_init: bool = False
+    """PiSSA (Meng et al. 2024): start the adapter from each target weight's top-``rank`` singular
+    vectors and train on the residual weight, which converges faster than LoRA's zero start.
+    Checkpoints hold it converted to a plain LoRA of rank 2 x ``rank`` on the original base, so
+    chat, serve and export load it like any adapter. Runs with ``scaling.strategy: ddp``."""
+
+    pissa_iter: int = Field(default=16, ge=-1)
+    """Iterations of the fast randomised SVD behind ``pissa_init``; -1 computes the exact SVD."""
 
     freeze_trainable_layers: int = 2
     """For ``type: freeze``: train the last N decoder layers (a negative N trains the first |N|)."""
@@ -383,4 +401,38 @@ class JobConfig(Section):
     def _check_gpu_dtype(self) -> JobConfig:
         if self.model.dtype == "float16" and not self.scaling.use_gpu:
             raise ValueError("model.dtype float16 needs scaling.use_gpu: true; use float32 on CPU")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pissa(self) -> JobConfig:
+        if not self.adapter.pissa_init:
+            return self
+        if self.adapter.type != "lora" or self.adapter.use_dora:
+            raise ValueError(
+                "adapter.pissa_init initialises LoRA adapters: it needs adapter.type lora without use_dora"
+            )
+        if self.scaling.strategy != "ddp":
+            raise ValueError(
+                f"adapter.pissa_init runs with scaling.strategy ddp, not {self.scaling.strategy!r}: converting "
+                "its checkpoints to plain LoRA needs the whole adapter in one process"
+            )
+        if self.model.quantization_bit:
+            raise ValueError("adapter.pissa_init with model.quantization_bit is not supported; choose one")
+        return self
+
+    @model_validator(mode="after")
+    def _check_quantization(self) -> JobConfig:
+        bits = self.model.quantization_bit
+        if bits is None:
+            return self
+        if not self.scaling.use_gpu:
+            raise ValueError(
+                f"model.quantization_bit {bits} (QLoRA) needs CUDA GPUs: bitsandbytes' {bits}-bit kernels do not "
+                "train on CPU. Set scaling.use_gpu: true on a GPU machine, or remove quantization_bit to train "
+                "LoRA on the full-precision model"
+            )
+        if self.adapter.type != "lora":
+            raise ValueError(f"model.quantization_bit needs adapter.type lora (QLoRA), not {self.adapter.type!r}")
+        if self.scaling.strategy != "ddp":
+            raise ValueError(f"model.quantization_bit runs with scaling.strategy ddp, not {self.scaling.strategy!r}")
         return self

@@ -14,6 +14,8 @@ from .checkpoint import (
     latest_checkpoint,
 )
 from .loading import load_causal_lm, load_for_inference, load_row_tokenizer, load_tokenizer
+from .pissa import INITIAL_ADAPTER as PISSA_INITIAL_ADAPTER
+from .pissa import restore_from_plain_lora, save_weights
 from .source import BUILTIN_MODELS, ModelSourceError, cache_root, resolve_model_source
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "CONFIG_FILE",
     "OPTIMIZER_FILE",
+    "PISSA_INITIAL_ADAPTER",
     "STATE_FILE",
     "CheckpointError",
     "ModelSourceError",
@@ -36,5 +39,7 @@ __all__ = [
     "load_row_tokenizer",
     "load_tokenizer",
     "resolve_model_source",
+    "restore_from_plain_lora",
+    "save_weights",
     "trainable_parameters",
 ]

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from raytune_ft.config import AdapterConfig, ConfigError
 
+from .pissa import INITIAL_ADAPTER, initial_adapter
+
 if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
     import torch
 
@@ -23,7 +25,11 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     target: Any = "all-linear" if cfg.target == ["all"] else cfg.target
+    init: Any = True
+    if cfg.pissa_init:  # fast (randomised) SVD with pissa_iter iterations, or the exact SVD with -1
+        init = "pissa" if cfg.pissa_iter == -1 else f"pissa_niter_{cfg.pissa_iter}"
     lora = LoraConfig(
+        init_lora_weights=init,
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -33,9 +39,12 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, lora)  # type: ignore[arg-type]
+        adapted = get_peft_model(model, lora)  # type: ignore[arg-type]
     except ValueError as err:
         raise ConfigError(f"adapter.target {cfg.target}: {err}") from None
+    if cfg.pissa_init:
+        setattr(adapted, INITIAL_ADAPTER, initial_adapter(adapted))  # checkpoints convert against it
+    return adapted
 
 
 def _full(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:

@@ -62,17 +62,49 @@ def _from_pretrained(path: Path) -> Any:
 
 
 def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
-    """The base model from a local HF folder in ``cfg.dtype``."""
+    """The base model from a local HF folder in ``cfg.dtype`` (quantized on the current GPU for QLoRA)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    dtype = getattr(torch, cfg.dtype)
     model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation
+        path, dtype=dtype, attn_implementation=cfg.attn_implementation, **_quantization(cfg, dtype)
     )
+    if cfg.quantization_bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing also works when the inputs need no grad (LoRA on a frozen base).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    if cfg.compile:
+        model.compile()  # in place: the module (and its checkpoints) stay as they are; traced at the first step
     return model
+
+
+def _quantization(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` arguments for QLoRA: a bitsandbytes config and the current GPU."""
+    if cfg.quantization_bit is None:
+        return {}
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelSourceError(
+            "model.quantization_bit (QLoRA) needs the bitsandbytes package: pip install bitsandbytes"
+        )
+    if not torch.cuda.is_available():
+        raise ModelSourceError("model.quantization_bit (QLoRA) needs a CUDA GPU in every training worker")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization_bit == 4:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
 
 
 def load_for_inference(model_source: str | None, adapter: str | Path | None = None) -> tuple[torch.nn.Module, Any]:

@@ -19,9 +19,12 @@ from raytune_ft.models import (
     ADAPTER_WEIGHTS,
     CONFIG_FILE,
     OPTIMIZER_FILE,
+    PISSA_INITIAL_ADAPTER,
     STATE_FILE,
     CheckpointError,
     is_adapter_checkpoint,
+    restore_from_plain_lora,
+    save_weights,
 )
 
 from .step import StepCore
@@ -49,8 +52,7 @@ def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig
     weights = core.strategy.full_state_dict(core.model)
     resume_state = core.strategy.save_state(folder, core.model, core.optimizer)
     if weights is not None:
-        model = core.strategy.unwrap(core.model)
-        model.save_pretrained(folder, state_dict=weights)  # type: ignore[operator]
+        save_weights(core.strategy.unwrap(core.model), folder, weights)
         tokenizer.save_pretrained(folder)
         (folder / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
         saved = {**resume_state, "scheduler": core.scheduler.state_dict(), "rng": torch.get_rng_state()}
@@ -60,13 +62,18 @@ def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig
 
 
 def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
-    """Copy an adapter checkpoint's weights into an already adapted (peft) model."""
+    """Copy an adapter checkpoint's weights into an already adapted (peft) model (a PiSSA one is
+    rebuilt from its plain-LoRA form)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     if not is_adapter_checkpoint(folder):
         raise CheckpointError(f"{folder}: not an adapter checkpoint")
-    result = set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))
+    weights = load_file(folder / ADAPTER_WEIGHTS)
+    if hasattr(model, PISSA_INITIAL_ADAPTER):
+        restore_from_plain_lora(model, weights)
+        return
+    result = set_peft_model_state_dict(model, weights)
     unexpected = list(getattr(result, "unexpected_keys", []))
     if unexpected:
         raise CheckpointError(f"{folder}: adapter weights do not match this model: {unexpected[:3]}")

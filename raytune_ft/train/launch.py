@@ -34,6 +34,8 @@ __all__ = [
 
 # Sections that define what the saved weights are; resuming under different values would mix them.
 _RESUME_SECTIONS = ("model", "adapter", "method")
+# Keys of those sections that change how training runs, not what the weights are.
+_RESUME_FREE = {"model.compile", "model.gradient_checkpointing"}
 
 WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -158,7 +160,8 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
 
 
 def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
-    """Refuse to resume a run whose checkpoints hold another model, adapter or objective."""
+    """Refuse to resume a run whose checkpoints hold another model, adapter or objective, or were
+    written by another strategy."""
     if "://" in run_dir:
         return
     try:
@@ -170,10 +173,12 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
         f"{section}.{key}: {old!r} -> {new!r}"
         for section in _RESUME_SECTIONS
         for key, old in getattr(saved, section).model_dump().items()
-        if (new := getattr(getattr(cfg, section), key)) != old
+        if (new := getattr(getattr(cfg, section), key)) != old and f"{section}.{key}" not in _RESUME_FREE
     ]
     if saved.data.template != cfg.data.template:  # the prompt format the weights have learned
         changed.append(f"data.template: {saved.data.template!r} -> {cfg.data.template!r}")
+    if saved.scaling.strategy != cfg.scaling.strategy:  # each strategy reads only its own resume state
+        changed.append(f"scaling.strategy: {saved.scaling.strategy!r} -> {cfg.scaling.strategy!r}")
     if changed:
         raise ConfigError(
             f"run {cfg.train.run_name!r} already has checkpoints in {run_dir} trained with other settings "

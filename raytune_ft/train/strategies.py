@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from raytune_ft.config import JobConfig
+from raytune_ft.models import CheckpointError
 
 __all__ = [
     "SHARDED_DIR",
@@ -135,7 +136,8 @@ class DDPStrategy(_Collectives):
         self.device = device
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        model.to(self.device)
+        if getattr(model, "hf_quantizer", None) is None:  # a quantized (QLoRA) model is already on its GPU
+            model.to(self.device)
         if not is_distributed():
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -228,11 +230,7 @@ class FSDP2Strategy(_Collectives):
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
         from torch.distributed.checkpoint.state_dict_loader import load
 
-        if not (folder / SHARDED_DIR).is_dir():
-            raise FileNotFoundError(
-                f"{folder}: no {SHARDED_DIR}/ folder, so this checkpoint was not written by scaling.strategy fsdp2; "
-                "resume it with the strategy that wrote it"
-            )
+        _require_written_by(folder, SHARDED_DIR, "fsdp2")
         model_state, optimizer_state = get_state_dict(model, optimizer)
         load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder / SHARDED_DIR)  # in place
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
@@ -299,11 +297,7 @@ class DeepSpeedStrategy(_Collectives):
     def load_state(
         self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]
     ) -> None:
-        if not (folder / _DEEPSPEED_DIR).is_dir():
-            raise FileNotFoundError(
-                f"{folder}: no {_DEEPSPEED_DIR}/ folder, so this checkpoint was not written by scaling.strategy "
-                "deepspeed; resume it with the strategy that wrote it"
-            )
+        _require_written_by(folder, _DEEPSPEED_DIR, "deepspeed")
         engine: Any = model
         engine.load_checkpoint(
             str(folder / _DEEPSPEED_DIR), tag=_DEEPSPEED_TAG, load_module_strict=False, load_lr_scheduler_states=False
@@ -311,6 +305,15 @@ class DeepSpeedStrategy(_Collectives):
 
 
 _DEEPSPEED_DIR, _DEEPSPEED_TAG = "deepspeed", "state"
+
+
+def _require_written_by(folder: Path, subfolder: str, strategy: str) -> None:
+    """A checkpoint resumes under the strategy that wrote it: only that one leaves ``subfolder``."""
+    if not (folder / subfolder).is_dir():
+        raise CheckpointError(
+            f"{folder}: no {subfolder}/ folder, so this checkpoint was not written by scaling.strategy {strategy}; "
+            "resume it with the strategy that wrote it, or start a new train.run_name"
+        )
 
 
 def deepspeed_config(cfg: JobConfig, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:

@@ -38,3 +38,10 @@ def test_changed_template_is_refused(tmp_path: Path) -> None:
     run = fake_run(tmp_path, "data.template=chatml")
     with pytest.raises(ConfigError, match=r"data\.template: 'chatml' -> None"):
         check_resume_compatible(load_config(None), str(run))
+
+
+def test_changed_strategy_is_refused_but_compile_is_free(tmp_path: Path) -> None:
+    run = fake_run(tmp_path, "scaling.strategy=fsdp2")
+    with pytest.raises(ConfigError, match=r"scaling\.strategy: 'fsdp2' -> 'ddp'"):
+        check_resume_compatible(load_config(None), str(run))
+    check_resume_compatible(load_config(None, ["scaling.strategy=fsdp2", "model.compile=true"]), str(run))
