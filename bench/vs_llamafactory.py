@@ -16,7 +16,9 @@ stands in for it (text SFT never touches it). Then, in this one invocation, one 
 
 Per run: median seconds/step and non-pad tokens/s over the steps after the warm-up (LLaMA-Factory's
 from its trainer_log.jsonl: elapsed time and ``num_input_tokens_seen`` counting non-pad tokens),
-peak RSS of the run's processes, and end-to-end wall time of the command. Ratios are ours / theirs.
+peak RSS of the run's processes, and end-to-end wall time of the command. Ratios are ours / theirs:
+the LLaMA-Factory and unpacked raytune_ft runs alternate for ``--repeats`` pairs and the median of the
+pairs' ratios is quoted; the packed run is compared with the median LLaMA-Factory run.
 Results: bench/results/vs_llamafactory.json.
 
     .venv/bin/python bench/vs_llamafactory.py [--steps 30] [--warmup 5]
@@ -253,6 +255,12 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The median of each figure over repeated runs of one method."""
+    keys = ("nonpad_tokens_per_s", "wall_s", "median_s_per_step", "peak_rss_gb", "peak_pss_gb")
+    return {key: statistics.median(run[key] for run in runs) for key in keys}
+
+
 def verdict(r: dict[str, float]) -> dict[str, Any]:
     return {
         "tokens_per_s_target": TARGET_TOKENS,
@@ -265,6 +273,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2, help="LLaMA-Factory / raytune_ft pairs, back to back")
+    parser.add_argument("--no-packed", action="store_true", help="skip the packed raytune_ft run")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -274,22 +284,26 @@ def main() -> None:
     versions = ensure_llamafactory()
     model_dir = resolve_model_source(MODEL)
     load_start = os.getloadavg()[0]
-    runs: dict[str, dict[str, Any]] = {}
-    for name, fn in (
+    runs: dict[str, list[dict[str, Any]]] = {"llamafactory": [], "raytune_ft": [], "raytune_ft_packed": []}
+    plan = [
         ("llamafactory", lambda: run_llamafactory(model_dir, args.steps, args.warmup)),
         ("raytune_ft", lambda: run_ours("unpacked", args.steps, args.warmup, packing=False)),
-        ("raytune_ft_packed", lambda: run_ours("packed", args.steps, args.warmup, packing=True)),
-    ):
+    ] * args.repeats
+    if not args.no_packed:
+        plan.append(("raytune_ft_packed", lambda: run_ours("packed", args.steps, args.warmup, packing=True)))
+    for name, fn in plan:
         print(f"running {name} ...", flush=True)
-        runs[name] = fn()
-        r = runs[name]
+        runs[name].append(fn())
+        r = runs[name][-1]
         print(
             f"  {r['median_s_per_step']:.2f} s/step, {r['nonpad_tokens_per_s']:.1f} non-pad tokens/s, "
             f"wall {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gb']:.2f} GB (PSS {r['peak_pss_gb']:.2f} GB)",
             flush=True,
         )
-    unpacked = ratios(runs["raytune_ft"], runs["llamafactory"])
-    packed = ratios(runs["raytune_ft_packed"], runs["llamafactory"])
+    pairs = [ratios(ours, theirs) for ours, theirs in zip(runs["raytune_ft"], runs["llamafactory"], strict=True)]
+    unpacked = {key: statistics.median(pair[key] for pair in pairs) for key in pairs[0]}
+    theirs = median_run(runs["llamafactory"])
+    packed = ratios(runs["raytune_ft_packed"][0], theirs) if runs["raytune_ft_packed"] else None
     result = {
         "benchmark": "vs_llamafactory",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -302,11 +316,13 @@ def main() -> None:
         "llamafactory_venv": versions,
         "steps": args.steps,
         "warmup_steps": args.warmup,
+        "repeats": args.repeats,
         "runs": runs,
         "ratio_unpacked_vs_llamafactory": unpacked,
+        "ratio_unpacked_vs_llamafactory_per_repeat": pairs,
         "ratio_packed_vs_llamafactory": packed,
         "target_unpacked": verdict(unpacked),
-        "target_packed": verdict(packed),
+        "target_packed": verdict(packed) if packed else None,
         "notes": {
             "batch": "LLaMA-Factory: 1 process x 4 rows (2 CPU threads); raytune_ft: 2 Ray workers x 2 rows (1 thread "
             "each): 4 rows per optimizer step for both",
@@ -322,7 +338,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    for label, r in (("unpacked", unpacked), ("packed", packed)):
+    for label, r in (("unpacked (median of pairs)", unpacked), ("packed", packed)):
+        if r is None:
+            continue
         print(
             f"raytune_ft {label} / llamafactory: {r['nonpad_tokens_per_s']:.2f}x non-pad tokens/s "
             f"(target {TARGET_TOKENS}x), {r['wall_s']:.2f}x wall time, {r['peak_rss_gb']:.2f}x peak RSS, "

@@ -9,13 +9,11 @@ from typing import Any
 import pytest
 from jinja2.exceptions import TemplateError
 
-from raytune_ft.data import EncodeOptions, encode_rows
+from raytune_ft.data import BUILTIN_DATASETS, EncodeOptions, encode_rows
 from raytune_ft.data.sources import DataError
 from raytune_ft.data.templates import apply_template
 from raytune_ft.models import load_row_tokenizer, load_tokenizer
 from raytune_ft.models.fast_tokenizer import RowTokenizer
-
-BENCH_ROWS = Path(__file__).resolve().parents[3] / "shared" / "bench-data" / "alpaca_1k.json"
 
 CONVERSATIONS: list[dict[str, Any]] = [
     {"instruction": "Say hi", "input": "", "output": "Hello!"},
@@ -35,7 +33,8 @@ CONVERSATIONS: list[dict[str, Any]] = [
 
 
 def rows() -> list[tuple[str, int, str]]:
-    examples = CONVERSATIONS + json.loads(BENCH_ROWS.read_text())[:150]
+    bundled = BUILTIN_DATASETS["alpaca_300"].read_text().splitlines()[:150]
+    examples = CONVERSATIONS + [json.loads(line) for line in bundled]
     return [("d.jsonl", i, json.dumps(example, ensure_ascii=False)) for i, example in enumerate(examples, 1)]
 
 
