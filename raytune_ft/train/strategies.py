@@ -93,7 +93,8 @@ class Strategy(Protocol):
 class _Collectives:
     """Counters summed across workers and the plain torch step; shared by the strategies."""
 
-    device: torch.device
+    def __init__(self, device: torch.device, cfg: JobConfig) -> None:
+        self.device = device
 
     def prepare(
         self, model: torch.nn.Module, make_optimizer: OptimizerFactory
@@ -131,9 +132,6 @@ class DDPStrategy(_Collectives):
     """Replicate the model on every worker and all-reduce gradients (gloo on CPU, NCCL on GPU)."""
 
     collective_forward = False
-
-    def __init__(self, device: torch.device, cfg: JobConfig) -> None:
-        self.device = device
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if getattr(model, "hf_quantizer", None) is None:  # a quantized (QLoRA) model is already on its GPU
@@ -174,9 +172,6 @@ class FSDP2Strategy(_Collectives):
     """
 
     collective_forward = True
-
-    def __init__(self, device: torch.device, cfg: JobConfig) -> None:
-        self.device = device
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
