@@ -11,8 +11,11 @@ stands in for it (text SFT never touches it). Then, in this one invocation, one 
   LoRA r8 / alpha 16 on all linear layers, cutoff 512, batch 4, 30 steps, lr 1e-4 cosine, fp32, one
   process using both CPUs (as a LLaMA-Factory user runs it on this machine).
 - ``raytune-ft train`` with the same settings on 2 Ray workers (1 CPU each) at 2 rows per worker, so
-  both train on 4 rows per step: unpacked (like for like), then with ``data.packing: true`` (rows are
-  packed into 512-token blocks, so each step holds more tokens).
+  both train on 4 rows per step: with our defaults (``data.padding_free``: each worker's 2 rows share
+  one row with restarting position ids, so the same samples cost no padding), once with
+  ``data.padding_free: false`` (each micro-batch padded to its longest row, LLaMA-Factory's collation),
+  and once with ``data.packing: true`` (rows packed into 512-token blocks, so each step holds more
+  tokens; ``--no-packed`` skips it).
 
 Per run: median seconds/step and non-pad tokens/s over the steps after the warm-up (LLaMA-Factory's
 from its trainer_log.jsonl: elapsed time and ``num_input_tokens_seen`` counting non-pad tokens),
@@ -210,11 +213,11 @@ def _seconds(clock: str) -> float:
 # --- raytune_ft -----------------------------------------------------------------------------------
 
 
-def run_ours(name: str, steps: int, warmup: int, packing: bool) -> dict[str, Any]:
+def run_ours(name: str, steps: int, warmup: int, data: dict[str, Any]) -> dict[str, Any]:
     storage = Path(tempfile.mkdtemp(prefix="vs_lf_", dir=WORK))
     config = {
         "model": {"source": MODEL},
-        "data": {"dataset": ["alpaca_1k"], "dataset_dir": str(BENCH_DATA), "cutoff_len": 512, "packing": packing},
+        "data": {"dataset": ["alpaca_1k"], "dataset_dir": str(BENCH_DATA), "cutoff_len": 512, **data},
         "adapter": {"type": "lora", "rank": 8, "alpha": 16, "target": "all"},
         "train": {
             "per_device_batch_size": 2,
@@ -284,13 +287,16 @@ def main() -> None:
     versions = ensure_llamafactory()
     model_dir = resolve_model_source(MODEL)
     load_start = os.getloadavg()[0]
-    runs: dict[str, list[dict[str, Any]]] = {"llamafactory": [], "raytune_ft": [], "raytune_ft_packed": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "llamafactory": [], "raytune_ft": [], "raytune_ft_padded": [], "raytune_ft_packed": []
+    }  # fmt: skip
     plan = [
         ("llamafactory", lambda: run_llamafactory(model_dir, args.steps, args.warmup)),
-        ("raytune_ft", lambda: run_ours("unpacked", args.steps, args.warmup, packing=False)),
+        ("raytune_ft", lambda: run_ours("unpacked", args.steps, args.warmup, {})),
     ] * args.repeats
+    plan.append(("raytune_ft_padded", lambda: run_ours("padded", args.steps, args.warmup, {"padding_free": False})))
     if not args.no_packed:
-        plan.append(("raytune_ft_packed", lambda: run_ours("packed", args.steps, args.warmup, packing=True)))
+        plan.append(("raytune_ft_packed", lambda: run_ours("packed", args.steps, args.warmup, {"packing": True})))
     for name, fn in plan:
         print(f"running {name} ...", flush=True)
         runs[name].append(fn())
@@ -303,6 +309,7 @@ def main() -> None:
     pairs = [ratios(ours, theirs) for ours, theirs in zip(runs["raytune_ft"], runs["llamafactory"], strict=True)]
     unpacked = {key: statistics.median(pair[key] for pair in pairs) for key in pairs[0]}
     theirs = median_run(runs["llamafactory"])
+    padded = ratios(runs["raytune_ft_padded"][0], theirs)
     packed = ratios(runs["raytune_ft_packed"][0], theirs) if runs["raytune_ft_packed"] else None
     result = {
         "benchmark": "vs_llamafactory",
@@ -320,6 +327,7 @@ def main() -> None:
         "runs": runs,
         "ratio_unpacked_vs_llamafactory": unpacked,
         "ratio_unpacked_vs_llamafactory_per_repeat": pairs,
+        "ratio_padded_vs_llamafactory": padded,
         "ratio_packed_vs_llamafactory": packed,
         "target_unpacked": verdict(unpacked),
         "target_packed": verdict(packed) if packed else None,
@@ -330,6 +338,10 @@ def main() -> None:
             "the whole window after warm-up (about 25 steps), so the rounding is well under 1%",
             "memory": "raytune_ft's figure covers the CLI process tree (driver, raylet, GCS, dashboard, Ray Data and "
             "idle workers) and the RayTrainWorker processes; LLaMA-Factory's the CLI process and its children",
+            "unpacked": "our defaults, which include data.padding_free: the same 2 rows per worker and the same "
+            "loss terms, packed into one row with restarting position ids instead of padded",
+            "padded": "data.padding_free: false, each micro-batch padded to its longest row as LLaMA-Factory does; "
+            "compared with the median LLaMA-Factory run",
             "packed": "packing puts several rows in each 512-token block, so a step holds more tokens; at the same "
             "step count it trains on more data, which lengthens the wall time",
         },
@@ -338,13 +350,16 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    for label, r in (("unpacked (median of pairs)", unpacked), ("packed", packed)):
-        if r is None:
+    figures: list[tuple[str, dict[str, float] | None]] = [
+        ("unpacked (median of pairs)", unpacked), ("padded", padded), ("packed", packed)
+    ]  # fmt: skip
+    for label, ratio in figures:
+        if ratio is None:
             continue
         print(
-            f"raytune_ft {label} / llamafactory: {r['nonpad_tokens_per_s']:.2f}x non-pad tokens/s "
-            f"(target {TARGET_TOKENS}x), {r['wall_s']:.2f}x wall time, {r['peak_rss_gb']:.2f}x peak RSS, "
-            f"{r['peak_pss_gb']:.2f}x peak PSS"
+            f"raytune_ft {label} / llamafactory: {ratio['nonpad_tokens_per_s']:.2f}x non-pad tokens/s "
+            f"(target {TARGET_TOKENS}x), {ratio['wall_s']:.2f}x wall time, {ratio['peak_rss_gb']:.2f}x peak RSS, "
+            f"{ratio['peak_pss_gb']:.2f}x peak PSS"
         )
 
 

@@ -104,6 +104,12 @@ class DataConfig(Section):
     """Pack several samples into each ``cutoff_len`` row. Position ids restart at every sample and
     attention cannot cross samples, so the loss equals unpacked training with far less padding."""
 
+    padding_free: bool = True
+    """Pack the rows of each micro-batch into as few ``cutoff_len`` rows as hold them instead of padding
+    each to the longest: the same samples and loss with little or no padding to compute. Applies to
+    architectures checked to keep attention inside each sample (``raytune_ft.models.PACKED_ATTENTION``:
+    llama, qwen2/3, mistral, gemma, phi3, mixtral and more); others are padded. Set false to always pad."""
+
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
     """How several datasets combine: ``concat`` uses every row once; ``interleave_under`` draws rows
     with ``interleave_probs`` until the first dataset runs out (smaller datasets are subsampled);

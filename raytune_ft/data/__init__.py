@@ -1,7 +1,7 @@
 """Data stage: dataset sources, normalisation to chat messages, template rendering, tokenization
 with label masks, packing, and the Ray Data pipeline that streams it all to training workers."""
 
-from .collate import pad_batch
+from .collate import pack_batch, pad_batch
 from .encode import IGNORE_INDEX, encode_batch, encode_full, render_segments, truncate
 from .formats import fill_placeholders, normalize_example, normalize_row
 from .packing import pack_samples, padding_efficiency
@@ -25,6 +25,7 @@ __all__ = [
     "fill_placeholders",
     "normalize_example",
     "normalize_row",
+    "pack_batch",
     "pack_samples",
     "pad_batch",
     "padding_efficiency",

@@ -4,6 +4,9 @@ Padding is dynamic (to the longest row of the batch, right side), so short batch
 padded positions get attention 0 and label ``IGNORE_INDEX``. Packed rows also get
 ``position_ids`` (the padding tail counts as one more sample), from which the model builds
 attention that stays inside each sample.
+
+``pack_batch`` is the padding-free alternative: the same rows, packed first-fit into as few rows as
+hold them, so a micro-batch computes (almost) no padding and still holds exactly its own samples.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .encode import IGNORE_INDEX
+from .packing import pack_samples
 
 if TYPE_CHECKING:  # torch loads lazily: the tokenizer actors import this package and never pad
     import torch
 
-__all__ = ["pad_batch"]
+__all__ = ["pack_batch", "pad_batch"]
 
 Rows = Sequence[Sequence[int] | np.ndarray]
 
@@ -42,3 +46,15 @@ def pad_batch(input_ids: Rows, labels: Rows, pad_id: int, position_ids: Rows | N
             pos[i, n:] = torch.arange(width - n)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": lab}
     return {**batch, "position_ids": pos} if pos is not None else batch
+
+
+def pack_batch(input_ids: Rows, labels: Rows, pad_id: int, block_len: int) -> dict[str, torch.Tensor]:
+    """The batch's rows packed into rows of at most ``block_len`` tokens (or the longest row), with
+    ``position_ids`` restarting per sample: the loss terms are exactly those of ``pad_batch``."""
+    width = max(block_len, *(len(row) for row in input_ids))
+    rows = pack_samples([(_as_list(i), _as_list(lab)) for i, lab in zip(input_ids, labels, strict=True)], width)
+    return pad_batch([r[0] for r in rows], [r[1] for r in rows], pad_id, position_ids=[r[2] for r in rows])
+
+
+def _as_list(row: Sequence[int] | np.ndarray) -> list[int]:
+    return row.tolist() if isinstance(row, np.ndarray) else list(row)

@@ -2,6 +2,7 @@
 (LoRA or full). Also the checkpoint layout that inference reads back."""
 
 from .adapters import ADAPTERS, apply_adapter, trainable_parameters
+from .attention import PACKED_ATTENTION, keeps_attention_in_sample
 from .checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -25,6 +26,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "CONFIG_FILE",
     "OPTIMIZER_FILE",
+    "PACKED_ATTENTION",
     "PISSA_INITIAL_ADAPTER",
     "STATE_FILE",
     "CheckpointError",
@@ -33,6 +35,7 @@ __all__ = [
     "cache_root",
     "checkpoint_step",
     "is_adapter_checkpoint",
+    "keeps_attention_in_sample",
     "latest_checkpoint",
     "load_causal_lm",
     "load_for_inference",

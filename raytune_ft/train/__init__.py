@@ -11,7 +11,7 @@ from .launch import (
     start_ray,
     worker_cpus,
 )
-from .loop import RunPlan, build_training, train_loop_per_worker
+from .loop import RunPlan, build_training, collator, train_loop_per_worker
 from .objectives import OBJECTIVES, Objective, SFTObjective, causal_lm_loss_sum
 from .step import StepCore, StepStats, build_optimizer, build_scheduler
 from .strategies import STRATEGIES, DDPStrategy, DeepSpeedStrategy, FSDP2Strategy, Strategy
@@ -36,6 +36,7 @@ __all__ = [
     "build_training",
     "causal_lm_loss_sum",
     "check_resume_compatible",
+    "collator",
     "job_tokenizer",
     "plan_total_steps",
     "prepare_data",

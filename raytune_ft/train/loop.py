@@ -12,7 +12,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from raytune_ft.config import JobConfig
-from raytune_ft.data import DataError, pad_batch
+from raytune_ft.data import DataError, pack_batch, pad_batch
 from raytune_ft.models import (
     apply_adapter,
     is_adapter_checkpoint,
+    keeps_attention_in_sample,
     load_causal_lm,
     resolve_model_source,
     trainable_parameters,
@@ -36,7 +37,10 @@ from .step import StepCore, build_optimizer, build_scheduler, move_batch
 from .strategies import STRATEGIES
 from .tokenizer import job_tokenizer
 
-__all__ = ["RunPlan", "build_training", "train_loop_per_worker"]
+__all__ = ["RunPlan", "build_training", "collator", "train_loop_per_worker"]
+
+Collate = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+"""A numpy batch of token rows -> model-ready tensors."""
 
 
 @dataclass(frozen=True)
@@ -87,15 +91,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as folder:
         core, tokenizer = build_training(cfg, plan.total_steps, device, Path(folder) if folder else None)
         state = restore_state(Path(folder), core) if folder else TrainState()
+    collate = collator(cfg, core.strategy.unwrap(core.model), tokenizer.pad_token_id)
     if rank == 0:
         _announce(core, cfg, plan, state)
         _trim_metrics(plan.run_dir, state.global_step)
     shard = ray.train.get_dataset_shard("train")
-    batches = _micro_batches(shard, cfg, tokenizer.pad_token_id, state, seed=cfg.train.seed + 1000 * rank)
+    batches = _micro_batches(shard, cfg, collate, state, seed=cfg.train.seed + 1000 * rank)
     evaluation = None
     if plan.has_eval:
         world = ray.train.get_context().get_world_size()
-        evaluation = _Evaluation(ray.train.get_dataset_shard("eval"), cfg, tokenizer.pad_token_id, rank, world)
+        evaluation = _Evaluation(ray.train.get_dataset_shard("eval"), cfg, collate, rank, world)
     _run(core, tokenizer, cfg, plan, state, batches, evaluation, rank, device)
 
 
@@ -139,8 +144,16 @@ def _run(
             ray.train.report(metrics)
 
 
+def collator(cfg: JobConfig, model: Any, pad_id: int) -> Collate:
+    """Padding-free micro-batches (``data.padding_free``) where the architecture keeps attention inside
+    each sample, padded ones otherwise; already packed rows (``data.packing``) are only padded."""
+    if cfg.data.packing or not (cfg.data.padding_free and keeps_attention_in_sample(model)):
+        return lambda b: pad_batch(b["input_ids"], b["labels"], pad_id, b.get("position_ids"))
+    return lambda b: pack_batch(b["input_ids"], b["labels"], pad_id, cfg.data.cutoff_len)
+
+
 def _micro_batches(
-    shard: Any, cfg: JobConfig, pad_id: int, state: TrainState, seed: int
+    shard: Any, cfg: JobConfig, collate: Collate, state: TrainState, seed: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless padded micro-batches over epochs, skipping those a resumed run already consumed."""
     skip = state.batches_in_epoch
@@ -157,7 +170,7 @@ def _micro_batches(
             if seen <= skip:
                 continue
             state.batches_in_epoch = seen
-            yield pad_batch(batch["input_ids"], batch["labels"], pad_id, batch.get("position_ids"))
+            yield collate(batch)
         if seen == 0:
             raise DataError("the training dataset is empty after tokenization (every row was dropped)")
         state.epoch, state.batches_in_epoch, skip = state.epoch + 1, 0, 0
@@ -166,11 +179,11 @@ def _micro_batches(
 class _Evaluation:
     """The validation shard and how to turn it into one cluster-wide ``eval_loss``."""
 
-    def __init__(self, shard: Any, cfg: JobConfig, pad_id: int, rank: int, world_size: int) -> None:
+    def __init__(self, shard: Any, cfg: JobConfig, collate: Collate, rank: int, world_size: int) -> None:
         self.shard = shard
         self.rank, self.world_size = rank, world_size
         self.batch_size = cfg.train.per_device_batch_size
-        self.pad_id = pad_id
+        self.collate = collate
         self.every = cfg.train.eval_steps or cfg.train.save_steps
 
     def loss(self, core: StepCore, device: torch.device) -> float:
@@ -193,7 +206,7 @@ class _Evaluation:
 
     def _moved(self, batches: list[dict[str, Any]], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
         for b in batches:
-            yield move_batch(pad_batch(b["input_ids"], b["labels"], self.pad_id, b.get("position_ids")), device)
+            yield move_batch(self.collate(b), device)
 
 
 def _report_checkpoint(
@@ -237,3 +250,11 @@ def _announce(core: StepCore, cfg: JobConfig, plan: RunPlan, state: TrainState) 
         f"{plan.total_steps} steps{resumed}",
         flush=True,
     )
+    model_type = getattr(core.strategy.unwrap(core.model).config, "model_type", "?")
+    if cfg.data.packing and not keeps_attention_in_sample(core.strategy.unwrap(core.model)):
+        print(
+            f"raytune_ft: WARNING: data.packing on model type {model_type!r}, which is not checked to keep "
+            "attention inside each packed sample (raytune_ft.models.PACKED_ATTENTION); samples sharing a "
+            "row may attend to each other. Set data.packing: false unless you know it does.",
+            flush=True,
+        )
