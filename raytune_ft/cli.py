@@ -69,7 +69,7 @@ def _data_preview(args: argparse.Namespace) -> int:
     load = functools.partial(load_row_tokenizer, cfg.model.source)
     start_ray(args.address)
     concurrency = cfg.data.tokenize_concurrency or 1
-    report = build_preview(cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.stage)
+    report = build_preview(cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows)
     print(format_preview(report, tokenizer, cfg.data, cfg.train.per_device_batch_size))
     return 0
 

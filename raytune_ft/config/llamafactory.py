@@ -56,6 +56,13 @@ def _precision(dtype: str) -> Setter:
 _MAPPED: dict[str, Setter] = {
     "model_name_or_path": _to("model.source"),
     "stage": _stage,
+    "pref_beta": _to("method.beta", float),
+    "pref_ftx": _to("method.ftx", float),
+    "pref_loss": _to("method.loss"),  # sigmoid is DPO; kto_pair has no counterpart and is refused by name
+    "dpo_label_smoothing": _to("method.label_smoothing", float),
+    "simpo_gamma": _to("method.simpo_gamma", float),
+    "kto_chosen_weight": _to("method.kto_desirable_weight", float),
+    "kto_rejected_weight": _to("method.kto_undesirable_weight", float),
     "finetuning_type": _to("adapter.type"),
     "lora_rank": _to("adapter.rank"),
     "lora_alpha": _to("adapter.alpha"),

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "REFERENCE_FREE_LOSSES",
+    "ROW_FORMATS",
     "AdapterConfig",
     "DataConfig",
     "ExportConfig",
@@ -167,12 +169,63 @@ class DataConfig(Section):
         return self
 
 
+ROW_FORMATS = {"sft": "sft", "pt": "pt", "rm": "preference", "dpo": "preference", "kto": "kto"}
+"""The data row format each ``method.stage`` trains on."""
+
+REFERENCE_FREE_LOSSES = frozenset({"simpo", "orpo"})
+
+
 class MethodConfig(Section):
-    stage: Literal["sft", "pt"] = "sft"
+    stage: Literal["sft", "pt", "rm", "dpo", "kto"] = "sft"
     """Training objective. ``sft``: supervised fine-tuning on chat/instruction data (answers are
     learned). ``pt``: continued pre-training on plain text (a ``text`` column, or the column a
     dataset_info.json entry maps as ``prompt``); every token is learned and documents longer than
-    ``data.cutoff_len`` are split into several rows."""
+    ``data.cutoff_len`` are split into several rows. ``rm``: a reward model (a scalar value head on
+    the LM) trained on preference pairs. ``dpo``: preference optimisation on pairs with ``loss``.
+    ``kto``: KTO on answers labelled desirable or undesirable. Pairs are prompt + chosen + rejected
+    rows (LLaMA-Factory's ``ranking: true`` datasets); KTO rows carry a boolean ``label`` (``kto_tag``)."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
+    """Preference loss of ``stage: dpo``: ``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC), or the
+    reference-free ``simpo`` and ``orpo`` (which need no reference model at all)."""
+
+    beta: float = Field(default=0.1, gt=0)
+    """Preference temperature beta of dpo/ipo/hinge/simpo/kto; for ``orpo`` the weight lambda of
+    the odds-ratio term."""
+
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    """Conservative DPO (cDPO): the assumed probability that a pair's preference label is flipped
+    (``sigmoid`` and ``simpo`` losses)."""
+
+    ftx: float = Field(default=0.0, ge=0)
+    """Weight of an added SFT term on the chosen answer (its length-averaged NLL) in ``dpo``; keeps
+    the policy close to the chosen answers."""
+
+    simpo_gamma: float = Field(default=0.5, ge=0)
+    """SimPO's target reward margin gamma."""
+
+    kto_desirable_weight: float = Field(default=1.0, gt=0)
+    """KTO weight lambda_D of desirable answers' losses."""
+
+    kto_undesirable_weight: float = Field(default=1.0, gt=0)
+    """KTO weight lambda_U of undesirable answers' losses."""
+
+    reference: Literal["live", "precomputed"] = "live"
+    """Where the reference model's log-probabilities come from (dpo with sigmoid/ipo/hinge, kto).
+    ``live``: computed each step, for LoRA by the same model with its adapters switched off (no
+    second copy), for freeze/full tuning by a frozen copy of the base model. ``precomputed``: one
+    Ray Data pass over the tokenized data before training computes them with the base model and
+    joins them to the rows, so the training workers hold no reference and run one forward less."""
+
+    @property
+    def rows(self) -> str:
+        """The data row format of this stage (``ROW_FORMATS``)."""
+        return ROW_FORMATS[self.stage]
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the objective compares against a reference model."""
+        return self.stage == "kto" or (self.stage == "dpo" and self.loss not in REFERENCE_FREE_LOSSES)
 
 
 class AdapterConfig(Section):
@@ -407,6 +460,22 @@ class JobConfig(Section):
     def _check_gpu_dtype(self) -> JobConfig:
         if self.model.dtype == "float16" and not self.scaling.use_gpu:
             raise ValueError("model.dtype float16 needs scaling.use_gpu: true; use float32 on CPU")
+        return self
+
+    @model_validator(mode="after")
+    def _check_stage(self) -> JobConfig:
+        if self.method.rows in ("preference", "kto") and self.data.packing:
+            raise ValueError(
+                f"data.packing does not apply to method.stage {self.method.stage}: its rows are scored as whole "
+                "sequences (pairs or labelled answers); set data.packing: false"
+            )
+        if self.method.stage == "rm" and self.adapter.pissa_init:
+            raise ValueError("adapter.pissa_init is not supported with method.stage rm; use plain LoRA")
+        if self.adapter.pissa_init and self.method.needs_reference and self.method.reference == "live":
+            raise ValueError(
+                "adapter.pissa_init trains on a residual base, so switching its adapters off does not give the "
+                "reference model; set method.reference: precomputed (scored with the original base)"
+            )
         return self
 
     @model_validator(mode="after")

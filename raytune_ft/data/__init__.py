@@ -1,7 +1,7 @@
 """Data stage: dataset sources, normalisation to chat messages, template rendering, tokenization
 with label masks, packing, and the Ray Data pipeline that streams it all to training workers."""
 
-from .collate import pack_batch, pad_batch
+from .collate import SCORED_SEQUENCES, pack_batch, pad_batch, pad_scored
 from .encode import IGNORE_INDEX, encode_batch, encode_full, render_segments, truncate
 from .formats import fill_placeholders, normalize_example, normalize_row
 from .packing import pack_samples, padding_efficiency
@@ -12,6 +12,7 @@ from .sources import BUILTIN_DATASETS, DataError, DatasetSource, resolve_dataset
 __all__ = [
     "BUILTIN_DATASETS",
     "IGNORE_INDEX",
+    "SCORED_SEQUENCES",
     "DataError",
     "DatasetSource",
     "EncodeOptions",
@@ -28,6 +29,7 @@ __all__ = [
     "pack_batch",
     "pack_samples",
     "pad_batch",
+    "pad_scored",
     "padding_efficiency",
     "read_records",
     "render_segments",

@@ -7,11 +7,13 @@ attention that stays inside each sample.
 
 ``pack_batch`` is the padding-free alternative: the same rows, packed first-fit into as few rows as
 hold them, so a micro-batch computes (almost) no padding and still holds exactly its own samples.
+``pad_scored`` stacks the sequences of preference and KTO rows (chosen then rejected, or answer then
+mismatched answer) so one forward scores them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +24,11 @@ from .packing import pack_samples
 if TYPE_CHECKING:  # torch loads lazily: the tokenizer actors import this package and never pad
     import torch
 
-__all__ = ["pack_batch", "pad_batch"]
+__all__ = ["SCORED_SEQUENCES", "pack_batch", "pad_batch", "pad_scored"]
+
+SCORED_SEQUENCES = {"preference": ("", "rejected_"), "kto": ("", "kl_")}
+"""Column prefixes of the sequences each scored row format holds: ``{prefix}input_ids``,
+``{prefix}labels`` and, once precomputed, ``{prefix}ref_logps``."""
 
 Rows = Sequence[Sequence[int] | np.ndarray]
 
@@ -58,3 +64,19 @@ def pack_batch(input_ids: Rows, labels: Rows, pad_id: int, block_len: int) -> di
 
 def _as_list(row: Sequence[int] | np.ndarray) -> list[int]:
     return row.tolist() if isinstance(row, np.ndarray) else list(row)
+
+
+def pad_scored(batch: Mapping[str, Rows], pad_id: int, prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every row's first sequence, then every row's second (``prefixes``), padded into one batch of
+    2 x rows, with ``ref_logps`` stacked the same way when the rows carry them and ``kto_label``."""
+    import torch
+
+    ids = [row for prefix in prefixes for row in batch[f"{prefix}input_ids"]]
+    labels = [row for prefix in prefixes for row in batch[f"{prefix}labels"]]
+    out = pad_batch(ids, labels, pad_id)
+    if f"{prefixes[0]}ref_logps" in batch:
+        ref = [np.asarray(batch[f"{prefix}ref_logps"], dtype=np.float32) for prefix in prefixes]
+        out["ref_logps"] = torch.from_numpy(np.concatenate(ref))
+    if "kto_label" in batch:
+        out["kto_label"] = torch.from_numpy(np.asarray(batch["kto_label"], dtype=np.bool_))
+    return out

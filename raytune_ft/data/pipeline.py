@@ -26,7 +26,7 @@ from .encode import Segment, encode_full, render_segments, truncate
 from .formats import normalize_example
 from .packing import pack_samples
 from .records import RecordSelection, Split, read_records
-from .sources import DataError, DatasetSource, resolve_datasets
+from .sources import DataError, DatasetSource, check_row_format, resolve_datasets
 from .templates import apply_template
 
 if TYPE_CHECKING:
@@ -59,7 +59,10 @@ class EncodeOptions:
     template: str | None = None
     """Named chat template installed on the tokenizer (``data.template``); None keeps its own."""
     stage: str = "sft"
-    """``sft`` renders conversations with the chat template; ``pt`` learns plain text."""
+    """The row format (``method.rows``): ``sft`` renders conversations with the chat template, ``pt``
+    learns plain text, ``preference`` renders the prompt with the chosen and with the rejected answer,
+    ``kto`` renders the labelled conversation and a mismatched one (its prompt with the next row's
+    answer) for KTO's KL estimate."""
     train_on_prompt: bool = False
     mask_history: bool = False
     placeholders: Mapping[str, str] = field(default_factory=dict)
@@ -89,6 +92,10 @@ class RowResult:
     input_ids: list[int] | None = None
     labels: list[int] | None = None
     problem: str = ""
+    more: tuple[tuple[list[int], list[int]], ...] = ()
+    """The row's other sequences: a pair's rejected answer, or a KTO row's mismatched (KL) one."""
+    label: bool | None = None
+    """A KTO row's label: True for a desirable answer."""
 
 
 def templated(tokenizer: Any, options: EncodeOptions) -> Any:
@@ -103,24 +110,43 @@ def encode_rows(
     rows: list[tuple[str, int, str]],
 ) -> list[RowResult]:
     """Parse, normalise, render and tokenize ``(path, row, json_text)`` rows (one tokenizer call)."""
-    results: list[RowResult] = []
-    rendered = []
     owners = {path: _owner(sources, path) for path in {path for path, _, _ in rows}}  # once per file, not per row
+    examples: list[dict[str, Any] | str] = []
     for path, row, record in rows:
         try:
             fields = _parse(record, path, row)
-            example = normalize_example(fields, options.stage, options.placeholders, f"{path}: row {row}",
-                                        owners[path])  # fmt: skip
-            rendered.append(_SEGMENTS[options.stage](tokenizer, example, options))
-            results.append(RowResult(path, row))
+            examples.append(normalize_example(fields, options.stage, options.placeholders, f"{path}: row {row}",
+                                              owners[path]))  # fmt: skip
+        except DataError as err:
+            examples.append(_located(str(err), path, row))
+    if options.stage == "kto":
+        _add_mismatched_answers([e for e in examples if isinstance(e, dict)])
+    results: list[RowResult] = []
+    rendered: list[list[Segment]] = []
+    for (path, row, _), example in zip(rows, examples, strict=True):
+        try:
+            if isinstance(example, str):
+                raise DataError(example)
+            conversations = _SEGMENTS[options.stage](tokenizer, example, options)
+            rendered += conversations
+            results.append(RowResult(path, row, more=tuple(([], []) for _ in conversations[1:]),
+                                     label=example.get("label")))  # fmt: skip
         except DataError as err:
             results.append(RowResult(path, row, problem=_located(str(err), path, row)))
     encoded = iter(encode_full(tokenizer, rendered))
     for i, result in enumerate(results):
         if not result.problem:
             ids, labels = next(encoded)
-            results[i] = RowResult(result.path, result.row, ids, labels)
+            more = tuple(next(encoded) for _ in result.more)
+            results[i] = RowResult(result.path, result.row, ids, labels, more=more, label=result.label)
     return results
+
+
+def _add_mismatched_answers(examples: list[dict[str, Any]]) -> None:
+    """KTO's KL reference point z0 is estimated on mismatched pairs (Ethayarajh et al. 2024, sec. 4.1):
+    each row's prompt with the next row's answer (the last one's with the first's)."""
+    for example, neighbour in zip(examples, examples[1:] + examples[:1], strict=True):
+        example["mismatched"] = neighbour["messages"][-1]["content"]
 
 
 class TokenizeRows:
@@ -139,14 +165,19 @@ class TokenizeRows:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         rows = list(zip(batch["path"].tolist(), batch["row"].tolist(), batch["record"].tolist(), strict=True))
-        samples = []
+        results = []
         for result in encode_rows(self.tokenizer, self.options, self.sources, rows):
             if result.problem:
                 self._reject(result.problem)
                 continue
-            samples += fit_to_cutoff(
-                self.options.stage, result.input_ids or [], result.labels or [], self.options.cutoff_len
-            )
+            results.append(result)
+        if self.options.stage in _SCORED_ROWS:
+            return _SCORED_ROWS[self.options.stage](results, self.options.cutoff_len)
+        samples = [
+            sample
+            for r in results
+            for sample in fit_to_cutoff(self.options.stage, r.input_ids or [], r.labels or [], self.options.cutoff_len)
+        ]
         if self.options.packing:
             return _packed_columns(pack_samples(samples, self.options.cutoff_len))
         return {
@@ -200,6 +231,7 @@ def build_datasets(
     is applied to what it returns.
     """
     sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
+    check_row_format(sources, stage)
     options = EncodeOptions.from_config(cfg, stage)
     # Interleaving and a row-count val_size need each source's size: read it once, for both.
     counted = cfg.mix_strategy != "concat" or cfg.val_size >= 1
@@ -303,10 +335,70 @@ def _text_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptio
     return [(example["text"] + tokenizer.eos_token, True)]
 
 
-_SEGMENTS: dict[str, Callable[[Any, dict[str, Any], EncodeOptions], list[Segment]]] = {
-    "sft": _chat_segments,
-    "pt": _text_segments,
+def _answered(messages: list[dict[str, str]], answer: str) -> list[dict[str, str]]:
+    return [*messages, {"role": "assistant", "content": answer}]
+
+
+def _pair_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[list[Segment]]:
+    # Only the final answer is scored: the prompt (and any history) is context.
+    return [
+        render_segments(tokenizer, _answered(example["messages"], example[side]), False, mask_history=True)
+        for side in ("chosen", "rejected")
+    ]
+
+
+def _kto_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[list[Segment]]:
+    messages = example["messages"]
+    return [
+        render_segments(tokenizer, messages, False, mask_history=True),
+        render_segments(tokenizer, _answered(messages[:-1], example["mismatched"]), False, mask_history=True),
+    ]
+
+
+_SEGMENTS: dict[str, Callable[[Any, dict[str, Any], EncodeOptions], list[list[Segment]]]] = {
+    "sft": lambda tokenizer, example, options: [_chat_segments(tokenizer, example, options)],
+    "pt": lambda tokenizer, example, options: [_text_segments(tokenizer, example, options)],
+    "preference": _pair_segments,
+    "kto": _kto_segments,
 }
+
+
+def _ids(rows: list[list[int]]) -> list[np.ndarray]:
+    return [np.asarray(row, dtype=np.int32) for row in rows]
+
+
+def _pair_columns(results: list[RowResult], cutoff_len: int) -> dict[str, Any]:
+    """Pairs whose chosen and rejected answers both keep a token after truncation to ``cutoff_len``."""
+    kept = []
+    for r in results:
+        chosen, rejected = truncate(r.input_ids or [], r.labels or [], cutoff_len), truncate(*r.more[0], cutoff_len)
+        if chosen is not None and rejected is not None:
+            kept.append((chosen, rejected))
+    return {
+        "input_ids": _ids([c[0] for c, _ in kept]), "labels": _ids([c[1] for c, _ in kept]),
+        "rejected_input_ids": _ids([r[0] for _, r in kept]), "rejected_labels": _ids([r[1] for _, r in kept]),
+    }  # fmt: skip
+
+
+def _kto_columns(results: list[RowResult], cutoff_len: int) -> dict[str, Any]:
+    """Labelled answers (and their mismatched KL sequences) that keep a token after truncation."""
+    kept = []
+    for r in results:
+        answer, mismatched = truncate(r.input_ids or [], r.labels or [], cutoff_len), truncate(*r.more[0], cutoff_len)
+        if answer is not None and mismatched is not None:
+            kept.append((answer, mismatched, bool(r.label)))
+    return {
+        "input_ids": _ids([a[0] for a, _, _ in kept]), "labels": _ids([a[1] for a, _, _ in kept]),
+        "kl_input_ids": _ids([m[0] for _, m, _ in kept]), "kl_labels": _ids([m[1] for _, m, _ in kept]),
+        "kto_label": np.asarray([label for _, _, label in kept], dtype=np.bool_),
+    }  # fmt: skip
+
+
+_SCORED_ROWS: dict[str, Callable[[list[RowResult], int], dict[str, Any]]] = {
+    "preference": _pair_columns,
+    "kto": _kto_columns,
+}
+"""Row formats scored as whole sequences: columns per format (never packed or split)."""
 
 
 Sample = tuple[list[int], list[int]]

@@ -19,13 +19,15 @@ from typing import Any
 
 from raytune_ft.config import InputError
 
-__all__ = ["BUILTIN_DATASETS", "FORMATTINGS", "DataError", "DatasetSource", "resolve_datasets"]
+__all__ = ["BUILTIN_DATASETS", "FORMATTINGS", "DataError", "DatasetSource", "check_row_format", "resolve_datasets"]
 
 _BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 BUILTIN_DATASETS: dict[str, Path] = {
     "identity": _BUILTIN_DIR / "identity.jsonl",
     "alpaca_300": _BUILTIN_DIR / "alpaca_300.jsonl",
+    "pref_300": _BUILTIN_DIR / "pref_300.jsonl",
+    "kto_300": _BUILTIN_DIR / "kto_300.jsonl",
 }
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 READERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -57,6 +59,9 @@ class DatasetSource:
     """LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, assistant_tag, ...)."""
     reader: str = "json"
     """Reader for the files: ``json`` (also JSON lines), ``parquet`` or ``csv``."""
+    ranking: bool | None = None
+    """Registry entries say whether they hold preference pairs (``ranking``); None for files and
+    bundled sets, whose rows are recognised as they are read."""
 
     def read_paths(self) -> list[str]:
         """What the reader opens: the file or folder, each file a glob matched, or the URI."""
@@ -172,8 +177,6 @@ def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource
     unknown = sorted(set(entry) - _ENTRY_KEYS)
     if unknown:
         raise DataError(f"{where}: keys {unknown} are not supported (known: {', '.join(sorted(_ENTRY_KEYS))})")
-    if entry.get("ranking"):
-        raise DataError(f"{where}: ranking (preference) datasets need a preference stage, which is not available yet")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATTINGS:
         raise DataError(f"{where}: formatting {formatting!r} is unknown; use one of {', '.join(FORMATTINGS)}")
@@ -182,7 +185,7 @@ def _from_entry(name: str, entry: dict[str, Any], folder: Path) -> DatasetSource
     path, reader = (
         _local_files(name, entry, folder, where) if "file_name" in entry else _hub_files(entry, folder, where)
     )
-    return DatasetSource(name, path, formatting, columns, tags, reader)
+    return DatasetSource(name, path, formatting, columns, tags, reader, ranking=bool(entry.get("ranking")))
 
 
 def _local_files(name: str, entry: dict[str, Any], folder: Path, where: str) -> tuple[Path, str]:
@@ -227,3 +230,21 @@ def _checked_keys(mapping: object, valid: tuple[str, ...], where: str) -> dict[s
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
             raise DataError(f"{where}: unknown key {key!r}{hint}")
     return dict(mapping)
+
+
+def check_row_format(sources: list[DatasetSource], rows: str) -> None:
+    """Refuse registry datasets whose ``ranking`` flag does not fit the stage's row format, before
+    any row is read: pairs train ``rm``/``dpo`` only, and those stages need pairs."""
+    for source in sources:
+        if source.ranking is None:
+            continue
+        if source.ranking and rows != "preference":
+            raise DataError(
+                f"dataset {source.name!r} is a ranking (preference) dataset: train it with method.stage rm or dpo, "
+                "or pick an instruction dataset"
+            )
+        if not source.ranking and rows == "preference":
+            raise DataError(
+                f"dataset {source.name!r} has no chosen/rejected pairs (its dataset_info.json entry lacks "
+                '"ranking": true); method.stage rm and dpo train on preference pairs'
+            )

@@ -18,6 +18,7 @@ from .loading import load_causal_lm, load_for_inference, load_row_tokenizer, loa
 from .pissa import INITIAL_ADAPTER as PISSA_INITIAL_ADAPTER
 from .pissa import restore_from_plain_lora, save_weights
 from .source import BUILTIN_MODELS, ModelSourceError, cache_root, resolve_model_source
+from .value_head import VALUE_HEAD_WEIGHTS, RewardScorer, attach_head, value_head_model
 
 __all__ = [
     "ADAPTERS",
@@ -29,9 +30,12 @@ __all__ = [
     "PACKED_ATTENTION",
     "PISSA_INITIAL_ADAPTER",
     "STATE_FILE",
+    "VALUE_HEAD_WEIGHTS",
     "CheckpointError",
     "ModelSourceError",
+    "RewardScorer",
     "apply_adapter",
+    "attach_head",
     "cache_root",
     "checkpoint_step",
     "is_adapter_checkpoint",
@@ -45,4 +49,5 @@ __all__ = [
     "restore_from_plain_lora",
     "save_weights",
     "trainable_parameters",
+    "value_head_model",
 ]

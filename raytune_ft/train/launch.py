@@ -20,6 +20,7 @@ from raytune_ft.data.cache import data_fingerprint, load_or_write
 from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_row_tokenizer
 
 from .loop import RunPlan, train_loop_per_worker
+from .reference import with_reference_logps
 from .tokenizer import job_tokenizer
 
 __all__ = [
@@ -125,6 +126,14 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     cpus = worker_cpus(cfg, cluster_cpus)
     spare = max(1, int(cluster_cpus - cpus * cfg.scaling.num_workers))
     prepared = prepare_data(cfg, tokenizer, concurrency=cfg.data.tokenize_concurrency or spare)
+    if cfg.method.needs_reference and cfg.method.reference == "precomputed":
+        print("raytune_ft: scoring the rows with the reference model (method.reference: precomputed) ...", flush=True)
+        prepared = PreparedData(
+            train=with_reference_logps(prepared.train, cfg, tokenizer.pad_token_id),
+            eval=with_reference_logps(prepared.eval, cfg, tokenizer.pad_token_id)
+            if prepared.eval is not None
+            else None,
+        )
     dataset = prepared.train
     if cfg.train.max_steps is not None:
         total_steps = cfg.train.max_steps
@@ -194,11 +203,11 @@ def prepare_data(cfg: JobConfig, tokenizer: Any, concurrency: int) -> PreparedDa
     """
     load = functools.partial(load_row_tokenizer, cfg.model.source)  # light: the first rows come sooner
     build = functools.partial(
-        build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.stage
+        build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.rows
     )
     if cfg.data.tokenized_path is None:
         return build()
-    fingerprint = data_fingerprint(cfg.data, tokenizer, cfg.model.source, cfg.train.seed, cfg.method.stage)
+    fingerprint = data_fingerprint(cfg.data, tokenizer, cfg.model.source, cfg.train.seed, cfg.method.rows)
     shuffle_seed = cfg.train.seed if cfg.data.shuffle else None
     prepared, reused = load_or_write(cfg.data.tokenized_path, fingerprint, build, shuffle_seed)
     verb = "reusing" if reused else "wrote"

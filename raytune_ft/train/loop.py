@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from raytune_ft.config import JobConfig
-from raytune_ft.data import DataError, pack_batch, pad_batch
+from raytune_ft.data import SCORED_SEQUENCES, DataError, pack_batch, pad_batch, pad_scored
 from raytune_ft.models import (
     apply_adapter,
+    attach_head,
     is_adapter_checkpoint,
     keeps_attention_in_sample,
     load_causal_lm,
@@ -32,7 +33,8 @@ from raytune_ft.models import (
 
 from .checkpoint import TrainState, load_weights_into, restore_state, save_checkpoint
 from .objectives import OBJECTIVES
-from .progress import Meter
+from .progress import Meter, reduce_metrics
+from .reference import build_reference
 from .step import StepCore, build_optimizer, build_scheduler, move_batch
 from .strategies import STRATEGIES
 from .tokenizer import job_tokenizer
@@ -65,11 +67,13 @@ def build_training(
     model = apply_adapter(model, cfg.adapter)
     if checkpoint is not None and not full_resume:
         load_weights_into(model, checkpoint)
+    model = attach_head(model, cfg.method.stage, checkpoint)
     strategy = STRATEGIES[cfg.scaling.strategy](device, cfg)
     model, optimizer = strategy.prepare(model, functools.partial(build_optimizer, cfg=cfg.train))
+    reference = build_reference(cfg, strategy.unwrap(model), device)
     core = StepCore(
         model=model,
-        objective=OBJECTIVES[cfg.method.stage](),
+        objective=OBJECTIVES[cfg.method.stage](cfg.method, reference),
         strategy=strategy,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train, total_steps),
@@ -132,8 +136,7 @@ def _run(
             continue
         metrics: dict[str, Any] = meter.flush(core.strategy, state.global_step) if log else {"step": state.global_step}
         if evaluate and evaluation is not None:
-            metrics["eval_loss"] = evaluation.loss(core, device)
-            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+            metrics.update(evaluation.metrics(core, device))
         if (log or evaluate) and rank == 0:
             print(meter.format(metrics) if log else f"step {state.global_step}", end="", flush=True)
             print(f" | eval_loss {metrics['eval_loss']:.4f}" if evaluate else "", flush=True)
@@ -146,7 +149,11 @@ def _run(
 
 def collator(cfg: JobConfig, model: Any, pad_id: int) -> Collate:
     """Padding-free micro-batches (``data.padding_free``) where the architecture keeps attention inside
-    each sample, padded ones otherwise; already packed rows (``data.packing``) are only padded."""
+    each sample, padded ones otherwise; already packed rows (``data.packing``) are only padded, and
+    preference and KTO rows have their sequences stacked (``pad_scored``)."""
+    if cfg.method.rows in SCORED_SEQUENCES:
+        prefixes = SCORED_SEQUENCES[cfg.method.rows]
+        return lambda b: pad_scored(b, pad_id, prefixes)
     if cfg.data.packing or not (cfg.data.padding_free and keeps_attention_in_sample(model)):
         return lambda b: pad_batch(b["input_ids"], b["labels"], pad_id, b.get("position_ids"))
     return lambda b: pack_batch(b["input_ids"], b["labels"], pad_id, cfg.data.cutoff_len)
@@ -186,8 +193,9 @@ class _Evaluation:
         self.collate = collate
         self.every = cfg.train.eval_steps or cfg.train.save_steps
 
-    def loss(self, core: StepCore, device: torch.device) -> float:
-        """Token-mean loss over every worker's validation rows (all workers must call it).
+    def metrics(self, core: StepCore, device: torch.device) -> dict[str, float]:
+        """``eval_loss`` (the token mean over every worker's validation rows), its perplexity and the
+        objective's own metrics with an ``eval_`` prefix (all workers must call it).
 
         Every worker holds the whole validation set and evaluates every world_size-th batch. Under a
         strategy whose forward is collective, workers with one batch fewer run an uncounted forward
@@ -200,9 +208,14 @@ class _Evaluation:
                 mine.append(b)
         rounds = math.ceil(count / self.world_size) if core.strategy.collective_forward else len(mine)
         idle = [filler] * (rounds - len(mine)) if filler is not None else []
-        loss_sum, terms = core.evaluate(self._moved(mine, device), idle=self._moved(idle, device))
+        loss_sum, terms, own = core.evaluate(self._moved(mine, device), idle=self._moved(idle, device))
         total_loss, total_terms = core.strategy.all_reduce_sum([loss_sum, terms])
-        return total_loss / max(total_terms, 1.0)
+        loss = total_loss / max(total_terms, 1.0)
+        return {
+            "eval_loss": loss,
+            "eval_perplexity": math.exp(min(loss, 50.0)),
+            **reduce_metrics(core.strategy, own, "eval_"),
+        }
 
     def _moved(self, batches: list[dict[str, Any]], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
         for b in batches:

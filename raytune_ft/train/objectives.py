@@ -1,19 +1,41 @@
-"""Training objectives: pure loss functions plus a tiny registry keyed by ``method.stage``.
+"""Training objectives: one class per ``method.stage`` in a tiny registry, over the pure losses of
+``losses.py``.
 
 An objective reports a *summed* loss and the number of terms in it, so the step core can
-normalise exactly over a whole gradient-accumulation window instead of averaging averages.
+normalise exactly over a whole gradient-accumulation window instead of averaging averages. Its
+metrics (rewards, margins, accuracy) come the same way: sums and counts, averaged once per logging
+window over every worker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from raytune_ft.config import MethodConfig
 from raytune_ft.data import IGNORE_INDEX
 
-__all__ = ["OBJECTIVES", "Objective", "SFTObjective", "causal_lm_loss_sum", "learned_positions", "model_inputs"]
+from .losses import PairLoss, dpo_loss, hinge_loss, ipo_loss, kto_loss, orpo_loss, pairwise_reward_loss, simpo_loss
+from .reference import Reference, sequence_logps
+
+__all__ = [
+    "OBJECTIVES",
+    "KTOObjective",
+    "MetricSums",
+    "Objective",
+    "PreferenceObjective",
+    "RewardObjective",
+    "SFTObjective",
+    "causal_lm_loss_sum",
+    "learned_positions",
+    "model_inputs",
+]
+
+MetricSums = dict[str, tuple[float, float]]
+"""Metric name -> (sum, count) since the last ``metrics()`` call; the mean is sum / count."""
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,6 +64,10 @@ class Objective(Protocol):
         """The summed loss of one micro-batch."""
         ...
 
+    def metrics(self) -> MetricSums:
+        """Sums and counts of the objective's own metrics since the last call (then reset)."""
+        ...
+
 
 def learned_positions(labels: torch.Tensor) -> torch.Tensor:
     """Positions t (in any row) whose next token is learned: the only logits the loss reads."""
@@ -68,8 +94,180 @@ class SFTObjective:
             logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
 
+    def metrics(self) -> MetricSums:
+        return {}
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "sft": SFTObjective,
-    "pt": SFTObjective,  # the same next-token loss; the data marks every token as learned
+
+class _Tally:
+    """Running (sum, count) per metric name. The names are fixed up front, so every worker reports
+    the same keys in the same order (they are all-reduced as one list)."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+        self.sums: MetricSums = dict.fromkeys(names, (0.0, 0.0))
+
+    def add(self, name: str, values: torch.Tensor) -> None:
+        total, count = self.sums[name]
+        self.sums[name] = (total + float(values.detach().float().sum()), count + values.numel())
+
+    def pop(self) -> MetricSums:
+        sums, self.sums = self.sums, dict.fromkeys(self.names, (0.0, 0.0))
+        return sums
+
+
+PairLossFn = Callable[[MethodConfig, torch.Tensor, torch.Tensor, torch.Tensor | None], PairLoss]
+"""(method config, summed policy log-probs, answer lengths, summed reference log-probs or None) ->
+per-pair losses; each tensor holds the chosen rows, then the rejected ones."""
+
+
+def _halves(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen, rejected = values.chunk(2)
+    return chosen, rejected
+
+
+def _need(reference_logps: torch.Tensor | None) -> torch.Tensor:
+    if reference_logps is None:
+        raise RuntimeError("this loss needs reference log-probs, but no reference was built")
+    return reference_logps
+
+
+def _sigmoid(c: MethodConfig, policy: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None) -> PairLoss:
+    return dpo_loss(*_halves(policy), *_halves(_need(ref)), c.beta, c.label_smoothing)
+
+
+def _ipo(c: MethodConfig, policy: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None) -> PairLoss:
+    return ipo_loss(*_halves(policy / lengths), *_halves(_need(ref) / lengths), c.beta)
+
+
+def _hinge(c: MethodConfig, policy: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None) -> PairLoss:
+    return hinge_loss(*_halves(policy), *_halves(_need(ref)), c.beta)
+
+
+def _simpo(c: MethodConfig, policy: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None) -> PairLoss:
+    return simpo_loss(*_halves(policy / lengths), c.beta, c.simpo_gamma, c.label_smoothing)
+
+
+def _orpo(c: MethodConfig, policy: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None) -> PairLoss:
+    return orpo_loss(*_halves(policy / lengths), c.beta)
+
+
+PAIR_LOSSES: dict[str, PairLossFn] = {"sigmoid": _sigmoid, "ipo": _ipo, "hinge": _hinge, "simpo": _simpo, "orpo": _orpo}
+"""``method.loss`` -> its loss; ipo, simpo and orpo use length-averaged log-probs, as their papers do."""
+
+
+_PAIR_METRICS = (
+    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"
+)  # fmt: skip
+
+
+class PreferenceObjective:
+    """DPO and its variants on pairs: the batch holds every chosen row, then every rejected row.
+
+    One forward scores both halves. ORPO adds its own SFT term (the chosen answer's length-averaged
+    NLL, Hong et al. 2024, eq. 6); ``ftx`` adds the same term with weight ftx to any loss.
+    """
+
+    def __init__(self, cfg: MethodConfig, reference: Reference | None) -> None:
+        self.cfg, self.reference = cfg, reference
+        self.tally = _Tally(*_PAIR_METRICS)
+
+    def terms(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0] // 2)
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        policy_sum, counts = sequence_logps(model, batch)
+        lengths = counts.clamp(min=1)
+        ref = self.reference.logps(batch) if self.reference is not None else None
+        out = PAIR_LOSSES[self.cfg.loss](self.cfg, policy_sum, lengths, ref)
+        chosen_nll = -_halves(policy_sum / lengths)[0]
+        losses = out.losses + (chosen_nll if self.cfg.loss == "orpo" else 0.0) + self.cfg.ftx * chosen_nll
+        self._record(out, policy_sum)
+        return losses.sum()
+
+    def _record(self, out: PairLoss, policy_sum: torch.Tensor) -> None:
+        chosen, rejected = policy_sum.detach().chunk(2)
+        self.tally.add("rewards/chosen", out.chosen_rewards)
+        self.tally.add("rewards/rejected", out.rejected_rewards)
+        self.tally.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
+        self.tally.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
+        self.tally.add("logps/chosen", chosen)
+        self.tally.add("logps/rejected", rejected)
+
+    def metrics(self) -> MetricSums:
+        return self.tally.pop()
+
+
+class KTOObjective:
+    """KTO on labelled answers: the batch holds every answer, then every row's mismatched answer
+    (its prompt with another row's answer), from which the KL reference point is estimated.
+
+    The KL term is detached (Ethayarajh et al. 2024, sec. 4.1), so the mismatched half runs without
+    gradients; it is estimated per micro-batch (TRL averages it over all processes' batches).
+    """
+
+    def __init__(self, cfg: MethodConfig, reference: Reference | None) -> None:
+        self.cfg, self.reference = cfg, reference
+        self.tally = _Tally("rewards/chosen", "rewards/rejected", "kl")
+
+    def terms(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0] // 2)
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = self.terms(batch)
+        answers, mismatched = _rows(batch, slice(0, n)), _rows(batch, slice(n, 2 * n))
+        policy, _ = sequence_logps(model, answers)
+        with torch.no_grad():
+            policy_kl, _ = sequence_logps(model, mismatched)
+        ref = _need(self.reference.logps(batch) if self.reference is not None else None)
+        kl = (policy_kl - ref[n:]).mean()
+        c = self.cfg
+        out = kto_loss(
+            policy, ref[:n], batch["kto_label"], kl, c.beta, c.kto_desirable_weight, c.kto_undesirable_weight
+        )
+        desirable = batch["kto_label"].bool()
+        self.tally.add("rewards/chosen", out.chosen_rewards[desirable])
+        self.tally.add("rewards/rejected", out.rejected_rewards[~desirable])
+        self.tally.add("kl", kl.detach().reshape(1))
+        return out.losses.sum()
+
+    def metrics(self) -> MetricSums:
+        return self.tally.pop()
+
+
+class RewardObjective:
+    """Reward modelling on pairs (chosen rows, then rejected rows): the value-head model scores each
+    row and the pairwise Bradley-Terry loss ranks chosen above rejected."""
+
+    def __init__(self, cfg: MethodConfig, reference: Reference | None) -> None:
+        self.tally = _Tally("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+    def terms(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0] // 2)
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = pairwise_reward_loss(*_halves(scores))
+        self.tally.add("rewards/chosen", out.chosen_rewards)
+        self.tally.add("rewards/rejected", out.rejected_rewards)
+        self.tally.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
+        self.tally.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
+        return out.losses.sum()
+
+    def metrics(self) -> MetricSums:
+        return self.tally.pop()
+
+
+def _rows(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """The model inputs of some rows of a padded batch."""
+    return {key: batch[key][rows] for key in ("input_ids", "attention_mask", "labels")}
+
+
+ObjectiveFactory = Callable[[MethodConfig, "Reference | None"], Objective]
+
+OBJECTIVES: dict[str, ObjectiveFactory] = {
+    "sft": lambda cfg, reference: SFTObjective(),
+    "pt": lambda cfg, reference: SFTObjective(),  # the same next-token loss; the data marks every token as learned
+    "rm": RewardObjective,
+    "dpo": PreferenceObjective,
+    "kto": KTOObjective,
 }

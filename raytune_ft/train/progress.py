@@ -9,10 +9,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .objectives import MetricSums
 from .step import StepStats
 from .strategies import Strategy
 
-__all__ = ["Meter"]
+__all__ = ["Meter", "reduce_metrics"]
+
+
+def reduce_metrics(strategy: Strategy, sums: MetricSums, prefix: str = "") -> dict[str, float]:
+    """Cluster-wide means of an objective's (sum, count) metrics (all workers must call it, with
+    the same names)."""
+    if not sums:
+        return {}
+    flat = strategy.all_reduce_sum([value for pair in sums.values() for value in pair])
+    return {f"{prefix}{name}": flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, name in enumerate(sums)}
 
 
 class Meter:
@@ -24,12 +34,16 @@ class Meter:
         self._window_start = time.perf_counter()
         self._steps = 0
         self._sums = [0.0, 0.0, 0.0, 0.0]  # loss_sum, terms, tokens, padded tokens
+        self._metrics: MetricSums = {}
         self._last: StepStats | None = None
 
     def add(self, stats: StepStats) -> None:
         self._steps += 1
         for i, value in enumerate((stats.loss_sum, stats.terms, stats.tokens, stats.padded_tokens)):
             self._sums[i] += value
+        for name, (total, count) in stats.metrics.items():
+            old_total, old_count = self._metrics.get(name, (0.0, 0.0))
+            self._metrics[name] = (old_total + total, old_count + count)
         self._last = stats
 
     def flush(self, strategy: Strategy, step: int) -> dict[str, Any]:
@@ -47,6 +61,7 @@ class Meter:
             "padded_tokens_per_s": padded / elapsed,
             "s_per_step": seconds_per_step,
             "eta_s": seconds_per_step * (self.total_steps - step),
+            **reduce_metrics(strategy, self._metrics),
         }
         self._reset()
         return metrics

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from raytune_ft.config import ConfigError, TrainConfig
 
-from .objectives import Objective
+from .objectives import MetricSums, Objective
 from .strategies import Strategy
 
 __all__ = ["StepCore", "StepStats", "build_optimizer", "build_scheduler", "move_batch"]
@@ -36,6 +36,8 @@ class StepStats:
     """Tokens processed including padding."""
     grad_norm: float
     lr: float
+    metrics: MetricSums = field(default_factory=dict)
+    """The objective's own metrics over the window, as (sum, count)."""
 
 
 @dataclass
@@ -71,13 +73,15 @@ class StepCore:
             padded_tokens=sum(b["input_ids"].numel() for b in micro_batches),
             grad_norm=grad_norm,
             lr=lr,
+            metrics=self.objective.metrics(),
         )
 
     @torch.no_grad()
     def evaluate(
         self, batches: Iterable[dict[str, torch.Tensor]], idle: Iterable[dict[str, torch.Tensor]] = ()
-    ) -> tuple[float, int]:
-        """Summed loss and loss terms over ``batches`` on this worker (no gradients, eval mode).
+    ) -> tuple[float, int, MetricSums]:
+        """Summed loss, loss terms and the objective's metrics over ``batches`` on this worker (no
+        gradients, eval mode).
 
         Runs the unwrapped model: a DDP forward may sync buffers with the other workers, which
         would hang when workers hold different numbers of validation batches. ``idle`` batches run
@@ -89,10 +93,12 @@ class StepCore:
         for batch in batches:
             loss_sum += float(self.objective.loss_sum(model, batch))
             terms += self.objective.terms(batch)
+        metrics = self.objective.metrics()
         for batch in idle:
             self.objective.loss_sum(model, batch)
+        self.objective.metrics()  # the idle batches' metrics are not counted
         model.train()
-        return loss_sum, terms
+        return loss_sum, terms, metrics
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

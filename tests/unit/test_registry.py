@@ -92,7 +92,6 @@ def test_openai_format_and_tool_turns(tmp_path: Path) -> None:
         ({"ms_hub_url": "org/data"}, r"only Hugging Face hub entries \(hf_hub_url\) can be fetched"),
         ({"file_name": "nope.json"}, "file_name 'nope.json' not found"),
         ({"file_name": "x.json", "formatting": "chatml"}, "formatting 'chatml' is unknown"),
-        ({"file_name": "x.json", "ranking": True}, "ranking"),
         ({"file_name": "x.json", "subsett": "a"}, r"keys \['subsett'\] are not supported"),
     ],
 )
@@ -100,6 +99,21 @@ def test_entries_we_cannot_honour_name_the_entry(tmp_path: Path, entry: dict[str
     folder = registry(tmp_path, {"d": entry}, {"x.json": []})
     with pytest.raises(DataError, match=rf"dataset_info.json entry 'd': .*{problem}"):
         resolve_datasets(["d"], folder)
+
+
+def test_ranking_entries_train_only_preference_stages(tmp_path: Path) -> None:
+    from raytune_ft.data.sources import check_row_format
+
+    folder = registry(tmp_path, {"pairs": {"file_name": "x.json", "ranking": True}, "chat": {"file_name": "x.json"}},
+                      {"x.json": []})  # fmt: skip
+    pairs, chat = resolve_datasets(["pairs", "chat"], folder)
+    assert (pairs.ranking, chat.ranking) == (True, False)
+    check_row_format([pairs], "preference")
+    with pytest.raises(DataError, match=r"'pairs' is a ranking .*method.stage rm or dpo"):
+        check_row_format([pairs], "sft")
+    with pytest.raises(DataError, match=r"'chat' has no chosen/rejected pairs .*ranking"):
+        check_row_format([chat], "preference")
+    check_row_format(resolve_datasets(["alpaca_300"], folder), "preference")  # files: rows decide
 
 
 def test_unknown_name_suggests_registry_entries(tmp_path: Path) -> None:

@@ -1,0 +1,146 @@
+"""Reward models: a causal LM with a scalar value head, and what saves, loads and scores with it.
+
+The score of a sequence is a linear head on the LM's last hidden state at its last real token (as
+LLaMA-Factory's and TRL's value-head models read it). The LM keeps its own form (LoRA adapter or full
+weights, saved as for any stage), and the head is one more file in the checkpoint, so a reward-model
+checkpoint loads like any other plus ``value_head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raytune_ft.config import ModelConfig, load_config
+
+from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["VALUE_HEAD_WEIGHTS", "RewardScorer", "attach_head", "value_head_model"]
+
+VALUE_HEAD_WEIGHTS = "value_head.safetensors"
+
+
+def value_head_model(lm: torch.nn.Module) -> torch.nn.Module:
+    """``lm`` (plain or peft) with a freshly initialised scalar head; the head always trains."""
+    model: torch.nn.Module = _value_head_class()(lm)
+    return model
+
+
+@functools.cache
+def _value_head_class() -> Any:
+    """Defined on first use, so importing this package never imports torch."""
+    import torch
+
+    class ValueHeadModel(torch.nn.Module):
+        """Scores rows: ``forward(input_ids, attention_mask) -> (rows,)`` float32 rewards."""
+
+        def __init__(self, lm: Any) -> None:
+            super().__init__()
+            self.lm = lm
+            self.config = lm.config  # model_type and hidden_size, as a transformers model has them
+            hidden = int(lm.config.hidden_size)
+            dtype = next(lm.parameters()).dtype
+            self.value_head = torch.nn.Linear(hidden, 1, dtype=dtype if dtype.is_floating_point else None)
+            torch.nn.init.normal_(self.value_head.weight, std=1 / (hidden + 1) ** 0.5)
+            torch.nn.init.zeros_(self.value_head.bias)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=True,
+                use_cache=False,
+                logits_to_keep=1,  # the LM head is not needed: one position keeps it cheap
+            )
+            hidden = out.hidden_states[-1]
+            last = attention_mask.sum(-1) - 1  # right padding: the last real token of each row
+            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            scores: torch.Tensor = self.value_head(picked.to(self.value_head.weight.dtype)).squeeze(-1).float()
+            return scores
+
+        def save_pretrained(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
+            """The LM as any checkpoint holds it, plus the head in ``value_head.safetensors``."""
+            from safetensors.torch import save_file
+
+            from .pissa import save_weights
+
+            save_weights(self.lm, folder, _strip(state_dict, "lm."))
+            head = {k: v.contiguous() for k, v in _strip(state_dict, "value_head.").items()}
+            save_file(head, str(Path(folder) / VALUE_HEAD_WEIGHTS))
+
+    return ValueHeadModel
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def attach_head(model: torch.nn.Module, stage: str, checkpoint: Path | None = None) -> torch.nn.Module:
+    """The model a stage trains: a value-head model for ``rm`` (its head restored from ``checkpoint``
+    when resuming), the LM itself otherwise."""
+    if stage != "rm":
+        return model
+    scored = value_head_model(model)
+    if checkpoint is not None:
+        load_value_head(scored, checkpoint)
+    return scored
+
+
+def load_value_head(model: torch.nn.Module, checkpoint: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint) / VALUE_HEAD_WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint}: no {VALUE_HEAD_WEIGHTS}; it is not a reward-model checkpoint")
+    model.value_head.load_state_dict(load_file(str(path)))  # type: ignore[union-attr, operator]
+
+
+class RewardScorer:
+    """Scores conversations with a trained reward model (a checkpoint or run directory of ``stage: rm``).
+
+    scorer = RewardScorer.load("saves/rm")
+    scorer.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.tokenizer.padding_side = "right"  # the score is read at each row's last real token
+
+    @classmethod
+    def load(cls, path: str | Path) -> RewardScorer:
+        from .loading import load_causal_lm, load_tokenizer
+        from .source import resolve_model_source
+
+        checkpoint = latest_checkpoint(path)
+        cfg = load_config(checkpoint / CONFIG_FILE)
+        if cfg.method.stage != "rm":
+            raise CheckpointError(f"{checkpoint}: trained with method.stage {cfg.method.stage}, not rm")
+        model_cfg = ModelConfig(source=cfg.model.source, dtype=cfg.model.dtype)
+        lm: Any
+        if is_adapter_checkpoint(checkpoint):
+            from peft import PeftModel
+
+            base = load_causal_lm(model_cfg, resolve_model_source(cfg.model.source))
+            lm = PeftModel.from_pretrained(base, checkpoint)
+        else:
+            lm = load_causal_lm(model_cfg, checkpoint)
+        return cls(attach_head(lm, "rm", checkpoint), load_tokenizer(checkpoint))
+
+    def score(self, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 8) -> list[float]:
+        """One reward per conversation (rendered with the chat template the model was trained with)."""
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False) for c in conversations]
+        scores: list[float] = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenizer(
+                texts[i : i + batch_size], add_special_tokens=False, padding=True, return_tensors="pt"
+            )
+            with torch.no_grad():
+                scores += self.model(batch["input_ids"], batch["attention_mask"]).tolist()
+        return scores

@@ -1,0 +1,134 @@
+"""The reference model of DPO and KTO: where log ref(y|x) comes from, without a second copy when possible.
+
+- LoRA: the trained model itself with its adapters switched off is exactly the base (no copy);
+- freeze/full tuning: a frozen copy of the base model, loaded once per worker;
+- ``method.reference: precomputed``: one Ray Data pass before training scores every row with the
+  base model (``ReferenceLogps``) and the rows carry the result (``{prefix}ref_logps`` columns), so
+  the workers hold no reference and run one forward less per step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from raytune_ft.config import ConfigError, JobConfig
+from raytune_ft.data import IGNORE_INDEX, SCORED_SEQUENCES, pad_batch
+from raytune_ft.models import load_causal_lm, resolve_model_source
+
+__all__ = [
+    "AdapterOffReference",
+    "FrozenReference",
+    "PrecomputedReference",
+    "Reference",
+    "ReferenceLogps",
+    "build_reference",
+    "sequence_logps",
+    "with_reference_logps",
+]
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its learned tokens, log p(y|x) = sum_t log p(y_t|x, y_<t),
+    and how many tokens that is. The LM head runs only where some row learns the next token."""
+    from .objectives import learned_positions, model_inputs
+
+    keep = learned_positions(batch["labels"])
+    logits = model(**model_inputs(batch), logits_to_keep=keep).logits  # (rows, len(keep), vocab)
+    targets = batch["labels"][:, 1:][:, keep]
+    token_logps = -torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # 0 where ignored
+    return token_logps.sum(-1), (targets != IGNORE_INDEX).sum(-1)
+
+
+class Reference(Protocol):
+    def logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed log-probability of each row's learned tokens under the reference model (no grad)."""
+        ...
+
+
+class AdapterOffReference:
+    """The LoRA model with its adapters disabled: the frozen base, at no extra memory."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model  # the peft model, unwrapped from DDP / DeepSpeed (FSDP2 shards it in place)
+
+    @torch.no_grad()
+    def logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.model.disable_adapter():
+            return sequence_logps(self.model, batch)[0]
+
+
+class FrozenReference:
+    """A frozen copy of the base model (freeze and full tuning change the base weights themselves)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sequence_logps(self.model, batch)[0]
+
+
+class PrecomputedReference:
+    """Reads the ``ref_logps`` the rows carry (``method.reference: precomputed``)."""
+
+    def logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "ref_logps" not in batch:
+            raise ConfigError("method.reference is precomputed but the rows carry no reference log-probs")
+        return batch["ref_logps"]
+
+
+def build_reference(cfg: JobConfig, model: Any, device: torch.device) -> Reference | None:
+    """The reference ``cfg`` asks for (None when the objective needs none); ``model`` is the
+    prepared, unwrapped training model."""
+    if not cfg.method.needs_reference:
+        return None
+    if cfg.method.reference == "precomputed":
+        return PrecomputedReference()
+    if cfg.adapter.type == "lora":
+        return AdapterOffReference(model)
+    return FrozenReference(load_causal_lm(cfg.model, resolve_model_source(cfg.model.source)).to(device))
+
+
+class ReferenceLogps:
+    """Ray Data actor UDF: adds ``{prefix}ref_logps`` (the base model's summed log-probs) to scored rows.
+
+    Rows are scored ``per_device_batch_size`` at a time, so memory stays that of one training
+    micro-batch without gradients.
+    """
+
+    def __init__(self, job: dict[str, Any], pad_id: int) -> None:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.cfg = JobConfig.model_validate(job)
+        self.model = load_causal_lm(self.cfg.model, Path(resolve_model_source(self.cfg.model.source))).eval()
+        self.pad_id = pad_id
+        self.chunk = self.cfg.train.per_device_batch_size
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for prefix in SCORED_SEQUENCES[self.cfg.method.rows]:
+            ids, labels = batch[f"{prefix}input_ids"], batch[f"{prefix}labels"]
+            chunks = [slice(i, i + self.chunk) for i in range(0, len(ids), self.chunk)]
+            padded = [pad_batch(list(ids[c]), list(labels[c]), self.pad_id) for c in chunks]
+            scores = [sequence_logps(self.model, rows)[0] for rows in padded]
+            batch[f"{prefix}ref_logps"] = torch.cat(scores).numpy().astype(np.float32) if scores else np.zeros(0)
+        return batch
+
+
+def with_reference_logps(dataset: Any, cfg: JobConfig, pad_id: int) -> Any:
+    """``dataset`` with every sequence's reference log-probs joined to its row, computed once by one
+    ``ReferenceLogps`` actor and materialised, so the base model is released before training starts."""
+    scored = dataset.map_batches(
+        ReferenceLogps,
+        fn_constructor_kwargs={"job": cfg.model_dump(mode="json"), "pad_id": pad_id},
+        batch_size=64,
+        batch_format="numpy",
+        concurrency=1,
+        num_cpus=1,
+    )
+    return scored.materialize()
