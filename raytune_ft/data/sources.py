@@ -28,6 +28,7 @@ BUILTIN_DATASETS: dict[str, Path] = {
     "alpaca_300": _BUILTIN_DIR / "alpaca_300.jsonl",
     "pref_300": _BUILTIN_DIR / "pref_300.jsonl",
     "kto_300": _BUILTIN_DIR / "kto_300.jsonl",
+    "text_300": _BUILTIN_DIR / "text_300.jsonl",
 }
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 READERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
