@@ -191,6 +191,7 @@ class _Evaluation:
         self.rank, self.world_size = rank, world_size
         self.batch_size = cfg.train.per_device_batch_size
         self.collate = collate
+        self.perplexity = cfg.method.rows in ("sft", "pt")  # exp(loss) means something for LM losses only
         self.every = cfg.train.eval_steps or cfg.train.save_steps
 
     def metrics(self, core: StepCore, device: torch.device) -> dict[str, float]:
@@ -211,11 +212,8 @@ class _Evaluation:
         loss_sum, terms, own = core.evaluate(self._moved(mine, device), idle=self._moved(idle, device))
         total_loss, total_terms = core.strategy.all_reduce_sum([loss_sum, terms])
         loss = total_loss / max(total_terms, 1.0)
-        return {
-            "eval_loss": loss,
-            "eval_perplexity": math.exp(min(loss, 50.0)),
-            **reduce_metrics(core.strategy, own, "eval_"),
-        }
+        perplexity = {"eval_perplexity": math.exp(min(loss, 50.0))} if self.perplexity else {}
+        return {"eval_loss": loss, **perplexity, **reduce_metrics(core.strategy, own, "eval_")}
 
     def _moved(self, batches: list[dict[str, Any]], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
         for b in batches:

@@ -71,7 +71,12 @@ class Meter:
         return (
             f"step {m['step']}/{self.total_steps} ({pct:3.0f}%) | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
             f"{m['tokens_per_s']:,.0f} tok/s | {m['s_per_step']:.2f} s/step | ETA {_format_duration(m['eta_s'])}"
+            + "".join(f" | {label} {m[key]:.3f}" for key, label in _SHOWN.items() if key in m)
         )
+
+
+_SHOWN = {"rewards/accuracies": "acc", "rewards/margins": "margin", "kl": "kl"}
+"""Objective metrics worth a glance in the progress line (all are in metrics.jsonl)."""
 
 
 def _format_duration(seconds: float) -> str:

@@ -52,6 +52,7 @@ def test_reward_model_ranks_pairs_and_scores_text(local_ray: None, tiny_model_di
                 "train.eval_steps=4")  # fmt: skip
     evals = [r["eval_rewards/accuracies"] for r in log if "eval_rewards/accuracies" in r]
     assert evals[-1] > evals[0] and evals[-1] >= 0.9, evals
+    assert "eval_loss" in log[-1] and "eval_perplexity" not in log[-1]  # exp(pairwise loss) means nothing
     assert mean(log[-4:], "loss") < mean(log[:4], "loss"), [r["loss"] for r in log]
     checkpoint = latest_checkpoint(tmp_path / "rm")
     assert (checkpoint / VALUE_HEAD_WEIGHTS).is_file()
