@@ -144,7 +144,9 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     if prepared.eval is not None:
         datasets["eval"] = prepared.eval.materialize()
         print(f"raytune_ft: {datasets['eval'].count()} validation rows held out", flush=True)
-    plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=prepared.eval is not None)
+    plan = RunPlan(
+        total_steps=total_steps, run_dir=run_dir, has_eval=prepared.eval is not None, threads=math.ceil(cpus)
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},

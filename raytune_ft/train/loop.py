@@ -54,6 +54,9 @@ class RunPlan:
     """Absolute ``storage_path/run_name`` (local path or URI)."""
     has_eval: bool = False
     """Whether an ``eval`` dataset shard exists (``eval_loss`` is then reported)."""
+    threads: int = 0
+    """Intra-op threads per worker on CPU: its reserved CPUs rounded up (0 leaves torch's choice).
+    Ray starts a worker with 1.5 CPUs with one OpenMP thread; it may use 2."""
 
 
 def build_training(
@@ -90,6 +93,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     plan = RunPlan(**config["plan"])
     rank = ray.train.get_context().get_world_rank()
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.scaling.use_gpu else torch.device("cpu")
+    if plan.threads and not cfg.scaling.use_gpu:
+        torch.set_num_threads(plan.threads)
     torch.manual_seed(cfg.train.seed)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as folder:

@@ -103,7 +103,6 @@ class ReferenceLogps:
     """
 
     def __init__(self, job: dict[str, Any], pad_id: int) -> None:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         self.cfg = JobConfig.model_validate(job)
         self.model = load_causal_lm(self.cfg.model, Path(resolve_model_source(self.cfg.model.source))).eval()
         self.pad_id = pad_id

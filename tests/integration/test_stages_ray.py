@@ -70,13 +70,18 @@ def test_reward_model_ranks_pairs_and_scores_text(local_ray: None, tiny_model_di
 @pytest.mark.parametrize(
     "overrides",
     [["method.loss=sigmoid", "adapter.type=lora", "train.learning_rate=1e-2"],
-     ["method.loss=sigmoid", "adapter.type=full", "method.reference=precomputed", "train.learning_rate=1e-3"]],
-    ids=["lora-adapter-off-reference", "full-precomputed-reference"],
+     ["method.loss=sigmoid", "adapter.type=full", "method.reference=precomputed", "train.learning_rate=1e-3"],
+     ["method.loss=ipo", "train.learning_rate=1e-2"],
+     ["method.loss=simpo", "train.learning_rate=1e-2"],
+     ["method.loss=orpo", "train.learning_rate=1e-2"]],
+    ids=["sigmoid-lora-adapter-off-reference", "sigmoid-full-precomputed-reference", "ipo", "simpo", "orpo"],
 )  # fmt: skip
 def test_dpo_widens_the_margin(local_ray: None, tiny_model_dir: Path, tmp_path: Path, overrides: list[str]) -> None:
     log = train(tiny_model_dir, tmp_path, "dpo", "method.stage=dpo", "data.dataset=pref_300", *overrides)
-    assert log[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-3), "the policy starts as its reference"
-    assert mean(log[-3:], "rewards/margins") > 0.05, [r["rewards/margins"] for r in log]
+    margins = [r["rewards/margins"] for r in log]
+    if "simpo" not in overrides[0] and "orpo" not in overrides[0]:
+        assert margins[0] == pytest.approx(0.0, abs=1e-3), "the policy starts as its reference"
+    assert mean(log[-3:], "rewards/margins") > mean(log[:3], "rewards/margins") + 0.01, margins
     assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen"} <= set(log[-1])
 
 
