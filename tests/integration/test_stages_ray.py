@@ -73,7 +73,7 @@ def test_reward_model_ranks_pairs_and_scores_text(local_ray: None, tiny_model_di
      ["method.loss=sigmoid", "adapter.type=full", "method.reference=precomputed", "train.learning_rate=1e-3"],
      ["method.loss=ipo", "train.learning_rate=1e-2"],
      ["method.loss=simpo", "train.learning_rate=1e-2"],
-     ["method.loss=orpo", "train.learning_rate=1e-2"]],
+     ["method.loss=orpo", "method.beta=1.0", "train.learning_rate=1e-2"]],  # lambda 1: the odds term counts
     ids=["sigmoid-lora-adapter-off-reference", "sigmoid-full-precomputed-reference", "ipo", "simpo", "orpo"],
 )  # fmt: skip
 def test_dpo_widens_the_margin(local_ray: None, tiny_model_dir: Path, tmp_path: Path, overrides: list[str]) -> None:
