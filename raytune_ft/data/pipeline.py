@@ -413,7 +413,9 @@ def _split(ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
     return [(ids[i : i + cutoff_len], labels[i : i + cutoff_len]) for i in range(0, len(ids), cutoff_len)]
 
 
-_FITS: dict[str, Callable[[list[int], list[int], int], list[Sample]]] = {"sft": _truncated, "pt": _split}
+_FITS: dict[str, Callable[[list[int], list[int], int], list[Sample]]] = {
+    "sft": _truncated, "pt": _split, "preference": _truncated, "kto": _truncated,
+}  # fmt: skip
 
 
 def fit_to_cutoff(stage: str, ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:

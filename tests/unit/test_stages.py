@@ -51,6 +51,15 @@ def test_pairs_hold_prompt_with_chosen_and_with_rejected(tokenizer: Any) -> None
         assert prompt > 0 and np.array_equal(out["input_ids"][i][:prompt], out["rejected_input_ids"][i][:prompt])
 
 
+def test_preview_fits_scored_rows_like_conversations() -> None:
+    """``data preview`` describes a pair or KTO row by its first sequence, truncated as SFT is."""
+    from raytune_ft.data.pipeline import fit_to_cutoff
+
+    ids, labels = list(range(10)), [IGNORE_INDEX] * 4 + list(range(4, 10))
+    for rows in ("preference", "kto"):
+        assert fit_to_cutoff(rows, ids, labels, 6) == fit_to_cutoff("sft", ids, labels, 6) == [(ids[:6], labels[:6])]
+
+
 def test_kto_rows_pair_each_prompt_with_the_next_rows_answer(tokenizer: Any) -> None:
     out = tokenized(tokenizer, "kto_300", "kto", 5)
     rows = [json.loads(line) for line in BUILTIN_DATASETS["kto_300"].read_text().splitlines()[:5]]
