@@ -266,8 +266,9 @@ def _announce(core: StepCore, cfg: JobConfig, plan: RunPlan, state: TrainState) 
         f"{plan.total_steps} steps{resumed}",
         flush=True,
     )
-    model_type = getattr(core.strategy.unwrap(core.model).config, "model_type", "?")
-    if cfg.data.packing and not keeps_attention_in_sample(core.strategy.unwrap(core.model)):
+    model = core.strategy.unwrap(core.model)
+    model_type = getattr(model.config, "model_type", "?")
+    if cfg.data.packing and not keeps_attention_in_sample(model):
         print(
             f"raytune_ft: WARNING: data.packing on model type {model_type!r}, which is not checked to keep "
             "attention inside each packed sample (raytune_ft.models.PACKED_ATTENTION); samples sharing a "

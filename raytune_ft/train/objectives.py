@@ -155,9 +155,19 @@ PAIR_LOSSES: dict[str, PairLossFn] = {"sigmoid": _sigmoid, "ipo": _ipo, "hinge":
 """``method.loss`` -> its loss; ipo, simpo and orpo use length-averaged log-probs, as their papers do."""
 
 
-_PAIR_METRICS = (
-    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"
-)  # fmt: skip
+_REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+def _half(batch: dict[str, torch.Tensor]) -> int:
+    """Rows in each half of a stacked batch (chosen then rejected, or answers then mismatched ones)."""
+    return int(batch["input_ids"].shape[0] // 2)
+
+
+def _add_pair_rewards(tally: _Tally, out: PairLoss) -> None:
+    tally.add("rewards/chosen", out.chosen_rewards)
+    tally.add("rewards/rejected", out.rejected_rewards)
+    tally.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
+    tally.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
 
 
 class PreferenceObjective:
@@ -169,10 +179,10 @@ class PreferenceObjective:
 
     def __init__(self, cfg: MethodConfig, reference: Reference | None) -> None:
         self.cfg, self.reference = cfg, reference
-        self.tally = _Tally(*_PAIR_METRICS)
+        self.tally = _Tally(*_REWARD_METRICS, "logps/chosen", "logps/rejected")
 
     def terms(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["input_ids"].shape[0] // 2)
+        return _half(batch)
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         policy_sum, counts = sequence_logps(model, batch)
@@ -186,10 +196,7 @@ class PreferenceObjective:
 
     def _record(self, out: PairLoss, policy_sum: torch.Tensor) -> None:
         chosen, rejected = policy_sum.detach().chunk(2)
-        self.tally.add("rewards/chosen", out.chosen_rewards)
-        self.tally.add("rewards/rejected", out.rejected_rewards)
-        self.tally.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
-        self.tally.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
+        _add_pair_rewards(self.tally, out)
         self.tally.add("logps/chosen", chosen)
         self.tally.add("logps/rejected", rejected)
 
@@ -210,7 +217,7 @@ class KTOObjective:
         self.tally = _Tally("rewards/chosen", "rewards/rejected", "kl")
 
     def terms(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["input_ids"].shape[0] // 2)
+        return _half(batch)
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         n = self.terms(batch)
@@ -239,18 +246,15 @@ class RewardObjective:
     row and the pairwise Bradley-Terry loss ranks chosen above rejected."""
 
     def __init__(self, cfg: MethodConfig, reference: Reference | None) -> None:
-        self.tally = _Tally("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+        self.tally = _Tally(*_REWARD_METRICS)
 
     def terms(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["input_ids"].shape[0] // 2)
+        return _half(batch)
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         out = pairwise_reward_loss(*_halves(scores))
-        self.tally.add("rewards/chosen", out.chosen_rewards)
-        self.tally.add("rewards/rejected", out.rejected_rewards)
-        self.tally.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
-        self.tally.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
+        _add_pair_rewards(self.tally, out)
         return out.losses.sum()
 
     def metrics(self) -> MetricSums:
