@@ -50,8 +50,11 @@ def test_reward_model_ranks_pairs_and_scores_text(local_ray: None, tiny_model_di
     log = train(tiny_model_dir, tmp_path, "rm", "method.stage=rm", f"data.dataset={separable}",
                 "train.learning_rate=3e-3", "data.val_size=32", "train.max_steps=16", "train.save_steps=16",
                 "train.eval_steps=4")  # fmt: skip
-    evals = [r["eval_rewards/accuracies"] for r in log if "eval_rewards/accuracies" in r]
-    assert evals[-1] > evals[0] and evals[-1] >= 0.9, evals
+    # A random head ranks an easy set all right or all wrong by chance (it did both), so accuracy is
+    # judged at the end and the rise is read from the margin, which starts near zero.
+    evals = [r for r in log if "eval_rewards/accuracies" in r]
+    assert evals[-1]["eval_rewards/accuracies"] >= 0.9, evals
+    assert evals[-1]["eval_rewards/margins"] > abs(log[0]["rewards/margins"]) + 1.0, (log[0], evals)
     assert "eval_loss" in log[-1] and "eval_perplexity" not in log[-1]  # exp(pairwise loss) means nothing
     assert mean(log[-4:], "loss") < mean(log[:4], "loss"), [r["loss"] for r in log]
     checkpoint = latest_checkpoint(tmp_path / "rm")
