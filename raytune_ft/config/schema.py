@@ -144,6 +144,12 @@ class DataConfig(Section):
     shuffle_buffer_size: int = Field(default=1024, ge=1)
     """Rows each worker holds for shuffling. Larger mixes more; the first batch waits until the buffer fills."""
 
+    preserve_order: bool = True
+    """Keep the order in which rows reach each worker fixed from run to run (Ray Data's
+    ``preserve_order``), so a resumed run skips exactly the micro-batches it had consumed. Off, Ray Data
+    may route blocks by locality and emit them as they finish (a little faster on large clusters), and a
+    resumed run skips the right number of rows but not necessarily the same ones."""
+
     tokenize_concurrency: int | None = Field(default=None, ge=1)
     """Number of Ray Data tokenizer actors. Default: follows the cluster's free CPUs."""
 
@@ -353,7 +359,12 @@ class ScalingConfig(Section):
     tokenizers keep at least one CPU (otherwise the data stream can starve)."""
 
     max_failures: int = Field(default=0, ge=-1)
-    """Times Ray Train restarts the workers from the latest checkpoint after a failure (-1: forever)."""
+    """Times Ray Train restarts the workers from the latest checkpoint after a worker or node is lost
+    (Ray Train's ``FailureConfig``; -1: forever). Steps after that checkpoint are trained again."""
+
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers' resource bundles: ``PACK`` fills nodes first (fewer cross-node
+    all-reduces), ``SPREAD`` puts them on as many nodes as it can; ``STRICT_*`` fail instead of bending."""
 
     @model_validator(mode="after")
     def _check_deepspeed(self) -> ScalingConfig:

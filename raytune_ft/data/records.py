@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordSelection", "Split", "read_records", "row_fraction"]
 
-_BLOCK_ROWS = 1024
+_BLOCK_ROWS = 256  # rows per read block, the unit the seeded block shuffle moves
 Split = Literal["train", "eval", "all"]
 
 
@@ -70,7 +70,11 @@ def read_records(paths: list[str], reader: str, selection: RecordSelection, num_
     """Lazy Ray Dataset with columns ``path``, ``row`` and ``record`` (the row as JSON text)."""
     import ray.data
 
-    return ray.data.read_datasource(_datasource(paths, reader, selection), num_cpus=num_cpus)
+    # One read task per file and no further splitting: blocks are the same on any cluster size, so the
+    # seeded block shuffle, and with it a resumed run's data position, do not depend on free CPUs.
+    return ray.data.read_datasource(
+        _datasource(paths, reader, selection), num_cpus=num_cpus, override_num_blocks=len(paths)
+    )
 
 
 def _datasource(paths: list[str], reader: str, selection: RecordSelection) -> Any:

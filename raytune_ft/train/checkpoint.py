@@ -51,11 +51,12 @@ def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig
     """
     weights = core.strategy.full_state_dict(core.model)
     resume_state = core.strategy.save_state(folder, core.model, core.optimizer)
+    torch.save(_rng_state(), folder / _rng_file(_rank()))
     if weights is not None:
         save_weights(core.strategy.unwrap(core.model), folder, weights)
         tokenizer.save_pretrained(folder)
         (folder / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
-        saved = {**resume_state, "scheduler": core.scheduler.state_dict(), "rng": torch.get_rng_state()}
+        saved = {**resume_state, "scheduler": core.scheduler.state_dict()}
         torch.save(saved, folder / OPTIMIZER_FILE)
         (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
     return folder.is_dir() and any(folder.iterdir())
@@ -85,5 +86,33 @@ def restore_state(folder: Path, core: StepCore) -> TrainState:
     saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
     core.strategy.load_state(folder, core.model, core.optimizer, saved)
     core.scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
+    _restore_rng(folder, saved.get("rng"))
     return TrainState(**json.loads((folder / STATE_FILE).read_text()))
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_state_{rank}.pth"  # one per worker: each drew its own dropout masks
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _restore_rng(folder: Path, legacy: torch.Tensor | None) -> None:
+    """This worker's random state as it was at the checkpoint. A run resumed on more workers than
+    saved it gives the new ranks rank 0's state (their dropout masks then repeat rank 0's)."""
+    own, first = folder / _rng_file(_rank()), folder / _rng_file(0)
+    path = own if own.is_file() else first
+    if not path.is_file():  # saved before each worker kept its own: rank 0's, in the optimizer file
+        if legacy is not None:
+            torch.set_rng_state(legacy)
+        return
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
