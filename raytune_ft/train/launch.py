@@ -73,7 +73,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     target = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": WORKER_ENV}
     if target:
-        ray.init(address=target, runtime_env=runtime_env)
+        # Under `ray job submit` the job's runtime_env already sets some of these (cluster/runtime_env.yaml
+        # does), its env vars are in ours, and Ray refuses a ray.init that names the same key twice.
+        ray.init(address=target, runtime_env={"env_vars": {k: v for k, v in WORKER_ENV.items() if k not in os.environ}})
     else:
         ray.init(
             address="local",
@@ -113,7 +115,7 @@ def plan_total_steps(cfg: JobConfig, rows: int) -> int:
 def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     """Train ``cfg`` on Ray and return where the run and its newest checkpoint are."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage = _absolute_storage(cfg.train.storage_path)
@@ -151,7 +153,10 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},
         scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cpus},
+            placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # mypy sees Train V1's RunConfig; V2 is live
             name=cfg.train.run_name,
@@ -161,13 +166,24 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
-        # The validation set is small and an equal split would drop rows to even the shards out;
-        # every worker reads it whole and evaluates every world_size-th batch instead.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=_data_config(cfg),
     )
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return TrainOutcome(run_dir=plan.run_dir, checkpoint=checkpoint, total_steps=total_steps)
+
+
+def _data_config(cfg: JobConfig) -> Any:
+    """Split ``train`` across workers, in a fixed order when ``data.preserve_order`` (exact resume).
+
+    The validation set is small and an equal split would drop rows to even the shards out; every
+    worker reads it whole and evaluates every world_size-th batch instead.
+    """
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = cfg.data.preserve_order  # also turns off locality routing in the split
+    return DataConfig(datasets_to_split=["train"], execution_options={"train": options})
 
 
 def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
