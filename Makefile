@@ -47,6 +47,7 @@ test: lint typecheck
 bench: install
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/tokenize_throughput.py
+	$(BIN)/python bench/resume_time.py
 
 clean:
 	rm -rf saves .pytest_cache .mypy_cache .ruff_cache
