@@ -30,29 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_throughput import job_overrides  # bench/ is this script's first import path
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_DATA = ROOT.parent / "shared" / "bench-data" / "alpaca_1k.json"
 RESULTS = ROOT / "bench" / "results" / "resume_time.json"
 
 
 def overrides(steps: int, save_every: int, kills: int, storage: str) -> list[str]:
+    """The reference configuration (as ``train_throughput.py`` runs it), with checkpoints and retries."""
     return [
-        "model.source=builtin:smollm2-135m-instruct",
-        f"data.dataset={BENCH_DATA}",
-        "data.cutoff_len=512",
-        "adapter.type=lora",
-        "adapter.rank=8",
-        "adapter.alpha=16",
-        "adapter.target=all",
-        "train.per_device_batch_size=4",
-        "train.learning_rate=1e-4",
-        "train.lr_scheduler=cosine",
-        f"train.max_steps={steps}",
-        "train.logging_steps=1",
+        *job_overrides(steps, 2, storage, "resume"),
         f"train.save_steps={save_every}",
-        f"train.storage_path={storage}",
-        "train.run_name=resume",
-        "scaling.num_workers=2",
         f"scaling.max_failures={kills}",
     ]
 

@@ -51,6 +51,7 @@ def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig
     """
     weights = core.strategy.full_state_dict(core.model)
     resume_state = core.strategy.save_state(folder, core.model, core.optimizer)
+    folder.mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(), folder / _rng_file(_rank()))
     if weights is not None:
         save_weights(core.strategy.unwrap(core.model), folder, weights)

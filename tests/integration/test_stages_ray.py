@@ -75,7 +75,7 @@ def test_reward_model_ranks_pairs_and_scores_text(local_ray: None, tiny_model_di
     [["method.loss=sigmoid", "adapter.type=lora", "train.learning_rate=1e-2"],
      ["method.loss=sigmoid", "adapter.type=full", "method.reference=precomputed", "train.learning_rate=1e-3"],
      ["method.loss=ipo", "train.learning_rate=1e-2"],
-     ["method.loss=simpo", "train.learning_rate=1e-2"],
+     ["method.loss=simpo", "method.beta=2.0", "train.learning_rate=1e-2"],  # the SimPO paper's beta: 2-2.5
      ["method.loss=orpo", "method.beta=1.0", "train.learning_rate=1e-2"]],  # lambda 1: the odds term counts
     ids=["sigmoid-lora-adapter-off-reference", "sigmoid-full-precomputed-reference", "ipo", "simpo", "orpo"],
 )  # fmt: skip

@@ -37,4 +37,6 @@ def test_compiled_steps_match_eager(
     assert losses[True] == pytest.approx(losses[False], rel=1e-4), losses
     assert states[True].keys() == states[False].keys(), "compiling in place keeps parameter names"
     for name, weight in states[True].items():
-        torch.testing.assert_close(weight, states[False][name], rtol=1e-4, atol=1e-5)
+        # Adam divides by the gradient's own scale, so a reassociated sum can move a weight whose
+        # gradient is near zero by a visible fraction of lr (2e-5 seen); a missed step moves it by lr.
+        torch.testing.assert_close(weight, states[False][name], rtol=1e-4, atol=1e-4)

@@ -91,8 +91,11 @@ def pairs(tokenizer: Any, n: int = 4) -> dict[str, torch.Tensor]:
 )
 def test_preference_training_widens_the_margin(tiny_model_dir: Path, tokenizer: Any, loss: str, adapter: str) -> None:
     lr = "1e-3" if adapter == "full" else "1e-2"
+    # SimPO's paper uses beta 2-2.5, and ORPO's odds term needs a lambda near 1 to move the margin in 8 steps.
+    beta = {"simpo": "2.0", "orpo": "1.0"}.get(loss, "0.1")
     cfg = job(tiny_model_dir, "method.stage=dpo", f"method.loss={loss}", f"adapter.type={adapter}",
-              "adapter.rank=16", f"train.learning_rate={lr}")  # fmt: skip
+              "adapter.rank=16", f"train.learning_rate={lr}", f"method.beta={beta}")  # fmt: skip
+    torch.manual_seed(0)  # the adapter's initialisation must not depend on the tests run before
     core, _ = build_training(cfg, 20, CPU)
     batch = pairs(tokenizer)
     stats = [core.step([batch]) for _ in range(8)]
