@@ -71,18 +71,18 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     target = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": WORKER_ENV}
     if target:
         # Under `ray job submit` the job's runtime_env already sets some of these (cluster/runtime_env.yaml
         # does), its env vars are in ours, and Ray refuses a ray.init that names the same key twice.
-        ray.init(address=target, runtime_env={"env_vars": {k: v for k, v in WORKER_ENV.items() if k not in os.environ}})
+        unset = {key: value for key, value in WORKER_ENV.items() if key not in os.environ}
+        ray.init(address=target, runtime_env={"env_vars": unset})
     else:
         ray.init(
             address="local",
             num_cpus=num_cpus,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
-            runtime_env=runtime_env,
+            runtime_env={"env_vars": WORKER_ENV},
         )
 
 
