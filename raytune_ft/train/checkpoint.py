@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from raytune_ft.config import JobConfig, dump_config
+from raytune_ft.config import JobConfig, TrainConfig, dump_config
 from raytune_ft.models import (
     ADAPTER_WEIGHTS,
     CONFIG_FILE,
@@ -81,14 +81,31 @@ def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
         raise CheckpointError(f"{folder}: adapter weights do not match this model: {unexpected[:3]}")
 
 
-def restore_state(folder: Path, core: StepCore) -> TrainState:
+def restore_state(folder: Path, core: StepCore, train: TrainConfig | None = None) -> TrainState:
     """Restore optimizer (and a sharded strategy's model shards), scheduler and RNG from ``folder``;
-    return the saved progress. Every worker calls it."""
+    return the saved progress. Every worker calls it.
+
+    With ``train``, its learning rate and weight decay replace the saved ones, so a run resumed
+    with a new ``train.learning_rate`` (or a PBT trial continued from another's checkpoint) follows
+    its own schedule from the saved step on.
+    """
     saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
     core.strategy.load_state(folder, core.model, core.optimizer, saved)
     core.scheduler.load_state_dict(saved["scheduler"])
+    if train is not None:
+        _retarget(core, train)
     _restore_rng(folder, saved.get("rng"))
     return TrainState(**json.loads((folder / STATE_FILE).read_text()))
+
+
+def _retarget(core: StepCore, train: TrainConfig) -> None:
+    scheduler: Any = core.scheduler
+    scheduler.base_lrs = [train.learning_rate] * len(scheduler.base_lrs)
+    for group, factor in zip(core.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = train.learning_rate
+        group["lr"] = train.learning_rate * factor(scheduler.last_epoch)
+        group["weight_decay"] = train.weight_decay
+    scheduler._last_lr = [group["lr"] for group in core.optimizer.param_groups]
 
 
 def _rank() -> int:

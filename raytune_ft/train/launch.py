@@ -24,10 +24,14 @@ from .reference import with_reference_logps
 from .tokenizer import job_tokenizer
 
 __all__ = [
+    "JobData",
     "TrainOutcome",
+    "absolute_storage",
+    "build_trainer",
     "check_resume_compatible",
     "plan_total_steps",
     "prepare_data",
+    "prepare_job_data",
     "run_training",
     "start_ray",
     "worker_cpus",
@@ -115,18 +119,50 @@ def plan_total_steps(cfg: JobConfig, rows: int) -> int:
 def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     """Train ``cfg`` on Ray and return where the run and its newest checkpoint are."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    storage = _absolute_storage(cfg.train.storage_path)
+    storage = absolute_storage(cfg.train.storage_path)
     run_dir = f"{storage.rstrip('/')}/{cfg.train.run_name}"
     check_resume_compatible(cfg, run_dir)
     start_ray(address)
     # Convert a builtin model once, before workers race for it, and fail here on a missing template.
     tokenizer = job_tokenizer(cfg)
-    cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
-    cpus = worker_cpus(cfg, cluster_cpus)
-    spare = max(1, int(cluster_cpus - cpus * cfg.scaling.num_workers))
+    cpus = worker_cpus(cfg, float(ray.cluster_resources().get("CPU", 1)))
+    job_data = prepare_job_data(cfg, tokenizer, cpus * cfg.scaling.num_workers, share=False)
+    total_steps = job_data.total_steps(cfg)
+    has_eval = "eval" in job_data.datasets
+    plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=has_eval, threads=math.ceil(cpus))
+    result = build_trainer(cfg, plan, job_data.datasets, cpus, storage, cfg.train.run_name).fit()
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    return TrainOutcome(run_dir=plan.run_dir, checkpoint=checkpoint, total_steps=total_steps)
+
+
+@dataclass
+class JobData:
+    """The tokenized datasets of a job, ready for ``build_trainer``."""
+
+    datasets: dict[str, Any]
+    """``train`` and, with a validation split, ``eval`` (materialized: every worker reads it whole)."""
+    rows: int | None
+    """Training rows, counted when ``train.max_steps`` is not set (epochs need it)."""
+
+    def total_steps(self, cfg: JobConfig) -> int:
+        """Optimizer steps of a run of ``cfg`` over these rows."""
+        if cfg.train.max_steps is not None:
+            return cfg.train.max_steps
+        assert self.rows is not None, "rows are counted whenever train.max_steps is unset"
+        return plan_total_steps(cfg, self.rows)
+
+
+def prepare_job_data(cfg: JobConfig, tokenizer: Any, training_cpus: float, *, share: bool) -> JobData:
+    """Tokenize (and, for ``method.reference: precomputed``, score) the job's rows on Ray Data.
+
+    ``training_cpus`` are the CPUs the training workers will hold; the tokenizer actors get the rest.
+    ``share``: several runs read the rows (a sweep), so the training rows are materialized in the
+    object store once instead of streamed into one run.
+    """
+    import ray
+
+    spare = max(1, int(float(ray.cluster_resources().get("CPU", 1)) - training_cpus))
     prepared = prepare_data(cfg, tokenizer, concurrency=cfg.data.tokenize_concurrency or spare)
     if cfg.method.needs_reference and cfg.method.reference == "precomputed":
         print("raytune_ft: scoring the rows with the reference model (method.reference: precomputed) ...", flush=True)
@@ -136,20 +172,32 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
             if prepared.eval is not None
             else None,
         )
-    dataset = prepared.train
-    if cfg.train.max_steps is not None:
-        total_steps = cfg.train.max_steps
-    else:  # epochs need a row count: tokenize once into the object store, then count
-        dataset = dataset if cfg.data.tokenized_path else dataset.materialize()
-        total_steps = plan_total_steps(cfg, dataset.count())
-    datasets = {"train": dataset}
+    train, rows = prepared.train, None
+    if cfg.train.max_steps is None or share:  # epochs need a row count: tokenize once, then count
+        train = train if cfg.data.tokenized_path else train.materialize()
+        rows = train.count() if cfg.train.max_steps is None else None
+    datasets = {"train": train}
     if prepared.eval is not None:
         datasets["eval"] = prepared.eval.materialize()
         print(f"raytune_ft: {datasets['eval'].count()} validation rows held out", flush=True)
-    plan = RunPlan(
-        total_steps=total_steps, run_dir=run_dir, has_eval=prepared.eval is not None, threads=math.ceil(cpus)
-    )
-    trainer = TorchTrainer(
+    return JobData(datasets=datasets, rows=rows)
+
+
+def build_trainer(
+    cfg: JobConfig,
+    plan: RunPlan,
+    datasets: dict[str, Any],
+    cpus: float,
+    storage: str,
+    name: str,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The TorchTrainer of one run: ``cfg.scaling`` workers with ``cpus`` each, checkpoints in
+    ``storage/name``; ``callbacks`` are Ray Train ``UserCallback``s."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},
         scaling_config=ScalingConfig(
@@ -159,18 +207,16 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
             placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # mypy sees Train V1's RunConfig; V2 is live
-            name=cfg.train.run_name,
+            name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.save_total_limit),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or [],
         ),
         datasets=datasets,
         dataset_config=_data_config(cfg),
     )
-    result = trainer.fit()
-    checkpoint = result.checkpoint.path if result.checkpoint else None
-    return TrainOutcome(run_dir=plan.run_dir, checkpoint=checkpoint, total_steps=total_steps)
 
 
 def _data_config(cfg: JobConfig) -> Any:
@@ -233,7 +279,7 @@ def prepare_data(cfg: JobConfig, tokenizer: Any, concurrency: int) -> PreparedDa
     return prepared
 
 
-def _absolute_storage(storage_path: str) -> str:
+def absolute_storage(storage_path: str) -> str:
     if "://" in storage_path:
         return storage_path
     return str(Path(storage_path).expanduser().resolve())

@@ -57,6 +57,9 @@ class RunPlan:
     threads: int = 0
     """Intra-op threads per worker on CPU: its reserved CPUs rounded up (0 leaves torch's choice).
     Ray starts a worker with 1.5 CPUs with one OpenMP thread; it may use 2."""
+    start_from: str | None = None
+    """A checkpoint (of another run) to start from while this run has none of its own: a PBT trial
+    continuing another trial's state. Ray Train V2 dropped ``resume_from_checkpoint`` for this."""
 
 
 def build_training(
@@ -97,9 +100,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(plan.threads)
     torch.manual_seed(cfg.train.seed)
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and plan.start_from is not None:
+        checkpoint = ray.train.Checkpoint(plan.start_from)
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as folder:
         core, tokenizer = build_training(cfg, plan.total_steps, device, Path(folder) if folder else None)
-        state = restore_state(Path(folder), core) if folder else TrainState()
+        state = restore_state(Path(folder), core, cfg.train) if folder else TrainState()
     collate = collator(cfg, core.strategy.unwrap(core.model), tokenizer.pad_token_id)
     if rank == 0:
         _announce(core, cfg, plan, state)

@@ -102,7 +102,7 @@ def test_checkpoint_restores_weights_optimizer_and_progress(
     save_checkpoint(tmp_path, core, tok, cfg, TrainState(global_step=3, epoch=1, batches_in_epoch=2))
 
     resumed, _ = build_training(cfg, 10, CPU, checkpoint=tmp_path)
-    state = restore_state(tmp_path, resumed)
+    state = restore_state(tmp_path, resumed, cfg.train)
     assert state == TrainState(global_step=3, epoch=1, batches_in_epoch=2)
     assert resumed.scheduler.last_epoch == core.scheduler.last_epoch == 3
     for (name, a), (_, b) in zip(core.model.named_parameters(), resumed.model.named_parameters(), strict=True):
@@ -119,3 +119,23 @@ def test_checkpoint_restores_weights_optimizer_and_progress(
     for (name, x), (_, y) in zip(core.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         torch.testing.assert_close(x, y, msg=name)
     assert (tmp_path / "raytune_ft.yaml").is_file() and (tmp_path / "tokenizer.json").is_file()
+
+
+def test_resume_with_a_new_learning_rate_follows_the_new_schedule(
+    tiny_model_dir: Path, tokenizer: Any, tmp_path: Path
+) -> None:
+    """A run resumed under another train.learning_rate (as a PBT trial continued from another trial's
+    checkpoint is) continues the cosine schedule from the saved step at the new peak, not the saved one."""
+    cfg = job(tiny_model_dir, "train.learning_rate=1e-3", "train.weight_decay=0.0")
+    core, tok = build_training(cfg, 10, CPU)
+    for _ in range(3):
+        core.step([identity_batch(tokenizer, 4)])
+    save_checkpoint(tmp_path, core, tok, cfg, TrainState(global_step=3))
+
+    faster = job(tiny_model_dir, "train.learning_rate=4e-3", "train.weight_decay=0.01")
+    resumed, _ = build_training(faster, 10, CPU, checkpoint=tmp_path)
+    restore_state(tmp_path, resumed, faster.train)
+    a, b = core.step([identity_batch(tokenizer, 4)]), resumed.step([identity_batch(tokenizer, 4)])
+    assert b.lr == pytest.approx(4 * a.lr, rel=1e-6)
+    assert a.lr < 1e-3, "the schedule continued from step 3, it did not restart at the peak"
+    assert [g["weight_decay"] for g in resumed.optimizer.param_groups] == [0.01]
