@@ -1,4 +1,4 @@
-"""``raytune-ft``: the command line over every stage (train, validate, data preview, chat).
+"""``raytune-ft``: the command line over every stage (train, tune, validate, data preview, chat).
 
 Each subcommand parses its arguments, loads config through the one loader, and calls a single
 library function; errors raised for bad input are printed as one readable message, no traceback.
@@ -19,6 +19,7 @@ _EPILOG = """examples:
   raytune-ft train configs/quickstart.yaml
   raytune-ft train configs/quickstart.yaml train.max_steps=10 scaling.num_workers=1
   ray job submit --working-dir . -- raytune-ft train configs/quickstart.yaml
+  raytune-ft tune configs/tune_lora.yaml
   raytune-ft data preview configs/quickstart.yaml -n 2
   raytune-ft chat --adapter saves/quickstart --prompt "Who are you?"
 """
@@ -35,6 +36,29 @@ def _train(args: argparse.Namespace) -> int:
         flag = "--adapter" if cfg.adapter.type == "lora" else "--model"
         print(f'raytune_ft: try it: raytune-ft chat {flag} {outcome.run_dir} --prompt "Hello"')
     return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from raytune_ft.tune import format_table, run_sweep
+
+    cfg = load_config(args.config, args.overrides)
+    outcome = run_sweep(cfg, address=args.address)
+    best, files = outcome.best, outcome.files
+    print(format_table(outcome.rows, cfg.tune.metric, best))
+    print(f"raytune_ft: results in {files.csv} and {files.json}")
+    if best is None or files.best_config is None:
+        print(f"raytune_ft: no trial reported {cfg.tune.metric} yet; nothing to rank")
+    else:
+        drawn = ", ".join(f"{key}={value}" for key, value in best.values.items())
+        print(f"raytune_ft: best trial {best.trial_id}: {cfg.tune.metric} {best.metric:.4f} with {drawn}")
+        print(f"raytune_ft: best checkpoint {best.checkpoint}")
+        print(f"raytune_ft: best config {files.best_config}; train it: raytune-ft train {files.best_config}")
+    if outcome.interrupted:
+        unfinished = sum(row.status == "unfinished" for row in outcome.rows)
+        print(f"raytune_ft: sweep interrupted ({unfinished} trial(s) unfinished, {outcome.unstarted} not started): "
+              "run the same command again to continue it", file=sys.stderr)  # fmt: skip
+        return 130
+    return 0 if best is not None else 1
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -115,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(train)
     train.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
     train.set_defaults(func=_train)
+
+    tune = sub.add_parser(
+        "tune",
+        help="sweep hyperparameters with Ray Tune: every trial a distributed training run",
+        description="Runs the sweep in the config's tune: section (search space over dotted keys, ASHA/PBT/FIFO) "
+        "on Ray Tune. The data is tokenized once for all trials. Results go to "
+        "train.storage_path/train.run_name (results.csv, results.json, best_config.yaml); re-running the "
+        "same command continues an interrupted sweep.",
+    )
+    _config_args(tune)
+    tune.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    tune.set_defaults(func=_tune)
 
     validate = sub.add_parser("validate", help="check a config without running it")
     _config_args(validate)

@@ -66,9 +66,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
     return folder
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A private local Ray per test module (never joins another cluster on the machine)."""
+def _start_local_ray(tmp_path_factory: pytest.TempPathFactory, dashboard: bool) -> None:
     import ray
 
     from raytune_ft.train.launch import WORKER_ENV
@@ -80,10 +78,31 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     ray.init(
         address="local",
         num_cpus=2,
-        include_dashboard=False,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
         runtime_env={"env_vars": env},
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
     )
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A private local Ray per test module (never joins another cluster on the machine)."""
+    import ray
+
+    _start_local_ray(tmp_path_factory, dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray_with_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``local_ray`` with its dashboard (on 127.0.0.1), as ``raytune-ft`` starts it: Ray Train's
+    placement-group cleaner needs its State API to free the resources of a run whose trial was
+    stopped (a sweep's early-stopped or interrupted trials)."""
+    import ray
+
+    _start_local_ray(tmp_path_factory, dashboard=True)
     yield
     ray.shutdown()
 

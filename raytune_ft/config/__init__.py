@@ -9,6 +9,7 @@ from .loader import (
     llamafactory_translation,
     load_config,
     parse_overrides,
+    with_values,
 )
 from .schema import (
     AdapterConfig,
@@ -18,6 +19,7 @@ from .schema import (
     MethodConfig,
     ModelConfig,
     ScalingConfig,
+    SearchDimension,
     ServeConfig,
     TrackingConfig,
     TrainConfig,
@@ -35,6 +37,7 @@ __all__ = [
     "MethodConfig",
     "ModelConfig",
     "ScalingConfig",
+    "SearchDimension",
     "ServeConfig",
     "TrackingConfig",
     "TrainConfig",
@@ -43,4 +46,5 @@ __all__ = [
     "llamafactory_translation",
     "load_config",
     "parse_overrides",
+    "with_values",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "llamafactory_translation",
     "load_config",
     "parse_overrides",
+    "with_values",
 ]
 
 
@@ -57,6 +58,17 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> JobCo
             listed = "; ".join(f"{key} ({why})" for key, why in translation.ignored.items())
             warnings.warn(f"{source}: LLaMA-Factory keys accepted but not used: {listed}", ConfigWarning, stacklevel=2)
     for key, value in parse_overrides(overrides).items():
+        _set_dotted(raw, key, value, source)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source)) from None
+
+
+def with_values(cfg: JobConfig, values: Mapping[str, Any], source: str = "<sweep>") -> JobConfig:
+    """``cfg`` with dotted keys set to ``values`` (a sweep trial's draw), validated again."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in values.items():
         _set_dotted(raw, key, value, source)
     try:
         return JobConfig.model_validate(raw)

@@ -7,13 +7,18 @@ what ``raytune-ft validate --explain`` and the dashboard show.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import difflib
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "PBT_KEYS",
     "REFERENCE_FREE_LOSSES",
     "ROW_FORMATS",
+    "SEARCH_FORMS",
+    "SWEEP_DATA_KEYS",
+    "SWEEP_FROZEN",
     "AdapterConfig",
     "DataConfig",
     "ExportConfig",
@@ -21,6 +26,7 @@ __all__ = [
     "MethodConfig",
     "ModelConfig",
     "ScalingConfig",
+    "SearchDimension",
     "Section",
     "ServeConfig",
     "TrackingConfig",
@@ -415,13 +421,127 @@ def _check_deepspeed_file(path: str) -> None:
     _check_zero(zero.get("stage", 0), offload, f"deepspeed: {path}: zero_optimization")
 
 
-# The sections below are reserved: the stages that read them (sweeps, serving, export, tracking)
-# define their fields when they land. Until then any key in them is rejected as unknown, rather
-# than accepted and silently ignored.
+class SearchDimension(Section):
+    """How one config key varies across a sweep's trials: exactly one of these forms."""
+
+    choice: list[Any] | None = None
+    """Each trial draws one of these values at random."""
+
+    grid: list[Any] | None = None
+    """Every value is tried: each of the ``num_samples`` samples runs once per grid value (per
+    combination, with several grid keys)."""
+
+    uniform: tuple[float, float] | None = None
+    """A float drawn uniformly from ``[low, high]``."""
+
+    loguniform: tuple[float, float] | None = None
+    """A float drawn uniformly in log space from ``[low, high]`` (learning rates, betas); both > 0."""
+
+    randint: tuple[int, int] | None = None
+    """An integer drawn from ``low`` to ``high``, both included."""
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SearchDimension:
+        given = [name for name in SEARCH_FORMS if getattr(self, name) is not None]
+        if len(given) != 1:
+            shown = ", ".join(given) if given else "none"
+            raise ValueError(f"give exactly one of {', '.join(SEARCH_FORMS)} (got {shown})")
+        values = getattr(self, given[0])
+        if given[0] in ("choice", "grid") and not values:
+            raise ValueError(f"{given[0]} needs at least one value")
+        if given[0] in ("uniform", "loguniform", "randint") and not values[0] < values[1]:
+            raise ValueError(f"{given[0]} needs [low, high] with low < high (got {list(values)})")
+        if given[0] == "loguniform" and values[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0 (got {values[0]})")
+        return self
+
+    @property
+    def form(self) -> str:
+        """The form given: one of ``SEARCH_FORMS``."""
+        return next(name for name in SEARCH_FORMS if getattr(self, name) is not None)
+
+    @property
+    def values(self) -> list[Any]:
+        """The listed values (choice, grid) or the two bounds, the values checked against the config."""
+        return list(getattr(self, self.form))
+
+
+SEARCH_FORMS = ("choice", "grid", "uniform", "loguniform", "randint")
+"""The forms of a ``tune.space`` entry."""
+
+SWEEP_FROZEN = ("tune.", "scaling.", "train.run_name", "train.storage_path", "model.source", "method.stage",
+                "method.reference", "data.")  # fmt: skip
+"""Keys a sweep cannot vary: its own settings, the trials' resources, where runs go, and whatever
+shapes the tokenized rows that all trials share (``SWEEP_DATA_KEYS`` are the exceptions)."""
+
+SWEEP_DATA_KEYS = ("data.padding_free", "data.preserve_order")
+"""Data keys that only change how the shared tokenized rows are batched, so a sweep may vary them."""
+
+PBT_KEYS = ("train.", "method.")
+"""PBT continues a trial from another's checkpoint with new values; only these sections leave the
+saved weights usable (the model and adapter must stay what the checkpoint holds)."""
 
 
 class TuneConfig(Section):
-    """Hyperparameter sweeps (``raytune-ft tune``); no settings yet."""
+    space: dict[str, SearchDimension] = Field(default_factory=dict)
+    """The search space of ``raytune-ft tune``: dotted config keys mapped to how they vary, e.g.
+    ``train.learning_rate: {loguniform: [1.0e-5, 1.0e-3]}`` or ``adapter.rank: {choice: [8, 16]}``.
+    Every other key keeps this file's value in every trial."""
+
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    """Trial scheduler: ``asha`` stops trials whose ``metric`` trails the others' at the same step
+    (asynchronous successive halving), ``pbt`` (population based training) periodically restarts the
+    worst trials from the best ones' checkpoints with perturbed values, ``fifo`` runs every trial to
+    the end."""
+
+    num_samples: int | None = Field(default=None, ge=1)
+    """Trials drawn from the space; with ``grid`` keys, each draw runs every grid value. Default: 1 when
+    every key is a grid, else 4."""
+
+    metric: str = "eval_loss"
+    """Reported metric that ranks trials: ``eval_loss`` (needs ``data.val_size`` or
+    ``data.eval_dataset``), another ``eval_*`` metric of the objective, or the training ``loss``."""
+
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (``min``) or higher (``max``, e.g. ``eval_accuracy``) ``metric`` is better."""
+
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+    """Trials running at once. Default: as many as the cluster's CPUs (GPUs with ``use_gpu``) hold,
+    each trial taking its workers' share."""
+
+    grace_period: int | None = Field(default=None, ge=1)
+    """ASHA: optimizer steps every trial trains before it may be stopped. Default: its first
+    evaluation (``train.eval_steps``, else ``train.save_steps``)."""
+
+    reduction_factor: float = Field(default=3.0, gt=1)
+    """ASHA: at each rung (``grace_period`` x ``reduction_factor``^k steps) only the best
+    1/``reduction_factor`` of trials continue."""
+
+    perturbation_interval: int | None = Field(default=None, ge=1)
+    """PBT: optimizer steps between exploit/explore rounds. Default: ``train.save_steps``, the
+    checkpoint interval (a trial restarts from the other's newest checkpoint)."""
+
+    scaling: ScalingConfig | None = None
+    """Workers, CPUs and strategy of each trial, a ``scaling`` section of its own. Default: the
+    top-level ``scaling``. The best trial's config file carries the scaling it ran with."""
+
+    @field_validator("space")
+    @classmethod
+    def _check_keys(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        for key in space:
+            frozen = [p for p in SWEEP_FROZEN if key == p or (p.endswith(".") and key.startswith(p))]
+            if frozen and key not in SWEEP_DATA_KEYS:
+                raise ValueError(
+                    f"{key!r} cannot be swept: trials share one tokenized dataset, one storage folder and the "
+                    "resources in tune.scaling. Sweep train.*, adapter.*, method.* (not stage/reference) or model.* "
+                    "keys, or run separate sweeps"
+                )
+        return space
+
+
+# The sections below are reserved: the stages that read them (serving, export, tracking) define their
+# fields when they land. Until then any key in them is rejected as unknown, rather than accepted and
+# silently ignored.
 
 
 class ServeConfig(Section):
@@ -466,6 +586,24 @@ class JobConfig(Section):
 
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """Experiment tracking."""
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> JobConfig:
+        space = self.tune.space
+        if self.tune.scheduler == "pbt" and (outside := [k for k in space if not k.startswith(PBT_KEYS)]):
+            raise ValueError(
+                "tune.scheduler pbt continues trials from other trials' checkpoints, so it can vary only train.* "
+                f"and method.* keys, not {', '.join(outside)}; sweep those with asha or fifo"
+            )
+        base = self.model_dump(mode="json", exclude={"tune"})
+        for key, dimension in space.items():
+            _check_swept_key(key)
+            values = dimension.values
+            if dimension.form in ("uniform", "loguniform"):
+                values.append(values[0] + 0.37 * (values[1] - values[0]))  # a typical draw, not a bound
+            for value in values:
+                _check_swept_value(base, key, value)
+        return self
 
     @model_validator(mode="after")
     def _check_gpu_dtype(self) -> JobConfig:
@@ -522,3 +660,29 @@ class JobConfig(Section):
         if self.scaling.strategy != "ddp":
             raise ValueError(f"model.quantization_bit runs with scaling.strategy ddp, not {self.scaling.strategy!r}")
         return self
+
+
+def _check_swept_key(key: str) -> None:
+    section, _, name = key.partition(".")
+    model = JobConfig.model_fields.get(section)
+    fields = model.annotation.model_fields if model is not None and isinstance(model.annotation, type) else {}
+    if name in fields and "." not in name:
+        return
+    sections = JobConfig.model_fields.items()
+    known = [f"{s}.{f}" for s, info in sections for f in getattr(info.annotation, "model_fields", {})]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "; give section.key, e.g. train.learning_rate"
+    raise ValueError(f"tune.space: {key!r} is not a config key{hint}")
+
+
+def _check_swept_value(base: dict[str, Any], key: str, value: Any) -> None:
+    section, name = key.split(".")
+    trial = {**base, section: {**base[section], name: value}}
+    try:
+        JobConfig.model_validate(trial)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise ValueError(
+            f"tune.space.{key}: a trial with {key}={value!r} is not a valid config: {where}: {problem['msg']}"
+        ) from None
