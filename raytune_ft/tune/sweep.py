@@ -74,6 +74,11 @@ def check_sweep(cfg: JobConfig) -> None:
             "tune.space is empty: give the keys to sweep, e.g. tune.space: {train.learning_rate: "
             "{loguniform: [1.0e-5, 1.0e-3]}}"
         )
+    if "://" in cfg.train.storage_path:
+        raise ConfigError(
+            f"train.storage_path {cfg.train.storage_path}: a sweep keeps its folder on a filesystem path (local, or a "
+            "mount every node shares such as NFS); storage URIs (s3://, gs://) work for train but not yet for tune"
+        )
     if cfg.tune.metric.startswith("eval_") and not (cfg.data.val_size or cfg.data.eval_dataset):
         raise ConfigError(
             f"tune.metric {cfg.tune.metric} is measured on a validation split, and this config has none: set "

@@ -103,6 +103,9 @@ def test_a_sweep_needs_keys_and_a_validation_split_for_eval_metrics(tmp_path: Pa
         check_sweep(no_eval)
     check_sweep(no_eval.model_copy(update={"tune": no_eval.tune.model_copy(update={"metric": "loss"})}))
     check_sweep(sweep(tmp_path, {"space": {"train.learning_rate": {"choice": [1e-3]}}}, data={"val_size": 0.1}))
+    with pytest.raises(ConfigError, match=r"storage URIs \(s3://, gs://\) work for train but not yet for tune"):
+        check_sweep(load_config(None, ["tune.space={adapter.rank: {choice: [4]}}", "tune.metric=loss",
+                                       "train.storage_path=s3://bucket/saves"]))  # fmt: skip
 
 
 def test_trials_use_tune_scaling_and_fit_the_cluster(tmp_path: Path) -> None:
