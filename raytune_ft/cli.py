@@ -1,4 +1,4 @@
-"""``raytune-ft``: the command line over every stage (train, tune, validate, data preview, chat).
+"""``raytune-ft``: the command line over every stage (train, tune, serve, validate, data preview, chat).
 
 Each subcommand parses its arguments, loads config through the one loader, and calls a single
 library function; errors raised for bad input are printed as one readable message, no traceback.
@@ -22,6 +22,8 @@ _EPILOG = """examples:
   raytune-ft tune configs/tune_lora.yaml
   raytune-ft data preview configs/quickstart.yaml -n 2
   raytune-ft chat --adapter saves/quickstart --prompt "Who are you?"
+  raytune-ft serve --checkpoint saves/quickstart
+  raytune-ft serve configs/serve.yaml serve.port=8001
 """
 
 
@@ -59,6 +61,18 @@ def _tune(args: argparse.Namespace) -> int:
               "run the same command again to continue it", file=sys.stderr)  # fmt: skip
         return 130
     return 0 if best is not None else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raytune_ft.serve import load_plan, run_server
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).is_file():  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    run_server(load_plan(config, args.checkpoint, overrides), address=args.address)
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -151,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(tune)
     tune.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
     tune.set_defaults(func=_tune)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model, export or run on an OpenAI-compatible endpoint (Ray Serve + vLLM)",
+        description="Starts vLLM replicas on Ray Serve behind /v1/models, /v1/chat/completions, /v1/completions "
+        "(streaming too) and /health, on serve.host:serve.port (default 127.0.0.1:8000), until Ctrl-C. "
+        "LoRA adapters are requested as model BASE:RUN (newest checkpoint) or BASE:RUN:STEP; checkpoints "
+        "written after the start are servable at once. With --checkpoint and no CONFIG, the run's own "
+        "config supplies the serve settings.",
+    )
+    serve.add_argument("config", nargs="?", help="job YAML with a serve: section (default: the checkpoint's)")
+    serve.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. serve.port=8001 serve.num_replicas=2"
+    )
+    serve.add_argument("--checkpoint", help="a training run directory (its newest checkpoint) or one checkpoint")
+    serve.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a config without running it")
     _config_args(validate)

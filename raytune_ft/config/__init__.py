@@ -12,7 +12,9 @@ from .loader import (
     with_values,
 )
 from .schema import (
+    SERVED_NAME,
     AdapterConfig,
+    AutoscalingConfig,
     DataConfig,
     ExportConfig,
     JobConfig,
@@ -27,7 +29,9 @@ from .schema import (
 )
 
 __all__ = [
+    "SERVED_NAME",
     "AdapterConfig",
+    "AutoscalingConfig",
     "ConfigError",
     "ConfigWarning",
     "DataConfig",

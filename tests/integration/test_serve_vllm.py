@@ -1,0 +1,233 @@
+"""The OpenAI-compatible endpoint for real: vLLM replicas of the builtin model on Ray Serve (local Ray),
+called through the ``openai`` client. One app serves the whole module (an engine takes about a
+minute to start here): the base model, a LoRA run with two checkpoints, a run with its own chat
+template, and runs that appear under the adapter root while it is up.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from raytune_ft.config import dump_config, load_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+KEY = "test-key"
+LIMIT = 64
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QUESTION = [{"role": "user", "content": "Who are you?"}]
+
+
+def adapter_checkpoint(base: Path, run: Path, step: int, seed: int, template: str | None = None) -> Path:
+    """A LoRA checkpoint in raytune_ft's layout whose (random, non-zero) adapter visibly changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = run / f"checkpoint-{step:06d}"
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            weight.data.normal_(0, 0.05, generator=generator)
+    model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if template is not None:
+        tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (folder / "raytune_ft.yaml").write_text(dump_config(load_config(None, [f"train.run_name={run.name}"])))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class App:
+    def __init__(self, url: str, model: str, root: Path, runs: Path, base: Path) -> None:
+        self.url, self.model, self.root, self.runs, self.base = url, model, root, runs, base
+
+    def client(self, key: str = KEY, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def app(local_ray: None, builtin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    from ray import serve
+
+    from raytune_ft.serve import plan_serving, start_server
+
+    runs, root = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("saves")
+    adapter_checkpoint(builtin_dir, runs / "demo", 1, seed=1)
+    adapter_checkpoint(builtin_dir, runs / "demo", 2, seed=2)
+    adapter_checkpoint(builtin_dir, runs / "styled", 1, seed=3, template=PLAIN_TEMPLATE)
+    cfg = load_config(None, [
+        f"serve.adapters={{demo: {runs / 'demo'}, styled: {runs / 'styled'}}}", f"serve.adapter_root={root}",
+        f"serve.port={free_port()}", f"serve.api_key={KEY}", f"serve.max_tokens_limit={LIMIT}",
+        "serve.max_model_len=512", "serve.dtype=float32", "serve.enforce_eager=true",
+        "serve.num_replicas=2", "serve.cpus_per_replica=0.5",
+    ])  # fmt: skip
+    plan = plan_serving(cfg)
+    url = start_server(plan)
+    yield App(url, plan.model_id, root, runs, builtin_dir)
+    serve.shutdown()
+
+
+def chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]] = QUESTION, **kwargs: Any) -> Any:
+    return client.chat.completions.create(
+        model=model, messages=messages, **{"max_tokens": 16, "temperature": 0, **kwargs}
+    )
+
+
+def test_health_is_open_and_every_other_route_needs_the_key(app: App) -> None:
+    health = httpx.get(f"{app.url}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert httpx.get(f"{app.url}/v1/models").status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        chat(app.client("wrong-key"), app.model)
+    models = [m.id for m in app.client().models.list().data]
+    base = app.model
+    assert models == [base, f"{base}:demo", f"{base}:demo:1", f"{base}:demo:2", f"{base}:styled", f"{base}:styled:1"]
+
+
+def test_stream_matches_the_plain_reply(app: App) -> None:
+    client = app.client()
+    plain = chat(client, app.model, max_tokens=24)
+    chunks = list(chat(client, app.model, max_tokens=24, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text == plain.choices[0].message.content and len(text) > 10
+    assert finish == [plain.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens == 24
+
+
+def test_sampling_parameters_are_honoured(app: App) -> None:
+    client = app.client()
+    three = chat(client, app.model, n=3, temperature=1.0, top_p=0.9, seed=7)
+    again = chat(client, app.model, n=3, temperature=1.0, top_p=0.9, seed=7)
+    assert len(three.choices) == 3
+    assert [c.message.content for c in three.choices] == [c.message.content for c in again.choices]
+    assert len({c.message.content for c in three.choices}) > 1  # sampled, not three greedy copies
+    stopped = client.completions.create(model=app.model, prompt="One, two, three, four,", max_tokens=LIMIT,
+                                        temperature=0, stop=[","])  # fmt: skip
+    assert stopped.choices[0].finish_reason == "stop" and "," not in stopped.choices[0].text
+    short = client.completions.create(model=app.model, prompt="Once upon a time", max_tokens=5, temperature=0)
+    assert short.usage.completion_tokens == 5 and short.choices[0].finish_reason == "length"
+
+
+def test_adapters_change_the_answer_and_bring_their_chat_template(app: App) -> None:
+    from transformers import AutoTokenizer
+
+    client = app.client()
+    answers = {m: chat(client, m) for m in (app.model, f"{app.model}:demo:1", f"{app.model}:demo")}
+    assert answers[f"{app.model}:demo"].model == f"{app.model}:demo:2"  # the newest checkpoint
+    assert len({a.choices[0].message.content for a in answers.values()}) == 3
+    tokenizer = AutoTokenizer.from_pretrained(app.base)
+    for model, template in ((app.model, None), (f"{app.model}:styled", PLAIN_TEMPLATE)):
+        text = tokenizer.apply_chat_template(
+            QUESTION, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        expected = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert chat(client, model).usage.prompt_tokens == expected, model
+    # A client cannot swap the template of the model it calls.
+    forced = chat(client, app.model, extra_body={"chat_template": PLAIN_TEMPLATE})
+    assert forced.usage.prompt_tokens == answers[app.model].usage.prompt_tokens
+
+
+def test_checkpoints_written_while_serving_are_servable_at_once(app: App) -> None:
+    client = app.client()
+    adapter_checkpoint(app.base, app.runs / "demo", 3, seed=4)
+    adapter_checkpoint(app.base, app.root / "later", 5, seed=5)
+    assert chat(client, f"{app.model}:demo").model == f"{app.model}:demo:3"
+    assert chat(client, f"{app.model}:later").model == f"{app.model}:later:5"
+    assert {f"{app.model}:demo:3", f"{app.model}:later:5"} <= {m.id for m in client.models.list().data}
+
+
+def test_bad_requests_get_clear_4xx_answers(app: App) -> None:
+    client = app.client(max_retries=0)
+    with pytest.raises(openai.BadRequestError, match=f"above this endpoint's limit of {LIMIT}"):
+        chat(client, app.model, max_tokens=LIMIT + 1)
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 512"):
+        client.chat.completions.create(model=app.model, messages=[{"role": "user", "content": "hi " * 600}])
+    with pytest.raises(openai.BadRequestError, match="an adapter is named"):
+        chat(client, f"{app.model}:../demo")
+    with pytest.raises(openai.NotFoundError, match="has no checkpoint at step 9"):
+        chat(client, f"{app.model}:demo:9")
+    with pytest.raises(openai.NotFoundError):
+        chat(client, "some-other-model")
+    unbounded = chat(client, app.model, max_tokens=None, messages=[{"role": "user", "content": "Tell a long story."}])
+    assert unbounded.usage.completion_tokens <= LIMIT
+
+
+def test_serve_yaml_builds_the_same_app(app: App) -> None:
+    import yaml
+
+    from raytune_ft.serve import build_app
+
+    root = Path(__file__).parents[2]
+    spec = yaml.safe_load((root / "cluster" / "serve.yaml").read_text())["applications"][0]
+    assert spec["import_path"] == "raytune_ft.serve:build_app"
+    args = {**spec["args"], "config": str(root / spec["args"]["config"])}
+    built = build_app(args)
+    assert built._bound_deployment.name == "OpenAiIngress"
+
+
+def test_killing_a_replica_under_16_streams_recovers(app: App) -> None:
+    import ray
+    from ray import serve
+
+    client = app.client(max_retries=0, timeout=120)
+    started = threading.Barrier(17)
+
+    def stream(i: int) -> str:
+        chunks = chat(client, app.model, max_tokens=48, temperature=0.8, seed=i, stream=True)
+        pieces = []
+        try:
+            for n, chunk in enumerate(chunks):
+                if n == 1:
+                    started.wait(timeout=120)
+                pieces += [c.delta.content or "" for c in chunk.choices]
+        except (openai.APIError, httpx.HTTPError) as err:
+            return f"error: {type(err).__name__}"
+        return "".join(pieces)
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(stream, i) for i in range(16)]
+        started.wait(timeout=180)  # every stream has its first tokens
+        victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "LLMServer" in a["name"])
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+        outcomes = [f.result(timeout=300) for f in futures]
+    assert all(outcomes), outcomes  # every stream ended, none hung
+    assert sum(not o.startswith("error:") for o in outcomes) >= 1  # the surviving replica's streams finished
+    # New requests succeed at once on the survivor, and Serve brings the deployment back to two replicas.
+    assert all(chat(client, app.model).choices[0].message.content for _ in range(4))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = serve.status().applications["raytune-ft"]
+        servers = [d for name, d in status.deployments.items() if name.startswith("LLMServer")]
+        if status.status == "RUNNING" and servers[0].replica_states.get("RUNNING") == 2:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"the deployment did not recover: {serve.status().applications['raytune-ft']}")
+    assert chat(client, app.model).usage.completion_tokens == 16
