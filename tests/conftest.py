@@ -3,6 +3,7 @@ from configs, so unit tests exercise real tokenizers and real transformer code i
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +126,52 @@ def identity_batch(tokenizer: Any) -> Any:
         return pad_batch([ids for ids, _ in encoded], [labels for _, labels in encoded], tokenizer.pad_token_id)
 
     return make
+
+
+def make_adapter_checkpoint(
+    base: Path, run: Path, step: int, seed: int, template: str | None = None, source: str = BUILTIN
+) -> Path:
+    """A LoRA checkpoint of ``base`` in raytune_ft's layout whose random, non-zero adapter visibly changes
+    the output; ``template`` replaces the chat template saved with it, ``source`` is its model.source."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raytune_ft.config import dump_config, load_config
+
+    folder = run / f"checkpoint-{step:06d}"
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            weight.data.normal_(0, 0.05, generator=generator)
+    model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if template is not None:
+        tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    cfg = load_config(None, [f"model.source={source}", f"train.run_name={run.name}"])
+    (folder / "raytune_ft.yaml").write_text(dump_config(cfg))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def adapter_checkpoint() -> Any:
+    """``adapter_checkpoint(base, run_dir, step, seed, template=None, source=BUILTIN)``: see make_adapter_checkpoint."""
+    return make_adapter_checkpoint
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Any:
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    return pick

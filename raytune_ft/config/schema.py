@@ -579,6 +579,11 @@ class ServeConfig(Section):
     """A folder of run directories (like ``saves``): each run in it is servable as ``BASE:RUN``, also
     runs started after the app."""
 
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    """What generates: ``vllm`` (vLLM replicas through Ray Serve LLM: continuous batching, the fast
+    path), ``hf`` (Hugging Face ``generate``, one request at a time per replica: a fallback), or
+    ``auto``: vLLM when it is installed, else hf."""
+
     host: str = "127.0.0.1"
     """Address the HTTP endpoint binds to; ``0.0.0.0`` exposes it to the network."""
 
@@ -621,6 +626,11 @@ class ServeConfig(Section):
 
     enforce_eager: bool = False
     """Skip vLLM's graph compilation: starts faster (about 30 s instead of 90 s on CPU), runs a little slower."""
+
+    stream_batch_ms: float = Field(default=0.0, ge=0)
+    """How long a replica gathers streamed tokens before sending them on to the client. 0 sends each at
+    once (lowest time to first token and inter-token latency); tens of ms (Ray Serve LLM's default is 50)
+    cut the per-message overhead when replicas stream thousands of tokens a second."""
 
     kv_cache_gib: float = Field(default=1.0, gt=0)
     """CPU engines: memory for the KV cache in GiB (``VLLM_CPU_KVCACHE_SPACE``)."""

