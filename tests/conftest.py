@@ -70,9 +70,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
 def _start_local_ray(tmp_path_factory: pytest.TempPathFactory, dashboard: bool) -> None:
     import ray
 
+    from raytune_ft.serve.app import SERVE_ENV
     from raytune_ft.train.launch import WORKER_ENV
 
-    env = dict(WORKER_ENV)
+    env = {**WORKER_ENV, **SERVE_ENV}  # the endpoint tests run Serve as `raytune-ft serve` starts it
     if os.environ.get("RAYTUNE_FT_CACHE"):
         env["RAYTUNE_FT_CACHE"] = os.environ["RAYTUNE_FT_CACHE"]
     env["PYTHONPATH"] = str(Path(__file__).parents[1])
@@ -139,14 +140,15 @@ def make_adapter_checkpoint(
     from raytune_ft.config import dump_config, load_config
 
     folder = run / f"checkpoint-{step:06d}"
+    torch.manual_seed(seed)  # lora_A's initialisation: the same adapter on every run
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
     )
     generator = torch.Generator().manual_seed(seed)
     for name, weight in model.named_parameters():
         if "lora_B" in name:
-            weight.data.normal_(0, 0.05, generator=generator)
+            weight.data.normal_(0, 0.1, generator=generator)
     model.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if template is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from raytune_ft.config import JobConfig, dump_config, with_values
 
-__all__ = ["SweepFiles", "TrialRow", "best_trial", "format_table", "trial_rows", "write_results"]
+__all__ = ["SweepFiles", "TrialRow", "best_trial", "format_table", "stopped_early", "trial_rows", "write_results"]
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,12 @@ def _row(trial_id: str, tune_status: str, result: Any, metric: str) -> TrialRow:
     elif tune_status != "TERMINATED" or step is None:
         status = "unfinished"
     else:
-        status = "completed" if step >= total else "stopped early"
+        status = "stopped early" if stopped_early(last) else "completed"
     error = str(result.error).strip().splitlines()[-1] if result.error is not None else None
     return TrialRow(
         trial_id=trial_id,
         status=status,
-        values={k: v for k, v in (result.config or {}).items()},
+        values=dict(result.config or {}),
         step=step,
         total_steps=total,
         metric=_number(last.get(metric)),
@@ -77,6 +77,12 @@ def _row(trial_id: str, tune_status: str, result: Any, metric: str) -> TrialRow:
         run_dir=last.get("run_dir"),
         error=error,
     )
+
+
+def stopped_early(last: dict[str, Any]) -> bool:
+    """Whether a trial whose last result is ``last`` ended before its run's final step (a scheduler stopped it)."""
+    step, total = last.get("step"), last.get("total_steps")
+    return step is not None and total is not None and step < total
 
 
 def _number(value: Any) -> float | None:
@@ -89,7 +95,7 @@ def best_trial(rows: list[TrialRow], mode: str) -> TrialRow | None:
     if not scored:
         return None
     pick = min if mode == "min" else max
-    return pick(scored, key=lambda row: row.metric if row.metric is not None else math.nan)
+    return pick(scored, key=lambda row: float(row.metric or 0.0))
 
 
 def format_table(rows: list[TrialRow], metric: str, best: TrialRow | None) -> str:

@@ -17,7 +17,7 @@ from ray.tune import Callback
 from raytune_ft.config import ConfigError, JobConfig, dump_config, load_config
 from raytune_ft.train import absolute_storage, job_tokenizer, prepare_job_data, start_ray
 
-from .results import SweepFiles, TrialRow, best_trial, trial_rows, write_results
+from .results import SweepFiles, TrialRow, best_trial, stopped_early, trial_rows, write_results
 from .space import SCHEDULERS, expected_trials, num_samples, search_space, sweep_base
 from .trial import run_trial
 
@@ -172,9 +172,8 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        step, total = last.get("step"), last.get("total_steps")
-        early = step is not None and total is not None and step < total
-        ended = f"stopped early by {self.scheduler} at step {step}/{total}" if early else "completed"
+        early = f"stopped early by {self.scheduler} at step {last.get('step')}/{last.get('total_steps')}"
+        ended = early if stopped_early(last) else "completed"
         print(f"raytune_ft: trial {trial.trial_id} {_draw(trial)} {ended}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
