@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune on Ray Train. Re-running a run_name resumes it.",
     )
     _config_args(train)
-    train.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    _address_arg(train)
     train.set_defaults(func=_train)
 
     tune = sub.add_parser(
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "same command continues an interrupted sweep.",
     )
     _config_args(tune)
-    tune.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    _address_arg(tune)
     tune.set_defaults(func=_tune)
 
     serve = sub.add_parser(
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. serve.port=8001 serve.num_replicas=2"
     )
     serve.add_argument("--checkpoint", help="a training run directory (its newest checkpoint) or one checkpoint")
-    serve.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    _address_arg(serve)
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a config without running it")
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(preview)
     preview.add_argument("-n", "--samples", type=int, default=3, help="samples shown in full (default 3)")
-    preview.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+    _address_arg(preview)
     preview.set_defaults(func=_data_preview)
 
     chat = sub.add_parser(
@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding (default)")
     chat.set_defaults(func=_chat)
     return parser
+
+
+def _address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:

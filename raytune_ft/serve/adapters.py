@@ -43,10 +43,7 @@ class AdapterCatalog:
 
     def names(self) -> list[str]:
         """Every adapter name that has at least one adapter checkpoint now."""
-        found = set(self.runs)
-        if self.root is not None and Path(self.root).is_dir():
-            found |= {child.name for child in Path(self.root).iterdir() if _NAME.match(child.name)}
-        return sorted(name for name in found if self.versions(name))
+        return sorted(self._scan())
 
     def versions(self, name: str) -> dict[int, Path]:
         """The adapter checkpoints of ``name`` by training step (empty when there are none)."""
@@ -60,12 +57,15 @@ class AdapterCatalog:
     def model_ids(self) -> list[str]:
         """Every servable adapter id: ``base:name`` for the newest, and ``base:name:step`` for each."""
         ids = []
-        for name in self.names():
-            ids += [f"{self.base}:{name}", *(f"{self.base}:{name}:{step}" for step in sorted(self.versions(name)))]
+        for name, versions in sorted(self._scan().items()):
+            ids += [f"{self.base}:{name}", *(f"{self.base}:{name}:{step}" for step in sorted(versions))]
         return ids
 
-    def resolve(self, model_id: str) -> str:
-        """``base:name`` -> ``base:name:<newest step>``; ``base:name:step`` checked to exist."""
+    def lookup(self, model_id: str) -> tuple[str, Path]:
+        """``base:name`` -> (``base:name:<newest step>``, its folder); ``base:name:step`` checked to exist.
+
+        One scan of the adapter's folder: a request pays for it once.
+        """
         name, step = self._parse(model_id)
         versions = self.versions(name)
         if not versions:
@@ -75,14 +75,23 @@ class AdapterCatalog:
         elif step not in versions:
             steps = ", ".join(str(s) for s in sorted(versions))
             raise UnknownModel(f"model {model_id!r}: adapter {name!r} has no checkpoint at step {step} (has {steps})")
-        return f"{self.base}:{name}:{step}"
+        return f"{self.base}:{name}:{step}", versions[step]
+
+    def resolve(self, model_id: str) -> str:
+        """``base:name`` -> ``base:name:<newest step>``; ``base:name:step`` checked to exist."""
+        return self.lookup(model_id)[0]
 
     def folder(self, model_id: str) -> Path:
-        """The checkpoint folder of a resolved ``base:name:step`` id."""
-        resolved = self.resolve(model_id)
-        name, step = self._parse(resolved)
-        assert step is not None
-        return self.versions(name)[step]
+        """The checkpoint folder of ``model_id`` (newest for ``base:name``)."""
+        return self.lookup(model_id)[1]
+
+    def _scan(self) -> dict[str, dict[int, Path]]:
+        """Every adapter name with its checkpoints (names without any left out)."""
+        found = set(self.runs)
+        if self.root is not None and Path(self.root).is_dir():
+            found |= {child.name for child in Path(self.root).iterdir() if _NAME.match(child.name)}
+        scanned = {name: self.versions(name) for name in found}
+        return {name: versions for name, versions in scanned.items() if versions}
 
     def _parse(self, model_id: str) -> tuple[str, int | None]:
         base, _, rest = model_id.partition(":")

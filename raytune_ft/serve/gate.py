@@ -48,12 +48,20 @@ class RequestGate:
             )
 
     def resolve(self, model: str | None) -> tuple[str | None, Path | None]:
-        """An adapter name -> its versioned id and checkpoint folder; other names pass through."""
-        if model is None or ":" not in model or model.partition(":")[0] != self.catalog.base:
+        """An adapter name -> its versioned id and checkpoint folder; the base (or None) -> itself, no folder.
+
+        Any other name is refused (404).
+        """
+        base = self.catalog.base
+        if model is None or model == base:
             return model, None
+        if not model.startswith(f"{base}:"):
+            raise RequestRejected(
+                404, f"model {model!r} is not served here; GET /v1/models lists them", "NotFoundError"
+            )
         try:
-            resolved = self.catalog.resolve(model)
-            return resolved, self.catalog.folder(resolved)
+            resolved, folder = self.catalog.lookup(model)
+            return resolved, folder
         except InvalidModelName as err:
             raise RequestRejected(400, str(err)) from None
         except UnknownModel as err:

@@ -27,7 +27,7 @@ from ray.serve.deployment import Application
 
 from .adapters import chat_template
 from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
-from .plan import ServePlan
+from .plan import ServePlan, replica_options
 
 __all__ = ["GenerationRequest", "HFServer", "build_hf_application"]
 
@@ -65,11 +65,8 @@ def build_hf_application(plan: ServePlan) -> Application:
     routed = type("HFServer", (HFServer,), {name: route(getattr(HFServer, name)) for name, route in routes.items()})
     deployment: Any = serve.ingress(app)(routed)
     cfg = plan.serve
-    replicas: dict[str, Any] = (
-        {"autoscaling_config": cfg.autoscaling.model_dump()} if cfg.autoscaling else {"num_replicas": cfg.num_replicas}
-    )
     actor = {"num_cpus": cfg.cpus_per_replica, "num_gpus": 1 if cfg.use_gpu else 0}
-    options: Any = serve.deployment(deployment, name="HFServer", ray_actor_options=actor, **replicas)
+    options: Any = serve.deployment(deployment, name="HFServer", ray_actor_options=actor, **replica_options(cfg))
     application: Application = options.bind(plan)
     return application
 
@@ -110,8 +107,6 @@ class HFServer:
                 raise RequestRejected(400, "this engine streams one choice; use n=1 or stream=false")
             self.gate.check_limit(body.max_completion_tokens or body.max_tokens)
             model_id, folder = self.gate.resolve(body.model or self.plan.model_id)
-            if folder is None and model_id != self.plan.model_id:
-                raise RequestRejected(404, f"model {model_id!r} is not served here; GET /v1/models lists them")
             prompt_ids = self._encode(body, kind, folder)
         except ValidationError as err:
             return JSONResponse(RequestRejected(400, str(err)).body(), status_code=400)

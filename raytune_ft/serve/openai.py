@@ -55,7 +55,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .adapters import AdapterCatalog, chat_template
 from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
-from .plan import ServePlan
+from .plan import ServePlan, replica_options
 
 __all__ = ["ENGINE_ENV", "ROUTES", "CheckpointAdapterLoader", "OpenAIServer", "build_application", "llm_config"]
 
@@ -107,13 +107,8 @@ def llm_config(plan: ServePlan) -> LLMConfig:
     env = dict(ENGINE_ENV)
     if not serve_cfg.use_gpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{serve_cfg.kv_cache_gib:g}"
-    replicas: dict[str, Any] = (
-        {"autoscaling_config": serve_cfg.autoscaling.model_dump()}
-        if serve_cfg.autoscaling is not None
-        else {"num_replicas": serve_cfg.num_replicas}
-    )
     # Ray adds a replica's own CPUs to its placement bundle: 0 here keeps the bundle at cpus_per_replica.
-    deployment = {**replicas, "ray_actor_options": {"num_cpus": 0}}
+    deployment = {**replica_options(serve_cfg), "ray_actor_options": {"num_cpus": 0}}
     return LLMConfig(
         model_loading_config={"model_id": plan.model_id, "model_source": str(plan.model_dir)},
         engine_kwargs=engine | serve_cfg.engine_kwargs,
@@ -210,12 +205,6 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         if model is not None and folder is not None:
             assert self.engine is not None, "the engine starts in __init__"
             await self.engine.resolve_lora(await self._load_model(model))
-        elif model is not None and model != self._card.id:
-            raise OpenAIHTTPException(
-                message=f"model {model!r} is not served here; GET /v1/models lists them",
-                status_code=404,
-                type="NotFoundError",
-            )
 
     def _adapter_card(self, model_id: str) -> ModelCard:
         return ModelCard(id=model_id, object="model", owned_by=self._card.owned_by,

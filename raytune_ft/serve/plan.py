@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raytune_ft.config import SERVED_NAME, ConfigWarning, InputError, JobConfig, ServeConfig, load_config
 from raytune_ft.models.checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
@@ -20,7 +21,7 @@ from raytune_ft.models.source import resolve_model_source
 
 from .adapters import AdapterCatalog, adapter_rank
 
-__all__ = ["API_KEY_ENV", "ServePlan", "checkpoint_config", "key_digest", "plan_serving"]
+__all__ = ["API_KEY_ENV", "ServePlan", "checkpoint_config", "key_digest", "plan_serving", "replica_options"]
 
 API_KEY_ENV = "RAYTUNE_FT_API_KEY"
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -73,6 +74,13 @@ def plan_serving(cfg: JobConfig, checkpoint: str | None = None) -> ServePlan:
         api_key_digest=key_digest(serve.api_key or os.environ.get(API_KEY_ENV) or None),
         serve=serve,
     )
+
+
+def replica_options(serve: ServeConfig) -> dict[str, Any]:
+    """Serve deployment options for the replica count: fixed ``num_replicas`` or ``autoscaling``."""
+    if serve.autoscaling is not None:
+        return {"autoscaling_config": serve.autoscaling.model_dump()}
+    return {"num_replicas": serve.num_replicas}
 
 
 def checkpoint_config(folder: Path) -> JobConfig:
