@@ -1,4 +1,4 @@
-"""``raytune-ft``: the command line over every stage (train, tune, serve, validate, data preview, chat).
+"""``raytune-ft``: the command line over every stage (train, tune, serve, export, validate, data preview, chat).
 
 Each subcommand parses its arguments, loads config through the one loader, and calls a single
 library function; errors raised for bad input are printed as one readable message, no traceback.
@@ -24,6 +24,9 @@ _EPILOG = """examples:
   raytune-ft chat --adapter saves/quickstart --prompt "Who are you?"
   raytune-ft serve --checkpoint saves/quickstart
   raytune-ft serve configs/serve.yaml serve.port=8001
+  raytune-ft export --checkpoint saves/quickstart --out exports/quickstart
+  raytune-ft eval --checkpoint saves/quickstart --tasks loss,generation,choice
+  raytune-ft export --checkpoint saves/quickstart --out exports/quickstart-gguf --format gguf --gguf-type q8_0
 """
 
 
@@ -64,14 +67,59 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from raytune_ft.serve import load_plan, run_server
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).is_file():  # only overrides were given
-        config, overrides = None, [config, *overrides]
+    config, overrides = _split_config(args.config, args.overrides)
     run_server(load_plan(config, args.checkpoint, overrides), address=args.address)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raytune_ft.export import export_checkpoint
+    from raytune_ft.models import CONFIG_FILE, latest_checkpoint
+
+    config, overrides = _split_config(args.config, args.overrides)
+    flags = {"export.format": args.format, "export.gguf_type": args.gguf_type}
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    checkpoint = latest_checkpoint(args.checkpoint)
+    cfg = load_config(config or checkpoint / CONFIG_FILE, overrides).export
+    out = args.out or cfg.out_dir
+    if out is None:
+        raise InputError("export: give the destination folder with --out DIR (or export.out_dir in the config)")
+    target = export_checkpoint(checkpoint, Path(out), cfg, overwrite=args.overwrite, base=args.base)
+    print(f"raytune_ft: exported {checkpoint} ({cfg.format}) to {target}")
+    if cfg.format == "hf":
+        print(f'raytune_ft: try it: raytune-ft chat --model {target} --prompt "Hello"')
+    return 0
+
+
+def _split_config(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """(config, overrides) when the optional CONFIG may have been an override itself."""
+    from pathlib import Path
+
+    if config is not None and "=" in config and not Path(config).is_file():  # only overrides were given
+        return None, [config, *overrides]
+    return config, list(overrides)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from raytune_ft.evaluate import eval_target, format_report, run_evaluation
+    from raytune_ft.models import CONFIG_FILE, latest_checkpoint
+    from raytune_ft.train import start_ray
+
+    config, overrides = _split_config(args.config, args.overrides)
+    if args.tasks:
+        overrides.append(f"eval.tasks={args.tasks}")
+    target = eval_target(args.checkpoint, args.model)
+    if config is None and args.checkpoint is not None:
+        config = str(latest_checkpoint(args.checkpoint) / CONFIG_FILE)
+    cfg = load_config(config, overrides)
+    start_ray(args.address)
+    report = run_evaluation(cfg, target, output_dir=args.out)
+    print(format_report(report))
+    print(f"raytune_ft: results in {report.path}")
     return 0
 
 
@@ -182,6 +230,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--checkpoint", help="a training run directory (its newest checkpoint) or one checkpoint")
     _address_arg(serve)
     serve.set_defaults(func=_serve)
+
+    export = sub.add_parser(
+        "export",
+        help="merge a checkpoint's adapter into its base and save it (Hugging Face safetensors or GGUF)",
+        description="Merges the newest checkpoint of a run (or one checkpoint) into a standalone model: "
+        "Hugging Face safetensors sharded at export.max_shard_size with the tokenizer and chat template "
+        "(loads in transformers, vLLM and raytune-ft serve), or one GGUF file (f16 or q8_0) for llama.cpp. "
+        "The export settings come from CONFIG, else from the checkpoint's own config. A non-empty --out is "
+        "refused unless --overwrite is given; it is replaced only once the new export is complete.",
+    )
+    export.add_argument("config", nargs="?", help="job YAML with an export: section (default: the checkpoint's)")
+    export.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. export.dtype=bfloat16"
+    )
+    export.add_argument("--checkpoint", required=True, help="a training run directory (its newest checkpoint) or one")
+    export.add_argument("--out", help="destination folder (default: export.out_dir)")
+    export.add_argument("--format", choices=["hf", "gguf"], help="export.format (default hf)")
+    export.add_argument("--gguf-type", choices=["f16", "q8_0"], help="export.gguf_type (default f16)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out once the export is done")
+    export.add_argument("--base", help="base model source for an adapter (default: the one it was trained on)")
+    export.set_defaults(func=_export)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="score a model or checkpoint: loss/perplexity, BLEU/ROUGE of its answers, multiple-choice accuracy",
+        description="Runs eval.tasks (default loss) on Ray: rows are tokenized by the training data pipeline "
+        "and scored by eval.num_workers actors. loss: token loss and perplexity on eval.dataset (default "
+        "data.eval_dataset, else data.dataset). generation: BLEU-4, ROUGE-1/2/L of generated answers against "
+        "the dataset's. choice: accuracy by log-likelihood on an MMLU-style file (eval.choice_file, default "
+        "the bundled builtin:mc_basic). Results: eval_results.json (never overwritten) and a table.",
+    )
+    evaluate.add_argument("config", nargs="?", help="job YAML with an eval: section (default: the checkpoint's)")
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. eval.max_samples=50"
+    )
+    evaluate.add_argument("--checkpoint", help="a training run directory (its newest checkpoint) or one checkpoint")
+    evaluate.add_argument("--model", help="model source (builtin:NAME or a folder), or the base of an adapter")
+    evaluate.add_argument("--tasks", help="comma-separated eval.tasks: loss, generation, choice")
+    evaluate.add_argument("--out", help="results folder (default: eval.output_dir, else the run's eval/ folder)")
+    _address_arg(evaluate)
+    evaluate.set_defaults(func=_eval)
 
     validate = sub.add_parser("validate", help="check a config without running it")
     _config_args(validate)

@@ -34,6 +34,14 @@ def _max_steps(value: Any) -> dict[str, Any]:
     return {"train.max_steps": None if value in (None, -1, 0) else value}
 
 
+def _report_to(value: Any) -> dict[str, Any]:
+    """HF's ``report_to`` (a name, a list, ``none`` or ``all``) -> ``tracking.backends``."""
+    names = [value] if isinstance(value, str) else list(value or [])
+    if "all" in names:
+        names = ["wandb", "mlflow", "tensorboard"]
+    return {"tracking.backends": [n for n in names if n not in ("none", "")]}
+
+
 def _template(value: Any) -> dict[str, Any]:
     # LLaMA-Factory always renders with its named template; ours by that name when we have it.
     # Other names are dropped with a warning (see translate_llamafactory): the tokenizer's own is used.
@@ -113,6 +121,10 @@ _MAPPED: dict[str, Setter] = {
     "ray_num_workers": _to("scaling.num_workers"),
     "ray_run_name": _to("train.run_name"),
     "ray_storage_path": _to("train.storage_path"),
+    "export_dir": _to("export.out_dir"),
+    "plot_loss": _to("tracking.plot_loss"),
+    "report_to": _report_to,
+    "export_size": _to("export.max_shard_size", lambda gb: f"{gb}GB"),
 }
 # Accepted, but they change nothing here (the reason is shown in the warning).
 _IGNORED: dict[str, str] = {
@@ -122,8 +134,6 @@ _IGNORED: dict[str, str] = {
     "streaming": "datasets always stream through Ray Data",
     "overwrite_cache": "data.tokenized_path is reused only when its fingerprint matches, and never overwritten",
     "overwrite_output_dir": "a run with the same name resumes instead of overwriting",
-    "plot_loss": "metrics.jsonl holds the curve",
-    "report_to": "trackers come with the tracking section",
     "trust_remote_code": "only local models load",
     "ddp_timeout": "Ray Train manages the process group",
     "dataloader_num_workers": "Ray Data feeds the workers",
@@ -132,18 +142,24 @@ _IGNORED: dict[str, str] = {
     "use_fast_tokenizer": "the fast tokenizer is always used",
     "resume_from_checkpoint": "start the same run_name again to resume",
     "logging_dir": "metrics go to the run directory",
+    "export_device": "the merge runs on CPU in float32",
+    "export_legacy_format": "exports are always safetensors",
 }
 # Values that are fine because they ask for nothing (LLaMA-Factory defaults or switched off).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "do_eval": (False, None),
     "adapter_name_or_path": (None,),
     "warmup_steps": (0, None),
+    "export_quantization_bit": (None,),
+    "export_hub_model_id": (None,),
     "per_device_eval_batch_size": (),
 }
 _CANNOT_HONOUR_YET = {
     "do_eval": "evaluation without a validation split (set val_size or eval_dataset)",
     "adapter_name_or_path": "starting from an existing adapter",
     "warmup_steps": "warmup in steps (use warmup_ratio)",
+    "export_quantization_bit": "GPTQ export (raytune-ft export --format gguf writes q8_0)",
+    "export_hub_model_id": "uploading to the Hugging Face Hub",
 }
 _EVAL_ONLY = {"per_device_eval_batch_size"}
 _NO_EFFECT = {

@@ -651,17 +651,108 @@ class ServeConfig(Section):
         return adapters
 
 
-# The sections below are reserved: the stages that read them (export, tracking) define their
-# fields when they land. Until then any key in them is rejected as unknown, rather than accepted and
-# silently ignored.
+SHARD_SIZE = r"^[1-9][0-9]*(\.[0-9]+)?(B|KB|MB|GB|KiB|MiB|GiB)$"
 
 
 class ExportConfig(Section):
-    """Merging and export of trained weights (``raytune-ft export``); no settings yet."""
+    """Merging and export of trained weights (``raytune-ft export``)."""
+
+    format: Literal["hf", "gguf"] = "hf"
+    """``hf``: Hugging Face safetensors with tokenizer and chat template (transformers, vLLM, ``serve``).
+    ``gguf``: one GGUF file for llama.cpp, Ollama and LM Studio (llama, mistral and qwen2 models)."""
+
+    out_dir: str | None = None
+    """Destination folder, when ``--out`` is not given. It must be empty or absent (or pass ``--overwrite``)."""
+
+    max_shard_size: str = Field(default="5GB", pattern=SHARD_SIZE)
+    """Largest safetensors shard of an ``hf`` export, e.g. ``500MB`` or ``5GB``."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype of an ``hf`` export; ``auto`` keeps the base model's own. The merge runs in float32."""
+
+    gguf_type: Literal["f16", "q8_0"] = "f16"
+    """Matrix encoding of a ``gguf`` export: ``f16``, or ``q8_0`` (8-bit, about half the size). Norms stay float32."""
 
 
 class TrackingConfig(Section):
-    """Experiment trackers (wandb, MLflow, TensorBoard); no settings yet."""
+    """Experiment trackers, fed by the first training worker with every logged record."""
+
+    backends: list[Literal["wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
+    """Trackers to log to: loss, lr, tokens/s and eval metrics per logged step, and the resolved config.
+    ``wandb`` (offline files under the run directory unless ``WANDB_API_KEY`` is set), ``mlflow`` (a local
+    file store, ``storage_path/mlruns``, unless ``mlflow_uri``), ``tensorboard`` (``run_dir/tensorboard``)."""
+
+    project: str = "raytune-ft"
+    """wandb project and MLflow experiment name; runs are named after ``train.run_name``."""
+
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    """Overrides wandb's mode; by default online only when ``WANDB_API_KEY`` is set, so it never prompts."""
+
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (``http://host:5000``, ``file:///path``); default a file store beside the runs."""
+
+    plot_loss: bool = True
+    """Write ``loss.png`` (loss and eval loss against step) to the run directory when training ends."""
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, backends: list[str]) -> list[str]:
+        if len(set(backends)) != len(backends):
+            raise ValueError(f"tracking.backends lists a tracker twice: {backends}")
+        return backends
+
+
+EvalTask = Literal["loss", "generation", "choice"]
+
+
+def _default_eval_tasks() -> list[EvalTask]:
+    return ["loss"]
+
+
+class EvalConfig(Section):
+    """Evaluation of a model or checkpoint (``raytune-ft eval``), run on Ray Data actors."""
+
+    tasks: Annotated[list[EvalTask], BeforeValidator(_split_commas)] = Field(default_factory=_default_eval_tasks)
+    """``loss``: token loss and perplexity on ``dataset``. ``generation``: BLEU-4 and ROUGE-1/2/L of the
+    model's answers against the dataset's. ``choice``: multiple-choice accuracy by log-likelihood on
+    ``choice_file``."""
+
+    dataset: CommaList = Field(default_factory=list)
+    """Datasets for ``loss`` and ``generation`` (names or paths, as ``data.dataset``); default
+    ``data.eval_dataset``, else ``data.dataset``. Rendered and tokenized as training does."""
+
+    choice_file: str = "builtin:mc_basic"
+    """MMLU-style JSONL/JSON/CSV: ``question``, ``choices`` (a list, or columns A, B, C, D) and ``answer``
+    (a letter or an index). ``builtin:mc_basic`` is 40 general questions bundled with raytune_ft."""
+
+    max_samples: int | None = Field(default=200, gt=0)
+    """At most this many rows per task (None: all)."""
+
+    batch_size: int = Field(default=8, gt=0)
+    """Rows per forward or ``generate`` call."""
+
+    max_new_tokens: int = Field(default=128, gt=0)
+    """Longest generated answer."""
+
+    temperature: float = Field(default=0.0, ge=0)
+    """0 is greedy decoding."""
+
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine: ``hf`` (transformers ``generate``, batched) or ``vllm`` (continuous batching; worth
+    its start-up time on large predict sets and GPUs)."""
+
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    """vLLM's KV cache per actor on CPU (``VLLM_CPU_KVCACHE_SPACE``)."""
+
+    num_workers: int = Field(default=1, gt=0)
+    """Ray actors scoring in parallel, each with its own copy of the model."""
+
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    """CPUs each actor reserves."""
+
+    output_dir: str | None = None
+    """Where ``eval_results.json`` (and ``generated_predictions.jsonl``) go; default ``eval/`` in the run
+    directory of an evaluated checkpoint, else ``./eval_results``."""
 
 
 class JobConfig(Section):
@@ -694,6 +785,9 @@ class JobConfig(Section):
 
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """Experiment tracking."""
+
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation (``raytune-ft eval``)."""
 
     @model_validator(mode="after")
     def _check_sweep(self) -> JobConfig:

@@ -9,10 +9,13 @@ from .checkpoint import (
     CONFIG_FILE,
     OPTIMIZER_FILE,
     STATE_FILE,
+    VLLM_LORA_RANKS,
     CheckpointError,
+    adapter_rank,
     checkpoint_step,
     is_adapter_checkpoint,
     latest_checkpoint,
+    vllm_lora_rank,
 )
 from .loading import load_causal_lm, load_for_inference, load_row_tokenizer, load_tokenizer
 from .pissa import INITIAL_ADAPTER as PISSA_INITIAL_ADAPTER
@@ -31,9 +34,11 @@ __all__ = [
     "PISSA_INITIAL_ADAPTER",
     "STATE_FILE",
     "VALUE_HEAD_WEIGHTS",
+    "VLLM_LORA_RANKS",
     "CheckpointError",
     "ModelSourceError",
     "RewardScorer",
+    "adapter_rank",
     "apply_adapter",
     "attach_head",
     "cache_root",
@@ -50,4 +55,5 @@ __all__ = [
     "save_weights",
     "trainable_parameters",
     "value_head_model",
+    "vllm_lora_rank",
 ]

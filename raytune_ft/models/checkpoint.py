@@ -18,10 +18,13 @@ __all__ = [
     "CONFIG_FILE",
     "OPTIMIZER_FILE",
     "STATE_FILE",
+    "VLLM_LORA_RANKS",
     "CheckpointError",
+    "adapter_rank",
     "checkpoint_step",
     "is_adapter_checkpoint",
     "latest_checkpoint",
+    "vllm_lora_rank",
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -29,6 +32,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CONFIG_FILE = "raytune_ft.yaml"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+"""The ``max_lora_rank`` values vLLM accepts."""
 
 
 class CheckpointError(InputError):
@@ -53,3 +58,16 @@ def latest_checkpoint(path: str | Path) -> Path:
     if not found:
         raise CheckpointError(f"{folder}: no raytune_ft checkpoint here (expected {STATE_FILE} in it or a subfolder)")
     return max(found, key=checkpoint_step)
+
+
+def adapter_rank(folder: Path) -> int:
+    """The LoRA rank recorded in an adapter checkpoint."""
+    try:
+        return int(json.loads((folder / ADAPTER_CONFIG).read_text())["r"])
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG}: cannot read the LoRA rank ({err})") from None
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds ``rank``."""
+    return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), rank)

@@ -16,10 +16,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_ft.config import SERVED_NAME, InputError
-from raytune_ft.models.checkpoint import ADAPTER_CONFIG, STATE_FILE, checkpoint_step, is_adapter_checkpoint
+from raytune_ft.config import SERVED_NAME
+from raytune_ft.models.checkpoint import STATE_FILE, checkpoint_step, is_adapter_checkpoint
 
-__all__ = ["AdapterCatalog", "InvalidModelName", "UnknownModel", "adapter_rank", "chat_template"]
+__all__ = ["AdapterCatalog", "InvalidModelName", "UnknownModel", "chat_template"]
 
 _NAME = re.compile(SERVED_NAME)
 
@@ -112,14 +112,6 @@ class AdapterCatalog:
             candidate = Path(self.root).expanduser() / name
             return candidate if candidate.is_dir() else None
         return None
-
-
-def adapter_rank(folder: Path) -> int:
-    """The LoRA rank recorded in an adapter checkpoint."""
-    try:
-        return int(json.loads((folder / ADAPTER_CONFIG).read_text())["r"])
-    except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"{folder / ADAPTER_CONFIG}: cannot read the LoRA rank ({err})") from None
 
 
 def chat_template(folder: Path) -> str | None:

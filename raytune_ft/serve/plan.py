@@ -16,16 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from raytune_ft.config import SERVED_NAME, ConfigWarning, InputError, JobConfig, ServeConfig, load_config
-from raytune_ft.models.checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
+from raytune_ft.models.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    adapter_rank,
+    is_adapter_checkpoint,
+    latest_checkpoint,
+    vllm_lora_rank,
+)
 from raytune_ft.models.source import resolve_model_source
 
-from .adapters import AdapterCatalog, adapter_rank
+from .adapters import AdapterCatalog
 
 __all__ = ["API_KEY_ENV", "ServePlan", "checkpoint_config", "key_digest", "plan_serving", "replica_options"]
 
 API_KEY_ENV = "RAYTUNE_FT_API_KEY"
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-"""The ``max_lora_rank`` values vLLM accepts."""
 
 
 @dataclass(frozen=True)
@@ -142,4 +147,4 @@ def _lora_rank(serve: ServeConfig, catalog: AdapterCatalog) -> int | None:
     wanted = serve.max_lora_rank or max(
         [16, *(adapter_rank(max(catalog.versions(name).items())[1]) for name in catalog.names())]
     )
-    return next((rank for rank in VLLM_LORA_RANKS if rank >= wanted), wanted)
+    return vllm_lora_rank(wanted)

@@ -38,6 +38,7 @@ from .reference import build_reference
 from .step import StepCore, build_optimizer, build_scheduler, move_batch
 from .strategies import STRATEGIES
 from .tokenizer import job_tokenizer
+from .tracking import Trackers, open_trackers, plot_loss
 
 __all__ = ["RunPlan", "build_training", "collator", "train_loop_per_worker"]
 
@@ -106,16 +107,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         core, tokenizer = build_training(cfg, plan.total_steps, device, Path(folder) if folder else None)
         state = restore_state(Path(folder), core, cfg.train) if folder else TrainState()
     collate = collator(cfg, core.strategy.unwrap(core.model), tokenizer.pad_token_id)
+    trackers = Trackers([])
     if rank == 0:
         _announce(core, cfg, plan, state)
         _trim_metrics(plan.run_dir, state.global_step)
+        trackers = open_trackers(cfg, plan.run_dir, state.global_step)
     shard = ray.train.get_dataset_shard("train")
     batches = _micro_batches(shard, cfg, collate, state, seed=cfg.train.seed + 1000 * rank)
     evaluation = None
     if plan.has_eval:
         world = ray.train.get_context().get_world_size()
         evaluation = _Evaluation(ray.train.get_dataset_shard("eval"), cfg, collate, rank, world)
-    _run(core, tokenizer, cfg, plan, state, batches, evaluation, rank, device)
+    try:
+        _run(core, tokenizer, cfg, plan, state, batches, evaluation, rank, device, trackers)
+    finally:
+        trackers.close()
+    if rank == 0 and cfg.tracking.plot_loss and (figure := plot_loss(plan.run_dir)) is not None:
+        print(f"raytune_ft: loss curve {figure}", flush=True)
 
 
 def _run(
@@ -128,6 +136,7 @@ def _run(
     evaluation: _Evaluation | None,
     rank: int,
     device: torch.device,
+    trackers: Trackers,
 ) -> None:
     import ray.train
 
@@ -151,6 +160,7 @@ def _run(
             print(meter.format(metrics) if log else f"step {state.global_step}", end="", flush=True)
             print(f" | eval_loss {metrics['eval_loss']:.4f}" if evaluate else "", flush=True)
             _append_metrics(plan.run_dir, metrics)
+            trackers.log(metrics)
         if save:
             _report_checkpoint(metrics, core, tokenizer, cfg, state, rank)
         else:

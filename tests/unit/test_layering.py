@@ -14,7 +14,8 @@ ALLOWED = {
     "tune": {"config", "data", "models", "train"},
     "serve": {"config", "data", "models", "train"},
     "export": {"config", "data", "models", "train"},
-    "cli": {"config", "data", "models", "train", "tune", "serve", "export"},
+    "evaluate": {"config", "data", "models", "train"},
+    "cli": {"config", "data", "models", "train", "tune", "serve", "export", "evaluate"},
 }
 HEAVY = {"vllm", "deepspeed", "streamlit"}
 
