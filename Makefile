@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/resume_time.py
 	$(BIN)/python bench/tune_asha.py
 	$(BIN)/python bench/serve_throughput.py
+	$(BIN)/python bench/export_fidelity.py
 
 clean:
 	rm -rf saves .pytest_cache .mypy_cache .ruff_cache

@@ -223,11 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written after the start are servable at once. With --checkpoint and no CONFIG, the run's own "
         "config supplies the serve settings.",
     )
-    serve.add_argument("config", nargs="?", help="job YAML with a serve: section (default: the checkpoint's)")
-    serve.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. serve.port=8001 serve.num_replicas=2"
-    )
-    serve.add_argument("--checkpoint", help="a training run directory (its newest checkpoint) or one checkpoint")
+    _checkpoint_config_args(serve, "serve", "serve.port=8001 serve.num_replicas=2")
     _address_arg(serve)
     serve.set_defaults(func=_serve)
 
@@ -240,11 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The export settings come from CONFIG, else from the checkpoint's own config. A non-empty --out is "
         "refused unless --overwrite is given; it is replaced only once the new export is complete.",
     )
-    export.add_argument("config", nargs="?", help="job YAML with an export: section (default: the checkpoint's)")
-    export.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. export.dtype=bfloat16"
-    )
-    export.add_argument("--checkpoint", required=True, help="a training run directory (its newest checkpoint) or one")
+    _checkpoint_config_args(export, "export", "export.dtype=bfloat16", required=True)
     export.add_argument("--out", help="destination folder (default: export.out_dir)")
     export.add_argument("--format", choices=["hf", "gguf"], help="export.format (default hf)")
     export.add_argument("--gguf-type", choices=["f16", "q8_0"], help="export.gguf_type (default f16)")
@@ -261,11 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the dataset's. choice: accuracy by log-likelihood on an MMLU-style file (eval.choice_file, default "
         "the bundled builtin:mc_basic). Results: eval_results.json (never overwritten) and a table.",
     )
-    evaluate.add_argument("config", nargs="?", help="job YAML with an eval: section (default: the checkpoint's)")
-    evaluate.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. eval.max_samples=50"
-    )
-    evaluate.add_argument("--checkpoint", help="a training run directory (its newest checkpoint) or one checkpoint")
+    _checkpoint_config_args(evaluate, "eval", "eval.max_samples=50")
     evaluate.add_argument("--model", help="model source (builtin:NAME or a folder), or the base of an adapter")
     evaluate.add_argument("--tasks", help="comma-separated eval.tasks: loss, generation, choice")
     evaluate.add_argument("--out", help="results folder (default: eval.output_dir, else the run's eval/ folder)")
@@ -310,6 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _address_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, else a new local Ray)")
+
+
+def _checkpoint_config_args(
+    parser: argparse.ArgumentParser, section: str, example: str, required: bool = False
+) -> None:
+    """CONFIG (optional: a checkpoint's own config serves), overrides, and --checkpoint."""
+    parser.add_argument("config", nargs="?", help=f"job YAML with a {section}: section (default: the checkpoint's)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")
+    parser.add_argument(
+        "--checkpoint", required=required, help="a training run directory (its newest checkpoint) or one checkpoint"
+    )
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:

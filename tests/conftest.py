@@ -130,7 +130,7 @@ def identity_batch(tokenizer: Any) -> Any:
 
 
 def make_adapter_checkpoint(
-    base: Path, run: Path, step: int, seed: int, template: str | None = None, source: str = BUILTIN
+    base: Path, run: Path, step: int, seed: int, template: str | None = None, source: str = BUILTIN, dora: bool = False
 ) -> Path:
     """A LoRA checkpoint of ``base`` in raytune_ft's layout whose random, non-zero adapter visibly changes
     the output; ``template`` replaces the chat template saved with it, ``source`` is its model.source."""
@@ -143,7 +143,7 @@ def make_adapter_checkpoint(
     torch.manual_seed(seed)  # lora_A's initialisation: the same adapter on every run
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], use_dora=dora),
     )
     generator = torch.Generator().manual_seed(seed)
     for name, weight in model.named_parameters():
@@ -162,7 +162,8 @@ def make_adapter_checkpoint(
 
 @pytest.fixture(scope="session")
 def adapter_checkpoint() -> Any:
-    """``adapter_checkpoint(base, run_dir, step, seed, template=None, source=BUILTIN)``: see make_adapter_checkpoint."""
+    """``adapter_checkpoint(base, run_dir, step, seed, template=None, source=BUILTIN, dora=False)``: see
+    make_adapter_checkpoint."""
     return make_adapter_checkpoint
 
 

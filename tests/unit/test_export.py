@@ -64,6 +64,23 @@ def test_hf_export_equals_base_plus_adapter(lora_run: Path, base_plus_adapter: t
     )  # the merge did something
 
 
+def test_dora_merges_too(tiny_model_dir: Path, adapter_checkpoint: Any, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raytune_ft.models import load_for_inference
+
+    run = tmp_path / "runs" / "dora"
+    folder = adapter_checkpoint(tiny_model_dir, run, 1, seed=5, source=str(tiny_model_dir), dora=True)
+    assert any("lora_magnitude_vector" in key for key in load_file(folder / "adapter_model.safetensors"))
+    out = export_checkpoint(run, tmp_path / "merged", ExportConfig(), log=lambda _: None)
+    model, tokenizer = load_for_inference(None, run)
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    torch.testing.assert_close(
+        logits(exported, AutoTokenizer.from_pretrained(out)), logits(model, tokenizer), atol=1e-4, rtol=1e-4
+    )
+
+
 def test_hf_export_casts_to_the_asked_dtype(lora_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
