@@ -23,10 +23,9 @@ from raytune_ft.models import (
     CheckpointError,
     is_adapter_checkpoint,
     latest_checkpoint,
-    load_tokenizer,
     resolve_model_source,
 )
-from raytune_ft.models.fast_tokenizer import RowTokenizer
+from raytune_ft.models.loading import row_tokenizer_from_folder
 
 from .metrics import generation_scores
 from .scorers import GENERATORS, LETTERS, ChoiceScorer, EvalModel, LossScorer
@@ -121,13 +120,9 @@ def _rows(cfg: JobConfig, target: EvalTarget) -> Any:
             "max_samples": cfg.eval.max_samples,
         }
     )
-    load = functools.partial(_row_tokenizer, str(target.tokenizer_dir))
+    load = functools.partial(row_tokenizer_from_folder, target.tokenizer_dir)
     # Tokenized in full before the scorers start: actors holding every CPU would leave none to tokenize.
     return build_datasets(data, load, seed=cfg.train.seed, concurrency=1, stage="sft").train.materialize()
-
-
-def _row_tokenizer(folder: str) -> Any:
-    return RowTokenizer.from_folder(Path(folder)) or load_tokenizer(Path(folder), require_chat_template=False)
 
 
 def _scored(rows: Any, scorer: type, cfg: JobConfig, **kwargs: Any) -> list[dict[str, Any]]:

@@ -45,9 +45,6 @@ class EvalModel:
     adapter: str | None
 
     def load(self) -> tuple[Any, Any]:
-        import torch
-
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         return load_for_inference(self.model, self.adapter)
 
 
@@ -124,7 +121,7 @@ class VllmGenerator:
         source = model.model or (load_config(adapter / CONFIG_FILE).model.source if adapter else None)
         if source is None:
             raise ValueError("EvalModel names neither a model nor an adapter")
-        base = Path(source) if (Path(source) / "config.json").is_file() else resolve_model_source(source)
+        base = resolve_model_source(source)
         lora: dict[str, Any] = (
             {"enable_lora": True, "max_lora_rank": vllm_lora_rank(adapter_rank(adapter))} if adapter else {}
         )

@@ -106,8 +106,9 @@ def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
     """Byte-level BPE vocabulary, merges, token types, special ids and the chat template."""
     import gguf
 
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    if model.get("type") != "BPE" or not _is_byte_level(tokenizer):
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE" or not _is_byte_level(spec):
         raise ExportError(
             "GGUF export writes byte-level BPE tokenizers (GPT-2 style) only; this one is "
             f"{model.get('type')}. Export --format hf and convert with llama.cpp's convert_hf_to_gguf.py"
@@ -146,8 +147,7 @@ def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
         writer.add_chat_template(tokenizer.chat_template)
 
 
-def _is_byte_level(tokenizer: Any) -> bool:
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+def _is_byte_level(spec: dict[str, Any]) -> bool:
     return "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" in json.dumps(spec.get("decoder"))
 
 

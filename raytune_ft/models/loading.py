@@ -17,7 +17,7 @@ from .source import ModelSourceError, resolve_model_source
 if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
     import torch
 
-__all__ = ["load_causal_lm", "load_for_inference", "load_row_tokenizer", "load_tokenizer"]
+__all__ = ["load_causal_lm", "load_for_inference", "load_row_tokenizer", "load_tokenizer", "row_tokenizer_from_folder"]
 
 
 def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
@@ -40,9 +40,13 @@ def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
 def load_row_tokenizer(source: str) -> Any:
     """What the data workers tokenize with: a ``RowTokenizer`` (no transformers import; the same token
     rows) when the model folder allows it, else its transformers tokenizer as it ships (no template check)."""
+    return row_tokenizer_from_folder(resolve_model_source(source))
+
+
+def row_tokenizer_from_folder(path: Path) -> Any:
+    """``load_row_tokenizer`` for a folder that holds a tokenizer but no model (an adapter checkpoint)."""
     from .fast_tokenizer import RowTokenizer
 
-    path = resolve_model_source(source)
     return RowTokenizer.from_folder(path) or load_tokenizer(path, require_chat_template=False)
 
 
