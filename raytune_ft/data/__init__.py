@@ -7,7 +7,7 @@ from .formats import fill_placeholders, normalize_example, normalize_row
 from .packing import pack_samples, padding_efficiency
 from .pipeline import EncodeOptions, PreparedData, build_datasets, build_train_dataset, encode_rows
 from .records import RecordSelection, read_records
-from .sources import BUILTIN_DATASETS, DataError, DatasetSource, resolve_datasets
+from .sources import BUILTIN_DATASETS, DataError, DatasetSource, dataset_names, resolve_datasets
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -20,6 +20,7 @@ __all__ = [
     "RecordSelection",
     "build_datasets",
     "build_train_dataset",
+    "dataset_names",
     "encode_batch",
     "encode_full",
     "encode_rows",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,10 @@ from raytune_ft.config import DataConfig
 from .encode import IGNORE_INDEX
 from .packing import pack_samples, padding_efficiency
 from .pipeline import EncodeOptions, encode_rows, fit_to_cutoff, templated
-from .records import RecordSelection, read_records
-from .sources import DatasetSource, resolve_datasets
+from .records import RecordSelection, first_records, read_records
+from .sources import READERS, DataError, DatasetSource, resolve_datasets
 
-__all__ = ["DescribeRows", "PreviewReport", "build_preview", "format_preview"]
+__all__ = ["DescribeRows", "PreviewReport", "build_preview", "format_preview", "mark_learned", "render_samples"]
 
 LEARN_OPEN, LEARN_CLOSE = "\u27e6", "\u27e7"
 _SHOWN_PROBLEMS = 5
@@ -107,6 +108,39 @@ def build_preview(
         _add(report, batch)
     report.samples = sorted(report.samples)[:samples]
     return report
+
+
+def render_samples(cfg: DataConfig, tokenizer: Any, samples: int = 3, stage: str = "sft") -> list[tuple[str, int, str]]:
+    """(file, row, text) of the first ``samples`` rows of each dataset's first file, rendered and
+    tokenized in this process (no Ray): learned spans are marked, a bad row's text is its problem.
+    A quick look for forms and the control panel; ``build_preview`` is the full pass."""
+    options = EncodeOptions.from_config(cfg, stage)
+    templated_tokenizer = templated(tokenizer, options)
+    shown: list[tuple[str, int, str]] = []
+    for source in resolve_datasets(cfg.dataset, cfg.dataset_dir):
+        path = _first_file(source)
+        rows = [(path, row, record) for row, record in first_records(path, source.reader, samples)]
+        for result in encode_rows(templated_tokenizer, options, [source], rows):
+            if result.problem:
+                shown.append((result.path, result.row, result.problem))
+                continue
+            pieces = fit_to_cutoff(options.stage, result.input_ids or [], result.labels or [], options.cutoff_len)
+            text = mark_learned(templated_tokenizer, *pieces[0]) if pieces else "(no answer fits data.cutoff_len)"
+            shown.append((result.path, result.row, text))
+    return shown
+
+
+def _first_file(source: DatasetSource) -> str:
+    paths = source.read_paths()
+    if not paths or "://" in paths[0]:
+        raise DataError(f"dataset {source.name!r}: no local file to preview ({source.path})")
+    folder = Path(paths[0])
+    if not folder.is_dir():
+        return paths[0]
+    files = sorted(p for p in folder.rglob("*") if p.suffix in READERS)
+    if not files:
+        raise DataError(f"dataset {source.name!r}: {folder} holds no .json, .jsonl, .parquet or .csv file")
+    return str(files[0])
 
 
 def _add(report: PreviewReport, batch: dict[str, np.ndarray]) -> None:

@@ -23,7 +23,7 @@ from .sources import DataError
 if TYPE_CHECKING:
     import pyarrow
 
-__all__ = ["RecordSelection", "Split", "read_records", "row_fraction"]
+__all__ = ["RecordSelection", "Split", "first_records", "read_records", "row_fraction"]
 
 _BLOCK_ROWS = 256  # rows per read block, the unit the seeded block shuffle moves
 Split = Literal["train", "eval", "all"]
@@ -75,6 +75,14 @@ def read_records(paths: list[str], reader: str, selection: RecordSelection, num_
     return ray.data.read_datasource(
         _datasource(paths, reader, selection), num_cpus=num_cpus, override_num_blocks=len(paths)
     )
+
+
+def first_records(path: str, reader: str, n: int) -> list[tuple[int, str]]:
+    """The first ``n`` (row number, JSON text) records of one local file, read in this process (no Ray)."""
+    kind = "jsonl" if reader == "json" and path.endswith(".jsonl") else reader
+    with open(path, "rb") as f:
+        rows = _ROW_READERS[kind](f, path)
+        return [row for row, _ in zip(rows, range(n), strict=False)]
 
 
 def _datasource(paths: list[str], reader: str, selection: RecordSelection) -> Any:

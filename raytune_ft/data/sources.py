@@ -19,7 +19,15 @@ from typing import Any
 
 from raytune_ft.config import InputError
 
-__all__ = ["BUILTIN_DATASETS", "FORMATTINGS", "DataError", "DatasetSource", "check_row_format", "resolve_datasets"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "FORMATTINGS",
+    "DataError",
+    "DatasetSource",
+    "check_row_format",
+    "dataset_names",
+    "resolve_datasets",
+]
 
 _BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -117,6 +125,13 @@ def _reader_for(name: str, path: Path) -> str:
         names = ", ".join(p.name for p in files[:5]) or "no files"
         raise DataError(f"dataset {name!r}: {path} must hold files of one kind ({', '.join(READERS)}); found {names}")
     return str(kinds.pop())
+
+
+def dataset_names(dataset_dir: str | Path | None) -> list[str]:
+    """Every name ``data.dataset`` accepts without a path: the bundled sets, then ``dataset_dir``'s
+    ``dataset_info.json`` entries."""
+    registry = _load_registry(Path(dataset_dir)) if dataset_dir is not None else {}
+    return [*BUILTIN_DATASETS, *sorted(set(registry) - set(BUILTIN_DATASETS))]
 
 
 def _load_registry(folder: Path) -> dict[str, Any]:
