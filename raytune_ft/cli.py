@@ -1,4 +1,5 @@
-"""``raytune-ft``: the command line over every stage (train, tune, serve, export, validate, data preview, chat).
+"""``raytune-ft``: the command line over every stage (train, tune, serve, export, eval, validate, data preview,
+chat) and the control panel (dashboard).
 
 Each subcommand parses its arguments, loads config through the one loader, and calls a single
 library function; errors raised for bad input are printed as one readable message, no traceback.
@@ -27,6 +28,7 @@ _EPILOG = """examples:
   raytune-ft export --checkpoint saves/quickstart --out exports/quickstart
   raytune-ft eval --checkpoint saves/quickstart --tasks loss,generation,choice
   raytune-ft export --checkpoint saves/quickstart --out exports/quickstart-gguf --format gguf --gguf-type q8_0
+  raytune-ft dashboard
 """
 
 
@@ -93,6 +95,26 @@ def _export(args: argparse.Namespace) -> int:
     if cfg.format == "hf":
         print(f'raytune_ft: try it: raytune-ft chat --model {target} --prompt "Hello"')
     return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+    import subprocess
+
+    from raytune_ft.dashboard import APP_FILE
+    from raytune_ft.dashboard.common import ADDRESS_ENV
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise InputError("the dashboard needs Streamlit: pip install 'raytune-ft[dashboard]'")
+    env = {**os.environ, **({ADDRESS_ENV: args.address} if args.address else {})}
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.address", args.host,
+        "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+    ]  # fmt: skip
+    print(f"raytune_ft: control panel on http://{args.host}:{args.port} (Ctrl-C stops it and its local Ray)")
+    return subprocess.call(command, env=env)
 
 
 def _split_config(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -280,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("-n", "--samples", type=int, default=3, help="samples shown in full (default 3)")
     _address_arg(preview)
     preview.set_defaults(func=_data_preview)
+
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="open the web control panel: configure, launch on Ray, monitor, sweep, chat, export",
+        description="Starts the Streamlit control panel on --host:--port (default 127.0.0.1:8501). Jobs go "
+        "to the panel's own local Ray unless --address (or the address field in the panel) names a cluster's "
+        "Jobs API, e.g. http://head:8265. Runs are read from the runs folder set in the panel (./saves).",
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    dashboard.add_argument("--address", help="Ray Jobs API address of a cluster (default: a local Ray)")
+    dashboard.set_defaults(func=_dashboard)
 
     chat = sub.add_parser(
         "chat",

@@ -15,7 +15,8 @@ ALLOWED = {
     "serve": {"config", "data", "models", "train"},
     "export": {"config", "data", "models", "train"},
     "evaluate": {"config", "data", "models", "train"},
-    "cli": {"config", "data", "models", "train", "tune", "serve", "export", "evaluate"},
+    "dashboard": {"config", "data", "models", "train", "tune", "serve", "export", "evaluate"},
+    "cli": {"config", "data", "models", "train", "tune", "serve", "export", "evaluate", "dashboard"},
 }
 HEAVY = {"vllm", "deepspeed", "streamlit"}
 
@@ -66,14 +67,16 @@ def test_stages_only_import_earlier_stages() -> None:
 
 
 def test_heavy_modules_are_imported_lazily() -> None:
+    """Heavy modules load only where used; the dashboard's modules run inside Streamlit, so it may import that."""
     for path in ROOT.rglob("*.py"):
+        allowed = {"streamlit"} if stage_of(path) == "dashboard" else set()
         for node in ast.parse(path.read_text()).body:  # module level only
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            heavy = {n.split(".")[0] for n in names} & HEAVY
+            heavy = {n.split(".")[0] for n in names} & HEAVY - allowed
             assert not heavy, f"{path.relative_to(ROOT)} imports {heavy} at module level"
 
 
