@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -123,10 +125,16 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
 
 
 def run_server(plan: ServePlan, address: str | None = None, log: Callable[[str], None] = print) -> None:
-    """``start_server``, then serve until Ctrl-C, which deletes the app."""
+    """``start_server``, then serve until Ctrl-C or SIGTERM, either of which deletes the app.
+
+    SIGTERM is what ``ray job stop`` (and the panel's *Stop job*) sends a serve job's driver: without
+    the handler the driver would die and leave its Serve app answering on the cluster.
+    """
     from ray import serve
 
     start_server(plan, address, log)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     log("raytune_ft: serving; Ctrl-C stops")
     try:
         while True:

@@ -1,6 +1,7 @@
 """``raytune-ft serve --checkpoint RUN_DIR`` as a user runs it: a subprocess on its own local Ray that
-prints where it listens, answers the ``openai`` client with the run's adapter, and stops cleanly on
-Ctrl-C. The Hugging Face engine and the tiny model keep it fast; the vLLM path is test_serve_vllm.py."""
+prints where it listens, answers the ``openai`` client with the run's adapter, and deletes its app
+on SIGTERM, the signal ``ray job stop`` (and the panel's Stop) sends; Ctrl-C takes the same path.
+The Hugging Face engine and the tiny model keep it fast; the vLLM path is test_serve_vllm.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_serve_a_run_then_ctrl_c(tiny_model_dir: Path, tmp_path: Path, adapter_checkpoint: Any, free_port: Any) -> None:
+def test_serve_a_run_then_stop(tiny_model_dir: Path, tmp_path: Path, adapter_checkpoint: Any, free_port: Any) -> None:
     run = tmp_path / "saves" / "tiny-run"
     adapter_checkpoint(tiny_model_dir, run, 3, seed=1, source=str(tiny_model_dir))
     port = free_port()
@@ -45,7 +46,7 @@ def test_serve_a_run_then_ctrl_c(tiny_model_dir: Path, tmp_path: Path, adapter_c
             model=f"{name}:tiny-run", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
         )
         assert reply.model == f"{name}:tiny-run:3" and reply.usage.completion_tokens == 4
-        os.killpg(server.pid, signal.SIGINT)
+        server.send_signal(signal.SIGTERM)  # the driver alone, as a stopped Ray job's
         out, _ = server.communicate(timeout=120)
         assert server.returncode == 0, out
         assert "stopping the endpoint" in out
