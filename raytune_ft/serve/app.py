@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +33,7 @@ __all__ = [
     "engine_name",
     "load_plan",
     "run_server",
+    "serve_env",
     "start_server",
 ]
 
@@ -40,6 +43,34 @@ SERVE_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 """Set for a local Ray that ``start_server`` starts (and by the tests and benchmark): Serve's HTTP proxy
 talks to the replicas over gRPC, which measured 1.2x the streamed tokens/s of Ray's default actor calls
 at 16 concurrent requests here (``bench/serve_throughput.py``). A cluster sets it in its own environment."""
+DIRECT_INGRESS_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                      "RAY_SERVE_HAPROXY_NBTHREAD": "1"}  # fmt: skip
+"""``serve.ingress: haproxy``: replicas listen themselves, HAProxy fronts them (one thread forwards far more
+chunks a second than an engine makes; more would compete with the engine for cores)."""
+
+
+def serve_env(ingress: str) -> dict[str, str]:
+    """Environment of a local Ray that serves with ``ingress`` (``serve.ingress``). HAProxy's files go to a
+    fresh short folder (its socket paths stop at 97 characters) and its stats and metrics listeners to free
+    ports, so two endpoints on one machine do not collide."""
+    if ingress == "proxy":
+        return dict(SERVE_ENV)
+    state = tempfile.mkdtemp(prefix="rtft-haproxy-")
+    return {
+        **SERVE_ENV, **DIRECT_INGRESS_ENV,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -103,8 +134,11 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
     from raytune_ft.train import start_ray
 
     if not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS")):
-        for key, value in SERVE_ENV.items():
+        for key, value in serve_env(plan.serve.ingress).items():
             os.environ.setdefault(key, value)  # inherited by the local Ray's processes
+    elif plan.serve.ingress == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        log("raytune_ft: serve.ingress=haproxy needs RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and RAY_SERVE_ENABLE_HA_PROXY=1 "
+            "in the cluster's environment; this Ray serves through its own HTTP proxy")  # fmt: skip
     start_ray(address)
     cfg = plan.serve
     serve.start(http_options={"host": cfg.host, "port": cfg.port})

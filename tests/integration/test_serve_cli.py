@@ -1,12 +1,15 @@
 """``raytune-ft serve --checkpoint RUN_DIR`` as a user runs it: a subprocess on its own local Ray that
 prints where it listens, answers the ``openai`` client with the run's adapter, and deletes its app
 on SIGTERM, the signal ``ray job stop`` (and the panel's Stop) sends; Ctrl-C takes the same path.
-The Hugging Face engine and the tiny model keep it fast; the vLLM path is test_serve_vllm.py."""
+It serves with ``serve.ingress: haproxy`` (replicas answer HTTP themselves behind HAProxy); the Serve
+proxy path is what test_serve_hf.py and test_serve_vllm.py use. The Hugging Face engine and the tiny
+model keep it fast."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +28,7 @@ def test_serve_a_run_then_stop(tiny_model_dir: Path, tmp_path: Path, adapter_che
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "raytune_ft.cli", "serve", "--checkpoint", str(run), "serve.engine=hf",
-               f"serve.port={port}", "serve.max_tokens_limit=16"]  # fmt: skip
+               f"serve.port={port}", "serve.max_tokens_limit=16", "serve.ingress=haproxy"]  # fmt: skip
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)  # fmt: skip
     lines: list[str] = []
@@ -46,11 +49,35 @@ def test_serve_a_run_then_stop(tiny_model_dir: Path, tmp_path: Path, adapter_che
             model=f"{name}:tiny-run", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
         )
         assert reply.model == f"{name}:tiny-run:3" and reply.usage.completion_tokens == 4
+        streamed = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}],
+                                                  max_tokens=4, temperature=0, stream=True)  # fmt: skip
+        assert sum(1 for chunk in streamed if chunk.choices and chunk.choices[0].delta.content) == 4
+        assert not _reachable(_outside_address(), port), "the endpoint listens on 127.0.0.1 only"
         server.send_signal(signal.SIGTERM)  # the driver alone, as a stopped Ray job's
         out, _ = server.communicate(timeout=120)
         assert server.returncode == 0, out
         assert "stopping the endpoint" in out
+        assert not _reachable("127.0.0.1", port), "HAProxy went with the server"
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def _outside_address() -> str:
+    """This machine's first non-loopback IPv4 address (the one Ray names its node by)."""
+    import psutil
+
+    found = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+             if a.family == socket.AF_INET and not a.address.startswith("127.")]  # fmt: skip
+    if not found:
+        pytest.skip("no non-loopback address to check the binding against")
+    return found[0]
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True

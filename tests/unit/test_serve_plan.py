@@ -154,3 +154,22 @@ def test_hf_engine_cuts_text_at_the_first_stop() -> None:
     assert _cut_at_stop("one, two. three", [".", ","]) == "one"
     assert _cut_at_stop("no stop here", ["."]) == "no stop here"
     assert GenerationRequest.model_validate({"stop": "x", "extra": 1}).stops == ["x"]
+
+
+def test_ingress_environment_for_a_local_ray() -> None:
+    import socket
+
+    from raytune_ft.serve.app import SERVE_ENV, serve_env
+
+    assert serve_env("proxy") == SERVE_ENV
+    first, second = serve_env("haproxy"), serve_env("haproxy")
+    assert first["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert len(first["RAY_SERVE_HAPROXY_SOCKET_PATH"]) < 97, "HAProxy refuses longer socket paths"
+    assert first["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != second["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    ports = {int(first[key]) for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")}
+    assert len(ports) == 2
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free, not Ray's fixed 8404 / 9101
+    with pytest.raises(ConfigError, match=r"serve\.ingress"):
+        load_config(None, ["serve.ingress=nginx"])
