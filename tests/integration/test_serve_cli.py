@@ -53,8 +53,10 @@ def test_serve_a_run_then_stop(tiny_model_dir: Path, tmp_path: Path, adapter_che
                                                   max_tokens=4, temperature=0, stream=True)  # fmt: skip
         assert sum(1 for chunk in streamed if chunk.choices and chunk.choices[0].delta.content) == 4
         assert not _reachable(_outside_address(), port), "the endpoint listens on 127.0.0.1 only"
+        stopping = time.monotonic()
         server.send_signal(signal.SIGTERM)  # the driver alone, as a stopped Ray job's
         out, _ = server.communicate(timeout=120)
+        assert time.monotonic() - stopping < 25, "replicas drain for 2 s, not direct ingress's default 30 s"
         assert server.returncode == 0, out
         assert "stopping the endpoint" in out
         assert not _reachable("127.0.0.1", port), "HAProxy went with the server"
