@@ -39,7 +39,12 @@ class InputError(ValueError):
 
 
 class ConfigError(InputError):
-    """A config that cannot be used; ``str()`` lists every problem found."""
+    """A config that cannot be used; ``str()`` lists every problem found, and ``problems`` holds the
+    invalid values' messages by dotted key (what a form shows under each field)."""
+
+    def __init__(self, message: str, problems: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or {}
 
 
 class ConfigWarning(UserWarning):
@@ -62,7 +67,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> JobCo
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_explain(err, source)) from None
+        raise ConfigError(*_explain(err, source)) from None
 
 
 def with_values(cfg: JobConfig, values: Mapping[str, Any], source: str = "<sweep>") -> JobConfig:
@@ -73,7 +78,7 @@ def with_values(cfg: JobConfig, values: Mapping[str, Any], source: str = "<sweep
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_explain(err, source)) from None
+        raise ConfigError(*_explain(err, source)) from None
 
 
 def llamafactory_translation(path: str | Path) -> LlamaFactoryTranslation | None:
@@ -128,8 +133,10 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
     node[leaf] = value
 
 
-def _explain(err: ValidationError, source: str) -> str:
+def _explain(err: ValidationError, source: str) -> tuple[str, dict[str, str]]:
+    """The message listing every problem, and the invalid values' messages by dotted key."""
     lines = [f"{source}: invalid config ({err.error_count()} problem{'s' * (err.error_count() > 1)})"]
+    problems: dict[str, str] = {}
     for problem in err.errors():
         loc = [str(p) for p in problem["loc"]]
         key = ".".join(loc) or "<top level>"
@@ -138,8 +145,9 @@ def _explain(err: ValidationError, source: str) -> str:
         else:
             got = problem.get("input")
             shown = "" if isinstance(got, Mapping) else f" (got {got!r})"
-            lines.append(f"  - {key}: {problem['msg']}{shown}")
-    return "\n".join(lines)
+            problems[key] = f"{problem['msg']}{shown}"
+            lines.append(f"  - {key}: {problems[key]}")
+    return "\n".join(lines), problems
 
 
 def _suggest(loc: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Configure: the common config fields as a form, read from and written to the CLI's own YAML.
 
 Values go through ``with_values``, the loader's own path, so the form accepts exactly what the CLI
-accepts and its errors are the loader's messages, split per key to sit under the field at fault.
+accepts and its errors are the loader's messages, by key, to sit under the field at fault.
 Widgets follow the field types (a choice for a ``Literal``, a checkbox for a ``bool``, YAML text
 otherwise) and each field's help is its docstring in the schema, so nothing is documented twice.
 """
@@ -87,16 +87,8 @@ def updated_config(base: JobConfig, values: dict[str, Any]) -> JobConfig:
 
 
 def errors_by_key(err: ConfigError) -> dict[str, str]:
-    """The loader's message split per dotted key (what the field shows); other lines under ``""``."""
-    found: dict[str, str] = {}
-    for line in str(err).splitlines()[1:]:
-        item = line.strip().removeprefix("- ")
-        key, sep, problem = item.partition(": ")
-        if sep and " " not in key:
-            found[key] = problem
-        else:
-            found[""] = f"{found.get('', '')}\n{item}".strip()
-    return found
+    """The loader's problems by dotted key (what a field shows); a message without any, under ``""``."""
+    return dict(err.problems) if err.problems else {"": str(err)}
 
 
 def save_config(cfg: JobConfig, path: str | Path, overwrite: bool = False) -> Path:

@@ -118,15 +118,16 @@ def run_dir_of(config: str | None, overrides: list[str], base: Path) -> str | No
     return str((base / train.storage_path / train.run_name).resolve()) if "://" not in train.storage_path else None
 
 
-def submit(client: Any, args: list[str], local: bool, cwd: Path, run_dir: str | None = None) -> str:
-    """Submit ``raytune-ft ARGS``; returns the submission id."""
+def submit(
+    client: Any, args: list[str], local: bool, cwd: Path, run_dir: str | None = None, config: str | None = None
+) -> str:
+    """Submit ``raytune-ft ARGS`` (``config``: the config YAML among them); returns the submission id."""
     metadata = {"raytune_ft": args[0], **({"run_dir": run_dir} if run_dir else {})}
     if local:  # the panel's own Ray: this Python, this folder, absolute paths
         entry = f"cd {shlex.quote(str(cwd))} && {shlex.quote(sys.executable)} -m raytune_ft.cli {shlex.join(args)}"
         return _submit_when_ready(client, entrypoint=entry, metadata=metadata)
-    config = Path(args[1]) if len(args) > 1 and not args[1].startswith("-") and "=" not in args[1] else None
-    runtime_env = {"working_dir": str((cwd / config).parent)} if config is not None else {}
-    remote = [args[0], config.name, *args[2:]] if config is not None else args
+    runtime_env = {"working_dir": str((cwd / config).parent)} if config else {}
+    remote = [Path(arg).name if arg == config else arg for arg in args]
     return _submit_when_ready(client, entrypoint=f"raytune-ft {shlex.join(remote)}", runtime_env=runtime_env,
                               metadata=metadata)  # fmt: skip
 

@@ -42,7 +42,9 @@ def render() -> None:
     _fill_missing(base)
     cfg, errors = _validated(base)
     if errors:
-        st.error(t("configure.invalid") + (f"\n\n{errors['']}" if "" in errors else ""))
+        shown = {key for keys in FORM_KEYS.values() for key in keys}
+        elsewhere = "\n".join(f"{key}: {text}" if key else text for key, text in errors.items() if key not in shown)
+        st.error(t("configure.invalid") + (f"\n\n{elsewhere}" if elsewhere else ""))
     for section, keys in FORM_KEYS.items():
         with st.expander(t(f"section.{section}"), expanded=section in ("model", "dataset")):
             for key in keys:

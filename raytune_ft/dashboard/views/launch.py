@@ -42,10 +42,10 @@ def _submit_form(client: object, local: bool) -> None:
     if not sent:
         return
     try:
-        pairs = shlex.split(overrides)
-        args = command_args(action, config.strip() or None, pairs, checkpoint.strip() or None, out.strip() or None)
-        run_dir = run_dir_of(config.strip() or None, pairs, Path.cwd()) if action in ("train", "tune") else None
-        job_id = submit(client, args, local, Path.cwd(), run_dir)
+        pairs, chosen = shlex.split(overrides), config.strip() or None
+        args = command_args(action, chosen, pairs, checkpoint.strip() or None, out.strip() or None)
+        run_dir = run_dir_of(chosen, pairs, Path.cwd()) if action in ("train", "tune") else None
+        job_id = submit(client, args, local, Path.cwd(), run_dir, chosen)
     except (InputError, ValueError, RuntimeError) as err:
         st.error(str(err))
         return
