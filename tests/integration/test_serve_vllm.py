@@ -6,6 +6,7 @@ template, and runs that appear under the adapter root while it is up.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from raytune_ft.config import load_config
@@ -71,6 +73,26 @@ def chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]] = QUE
     return client.chat.completions.create(
         model=model, messages=messages, **{"max_tokens": 16, "temperature": 0, **kwargs}
     )
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to keep apart")
+def test_the_endpoint_keeps_off_the_cores_the_engines_compute_on(app: App) -> None:
+    """``serve.isolate_engine_cores`` (the default): vLLM binds its workers to all cores but one, and the
+    replicas, their engine schedulers, Serve's controller and proxy and Ray's GCS run on the rest."""
+    tree = psutil.Process().children(recursive=True)  # this module's local Ray and everything it started
+    titles = {p.pid: (p.cmdline() or [p.name()])[0] for p in tree}
+    workers = [p for p in tree if titles[p.pid].startswith("VLLM::Worker")]
+    assert len(workers) == 2  # one engine per replica
+    engine = set().union(*(p.cpu_affinity() for p in workers))
+    assert engine < os.sched_getaffinity(0)
+    kept_off = ("ray::ServeReplica", "VLLM::EngineCore", "ray::ServeController", "ray::ProxyActor", "gcs_server")
+    others = [p for p in tree if titles[p.pid].split("/")[-1].startswith(kept_off)]
+    names = [titles[p.pid] for p in others]
+    assert sum(n.startswith("ray::ServeReplica") for n in names) == 2, names
+    assert sum(n.startswith("VLLM::EngineCore") for n in names) == 2, names
+    assert any(n.startswith("ray::ServeController") for n in names), names
+    on_engine = {titles[p.pid]: t.id for p in others for t in p.threads() if os.sched_getaffinity(t.id) & engine}
+    assert not on_engine, f"threads on the engine cores {sorted(engine)}: {on_engine}"
 
 
 def test_health_is_open_and_every_other_route_needs_the_key(app: App) -> None:
