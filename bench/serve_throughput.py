@@ -98,6 +98,9 @@ def main() -> None:
     messages = _prompts(max(CONCURRENCY))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     count: Counter = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    unknown = sorted(set(args.setups.split(",")) - set(SERVERS))
+    if unknown:
+        parser.error(f"--setups: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
     chosen = {name: SERVERS[name] for name in args.setups.split(",")}
     rounds: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in CONCURRENCY} for name in chosen}
     for cycle in range(args.cycles):

@@ -648,6 +648,11 @@ class ServeConfig(Section):
     and engine scheduler) off the cores vLLM binds its compute threads to, so none of them stalls a
     decode step. Off leaves placement to the OS."""
 
+    @property
+    def isolates_cpu_engine(self) -> bool:
+        """``isolate_engine_cores`` where it applies: CPU engines only."""
+        return self.isolate_engine_cores and not self.use_gpu
+
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further vLLM engine arguments, passed as given (e.g. ``tensor_parallel_size``,
     ``gpu_memory_utilization``); they win over the fields above."""

@@ -156,7 +156,7 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
         + (" (about a minute on CPU)" if engine == "vllm" else ""))  # fmt: skip
     started = time.monotonic()
     serve.run(build_application(plan), name=APP_NAME, route_prefix="/")
-    if engine == "vllm" and cfg.isolate_engine_cores and not cfg.use_gpu:
+    if engine == "vllm" and cfg.isolates_cpu_engine:
         # The replicas moved themselves; this moves the rest of a local Ray started from this process.
         placement = keep_off_engine_cores(os.getpid(), include_root=False, keep=starts_processes)
         if placement is not None:

@@ -86,7 +86,7 @@ def build_application(plan: ServePlan) -> Application:
     loader = functools.partial(CheckpointAdapterLoader, plan.catalog)
     bind = {"catalog": plan.catalog, "max_tokens_limit": plan.serve.max_tokens_limit,
             "tokenizer_dir": str(plan.tokenizer_dir), "model_downloader": loader,
-            "isolate_engine_cores": plan.serve.isolate_engine_cores and not plan.serve.use_gpu}  # fmt: skip
+            "isolate_engine_cores": plan.serve.isolates_cpu_engine}  # fmt: skip
     return build_llm_deployment(config, name_prefix="OpenAIServer:", bind_kwargs=bind, deployment_cls=server)
 
 
