@@ -2,15 +2,17 @@
 OpenAI server, on the same model with the same engine arguments, in one invocation.
 
 Setups, each alone on the machine: started, warmed up, measured, stopped, in turn, and the whole
-sequence repeated (``--cycles``, default 2: ours, vLLM, ours_haproxy, then again), so drift on this shared machine
+sequence repeated (``--cycles``, default 2: ours, vLLM, ours_proxy, then again), so drift on this shared machine
 hits both alike. (With both servers up at once, the idle Ray cluster slowed bare vLLM by about 10%;
 running each alone keeps our Ray's cost on our side.)
-- ``ours``: ``start_server`` as ``raytune-ft serve`` runs it, starting its own local Ray (with the
-  dashboard; ``SERVE_ENV``: the proxy reaches replicas over gRPC): Serve's HTTP proxy -> one vLLM replica
-  serving our routes. Ray's processes and the replica's frontend keep off the engine's compute core
-  (``serve.isolate_engine_cores``, on by default).
-- ``ours_haproxy``: the same with ``serve.ingress: haproxy``: Ray Serve's direct ingress, each replica
-  answering HTTP itself behind HAProxy, instead of Serve's Python proxy relaying every chunk.
+- ``ours``: ``start_server`` as ``raytune-ft serve`` runs it with the default config, starting its own
+  local Ray (with the dashboard): ``serve.ingress: auto``, which is Ray Serve's direct ingress here, each
+  replica answering HTTP itself behind HAProxy. Ray's processes and the replica's frontend keep off the
+  engine's compute core (``serve.isolate_engine_cores``, on by default).
+- ``ours_proxy``: the same with ``serve.ingress: proxy``: Serve's HTTP proxy (reaching the replica over
+  gRPC, ``SERVE_ENV``) relays every chunk. Before HAProxy became the default this setup was ``ours``.
+- ``ours_haproxy`` (only when named in ``--setups``): ``serve.ingress: haproxy`` named explicitly, which
+  is ``ours`` wherever Ray has an HAProxy binary (results before that change compare it with ``ours``).
 - ``ours_haproxy_shared_cores`` (only when named in ``--setups``): ``ours_haproxy`` with
   ``serve.isolate_engine_cores: false``, every process free to run on the compute core too.
 - ``ours_haproxy_nice0`` (only when named): ``ours_haproxy`` with ``RAY_worker_niceness=0``, so the
@@ -33,6 +35,9 @@ output tokens/s (all tokens / round wall time), TTFT p50/p99 and inter-token lat
 request of every round. Throughput ratio: the median over round pairs (ours / vLLM's, the same round of
 the same cycle); TTFT overhead: ours' p50 minus vLLM's over all requests, and (``_paired``) the median over
 round pairs of the difference of the two rounds' p50s, so drift between cycles cancels as in the ratio.
+Before the loaded rounds, ``--probes`` single requests one at a time (2 tokens each; ``unloaded`` in the
+comparison): their time to first token is the path's own latency, which the queueing behind 16 or 64
+prompts (seconds at 64 here, drifting by hundreds of ms) otherwise buries.
 Results: bench/results/serve.json.
 
     .venv/bin/python bench/serve_throughput.py [--cycles 2] [--rounds 2] [--max-tokens 128] [--setups ours,vllm]
@@ -75,6 +80,9 @@ ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 CONCURRENCY = (16, 64)
+UNLOADED = 1
+"""The level of the unloaded probes: one request at a time, 2 tokens each, so time to first token is
+the path's own latency, without the queueing behind other prompts that dominates it at 16 and 64."""
 Counter = Callable[[str], int]
 TARGET_THROUGHPUT = 0.95
 TARGET_TTFT_OVERHEAD_MS = 20.0
@@ -85,6 +93,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=2, help="start-measure-stop cycles of every server (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per concurrency per cycle (default 2)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default 128)")
+    parser.add_argument("--probes", type=int, default=20, help="unloaded requests per cycle (default 20)")
     parser.add_argument("--stream-batch-ms", type=float, default=0.0, help="our serve.stream_batch_ms (default 0)")
     setups = f"which setups run, in this order (default {','.join(DEFAULT_SETUPS)}; all: {','.join(SERVERS)})"
     parser.add_argument("--setups", default=",".join(DEFAULT_SETUPS), help=setups)
@@ -102,7 +111,9 @@ def main() -> None:
     if unknown:
         parser.error(f"--setups: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
     chosen = {name: SERVERS[name] for name in args.setups.split(",")}
-    rounds: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in CONCURRENCY} for name in chosen}
+    rounds: dict[str, dict[int, list[dict[str, Any]]]] = {
+        name: {c: [] for c in (UNLOADED, *CONCURRENCY)} for name in chosen
+    }
     for cycle in range(args.cycles):
         for name, server in chosen.items():
             with server(model_dir, args) as url:
@@ -132,6 +143,7 @@ def main() -> None:
         "cycles": args.cycles,
         "rounds_per_cycle": args.rounds,
         "stream_batch_ms": args.stream_batch_ms,
+        "unloaded_probes_per_cycle": args.probes,
         "setups": setups,
         "comparison": comparison,
         "targets": {"throughput_ratio": TARGET_THROUGHPUT, "ttft_p50_overhead_ms": TARGET_TTFT_OVERHEAD_MS},
@@ -151,7 +163,8 @@ async def _measure(
     url: str, messages: list[list[dict[str, str]]], args: argparse.Namespace, count: Counter
 ) -> dict[int, Any]:
     await _round(url, messages[:4], 8, count)  # warm-up: first requests pay one-time costs
-    found: dict[int, Any] = {}
+    found: dict[int, Any] = {UNLOADED: [await _round(url, messages[:1], 2, count) for _ in range(args.probes)]}
+    print(f"   unloaded TTFT p50: {1000 * statistics.median(r['ttft_s'][0] for r in found[UNLOADED]):.1f} ms")
     for concurrency in CONCURRENCY:
         found[concurrency] = [
             await _round(url, messages[:concurrency], args.max_tokens, count) for _ in range(args.rounds)
@@ -227,7 +240,7 @@ def _compare(setups: dict[str, Any]) -> dict[str, Any]:
     """Each of our setups against bare vLLM, round pair by round pair."""
     bare = setups.get("vllm", {})
     return {
-        name: {c: _pair(found[c], bare[c]) for c in map(str, CONCURRENCY)}
+        name: {**{c: _pair(found[c], bare[c]) for c in map(str, CONCURRENCY)}, "unloaded": _probes(found, bare)}
         for name, found in setups.items()
         if name.startswith("ours") and "skipped" not in found and "skipped" not in bare and bare
     }
@@ -248,6 +261,17 @@ def _pair(ours: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
         "itl_p50_overhead_ms": round(ours["itl_p50_ms"] - bare["itl_p50_ms"], 1),
         "meets_throughput_target": ratio >= TARGET_THROUGHPUT,
         "meets_ttft_target": overhead <= TARGET_TTFT_OVERHEAD_MS,
+    }
+
+
+def _probes(ours: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
+    """Time to first token of single requests, ours against bare vLLM's (probe by probe, as they ran)."""
+    gaps = [a - b for a, b in zip(*(s[str(UNLOADED)]["ttft_p50_ms_per_round"] for s in (ours, bare)), strict=True)]
+    return {
+        "ttft_p50_ms": ours[str(UNLOADED)]["ttft_p50_ms"],
+        "vllm_ttft_p50_ms": bare[str(UNLOADED)]["ttft_p50_ms"],
+        "ttft_p50_overhead_ms": round(ours[str(UNLOADED)]["ttft_p50_ms"] - bare[str(UNLOADED)]["ttft_p50_ms"], 1),
+        "ttft_overhead_ms_paired": round(statistics.median(gaps), 1),
     }
 
 
@@ -357,15 +381,16 @@ def _process(command: list[str], url: str, env: dict[str, str], health: str = "/
 
 
 SERVERS = {
-    "ours": _ours_setup("proxy"),
+    "ours": _ours_setup("auto"),
     "vllm": _bare_vllm,
-    "ours_haproxy": _ours_setup("haproxy"),
+    "ours_proxy": _ours_setup("proxy"),
     "llamafactory": _llamafactory,
+    "ours_haproxy": _ours_setup("haproxy"),
     # Ablation: the endpoint's processes free to run on the engine's compute core too.
     "ours_haproxy_shared_cores": _ours_setup("haproxy", "serve.isolate_engine_cores=false"),
     "ours_haproxy_nice0": _ours_haproxy_nice0,
 }
-DEFAULT_SETUPS = ("ours", "vllm", "ours_haproxy", "llamafactory")
+DEFAULT_SETUPS = ("ours", "vllm", "ours_proxy", "llamafactory")
 
 
 def _free_port() -> int:

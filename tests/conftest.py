@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
     return folder
 
 
-def _start_local_ray(tmp_path_factory: pytest.TempPathFactory, dashboard: bool) -> None:
+def _start_local_ray(tmp_path_factory: pytest.TempPathFactory, dashboard: bool, ingress: str) -> str | None:
+    """Start the module's local Ray; returns HAProxy's state folder, if ``ingress`` made one."""
     import ray
 
     from raytune_ft.serve.app import serve_env
     from raytune_ft.train.launch import WORKER_ENV
 
-    # The endpoint tests run Serve as `raytune-ft serve` starts it; RAYTUNE_FT_TEST_INGRESS=haproxy runs
-    # them with serve.ingress: haproxy instead of Serve's proxy.
-    env = {**WORKER_ENV, **serve_env(os.environ.get("RAYTUNE_FT_TEST_INGRESS", "proxy"))}
+    env = {**WORKER_ENV, **serve_env(ingress)}
     if os.environ.get("RAYTUNE_FT_CACHE"):
         env["RAYTUNE_FT_CACHE"] = os.environ["RAYTUNE_FT_CACHE"]
     env["PYTHONPATH"] = str(Path(__file__).parents[1])
@@ -87,28 +87,40 @@ def _start_local_ray(tmp_path_factory: pytest.TempPathFactory, dashboard: bool) 
         runtime_env={"env_vars": env},
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
     )
+    return env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A private local Ray per test module (never joins another cluster on the machine)."""
+def _stop_local_ray(haproxy_state: str | None) -> None:
     import ray
 
-    _start_local_ray(tmp_path_factory, dashboard=False)
-    yield
     ray.shutdown()
+    if haproxy_state:
+        shutil.rmtree(haproxy_state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def local_ray_with_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def serve_ingress() -> str:
+    """``serve.ingress`` of the module's local Ray: the endpoint tests run Serve as ``raytune-ft serve``
+    starts it (``auto``, HAProxy here); ``RAYTUNE_FT_TEST_INGRESS`` or a module's own fixture picks another."""
+    return os.environ.get("RAYTUNE_FT_TEST_INGRESS", "auto")
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory, serve_ingress: str) -> Iterator[None]:
+    """A private local Ray per test module (never joins another cluster on the machine)."""
+    haproxy_state = _start_local_ray(tmp_path_factory, dashboard=False, ingress=serve_ingress)
+    yield
+    _stop_local_ray(haproxy_state)
+
+
+@pytest.fixture(scope="module")
+def local_ray_with_dashboard(tmp_path_factory: pytest.TempPathFactory, serve_ingress: str) -> Iterator[None]:
     """``local_ray`` with its dashboard (on 127.0.0.1), as ``raytune-ft`` starts it: Ray Train's
     placement-group cleaner needs its State API to free the resources of a run whose trial was
     stopped (a sweep's early-stopped or interrupted trials)."""
-    import ray
-
-    _start_local_ray(tmp_path_factory, dashboard=True)
+    haproxy_state = _start_local_ray(tmp_path_factory, dashboard=True, ingress=serve_ingress)
     yield
-    ray.shutdown()
+    _stop_local_ray(haproxy_state)
 
 
 @pytest.fixture(scope="session")

@@ -590,13 +590,14 @@ class ServeConfig(Section):
     port: int = Field(default=8000, ge=1, le=65535)
     """HTTP port of the endpoint."""
 
-    ingress: Literal["proxy", "haproxy"] = "proxy"
-    """How requests reach the replicas. ``proxy``: Ray Serve's HTTP proxy (a Python actor) relays every
-    streamed token. ``haproxy``: Ray Serve's direct ingress, where each replica answers HTTP itself and
-    HAProxy (the binary Ray installs) balances over them, sparing the engine that relay's CPU; HAProxy's
-    stats and metrics listeners then bind every interface on two free ports. Applies to the local Ray
-    ``raytune-ft serve`` starts; on a cluster, set ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` and
-    ``RAY_SERVE_ENABLE_HA_PROXY=1`` in its environment."""
+    ingress: Literal["auto", "haproxy", "proxy"] = "auto"
+    """How requests reach the replicas. ``haproxy``: Ray Serve's direct ingress, where each replica answers
+    HTTP itself and HAProxy (the binary Ray installs) balances over them; all of HAProxy's listeners bind
+    ``host``. ``proxy``: Ray Serve's HTTP proxy, a Python actor that relays every streamed token, which
+    costs the engine CPU and adds time to first token. ``auto``: haproxy where Ray finds an HAProxy
+    binary, else proxy. Applies to the local Ray ``raytune-ft serve`` starts; a cluster serves as its own
+    environment says (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` and ``RAY_SERVE_ENABLE_HA_PROXY=1`` for
+    haproxy, see cluster/serve.yaml)."""
 
     api_key: str | None = None
     """A key every request must send as ``Authorization: Bearer KEY`` (all routes but ``/health``).

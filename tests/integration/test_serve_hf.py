@@ -1,5 +1,6 @@
 """The fallback engine (Hugging Face ``generate``) behind the same OpenAI routes, on local Ray with the
-tiny model, through the real ``openai`` client: what a machine without vLLM gets."""
+tiny model, through the real ``openai`` client: what a machine without vLLM gets. It also covers
+``serve.ingress: proxy``, Ray Serve's HTTP proxy, which ``auto`` falls back to where there is no HAProxy."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ pytestmark = pytest.mark.integration
 
 KEY = "hf-key"
 QUESTION = [{"role": "user", "content": "Who are you?"}]
+
+
+@pytest.fixture(scope="module")
+def serve_ingress() -> str:
+    """Serve's own HTTP proxy (``serve.ingress: proxy``): the other endpoint tests go through HAProxy."""
+    return "proxy"
 
 
 @pytest.fixture(scope="module")

