@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--setups", default=",".join(DEFAULT_SETUPS), help=setups)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.probes < 1 or args.rounds < 1 or args.cycles < 1:
+        parser.error("--probes, --rounds and --cycles must be at least 1")
     os.environ.update(ENV)
 
     from raytune_ft.models import resolve_model_source
@@ -278,7 +280,7 @@ def _probes(ours: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
 def _print(name: str, c: int, row: dict[str, Any]) -> None:
     rate = f"{row['output_tok_s_median']} tok/s (rounds {row['output_tok_s']})"
     latency = f"TTFT p50 {row['ttft_p50_ms']} ms p99 {row['ttft_p99_ms']} ms, ITL p50 {row['itl_p50_ms']} ms"
-    print(f"{name} c={c}: {rate}, {latency}", flush=True)
+    print(f"{name} {'unloaded' if c == UNLOADED else f'c={c}'}: {rate}, {latency}", flush=True)
 
 
 def _ours_setup(ingress: str, *overrides: str) -> Any:

@@ -55,9 +55,10 @@ DIRECT_INGRESS_ENV = {
     "RAY_SERVE_HAPROXY_NBTHREAD": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
-"""``serve.ingress: haproxy``: replicas listen themselves, HAProxy fronts them (one thread forwards far more
-chunks a second than an engine makes; more would compete with the engine for cores). A stopping replica
-drains for 2 s, not Ray's 30 s, which are meant for load balancers on other machines (Ctrl-C took 35 s, now 8 s)."""
+"""``serve.ingress: haproxy``, and ``auto`` where Ray has HAProxy: replicas listen themselves and HAProxy
+fronts them (one thread forwards far more chunks a second than an engine makes; more would compete with
+the engine for cores). A stopping replica drains for 2 s, not Ray's 30 s, which are meant for load
+balancers on other machines (Ctrl-C took 35 s, now 8 s)."""
 
 
 def serve_env(ingress: str, host: str = "127.0.0.1") -> dict[str, str]:
@@ -164,7 +165,8 @@ def load_plan(config: str | None, checkpoint: str | None, overrides: list[str]) 
 
 
 def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str], None] = print) -> str:
-    """Deploy ``plan`` on Ray Serve (starting Serve's HTTP proxy on serve.host:serve.port); returns its URL."""
+    """Deploy ``plan`` on Ray Serve, listening on serve.host:serve.port (HAProxy or Serve's HTTP proxy,
+    ``serve.ingress``); returns its URL."""
     import ray
     from ray import serve
 
@@ -174,7 +176,9 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
         env = serve_env(plan.serve.ingress, plan.serve.host)
         for key, value in env.items():
             os.environ.setdefault(key, value)  # inherited by the local Ray's processes
-        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:  # after Ray's own exit hook, which stops HAProxy
+        if "RAY_SERVE_HAPROXY_BINARY_PATH" in env:  # the shim wraps a binary set there, so it replaces it
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = env["RAY_SERVE_HAPROXY_BINARY_PATH"]
+            # Registered before ray.init, so it runs after the exit hook of the local Ray stops HAProxy.
             atexit.register(shutil.rmtree, env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
         haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
         log(f"raytune_ft: ingress: {'HAProxy (replicas answer HTTP themselves)' if haproxy else 'Serve HTTP proxy'}")

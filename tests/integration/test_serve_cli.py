@@ -98,6 +98,8 @@ def _haproxy_listeners(root: int) -> dict[int, str]:
     found = {}
     for process in psutil.Process(root).children(recursive=True):
         if process.name() == "haproxy":
+            command = process.cmdline()
+            assert command[command.index("-f") + 1].endswith("/haproxy.cfg"), "Ray finds its HAProxy by this path"
             for conn in process.net_connections(kind="inet"):
                 if conn.status == psutil.CONN_LISTEN:
                     found[conn.laddr.port] = conn.laddr.ip
