@@ -252,8 +252,7 @@ def _pair(ours: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
     paired = [a / b for a, b in zip(ours["output_tok_s"], bare["output_tok_s"], strict=True)]
     ratio = statistics.median(paired)
     overhead = ours["ttft_p50_ms"] - bare["ttft_p50_ms"]
-    # Like the tokens/s ratio, per round pair, so drift between cycles cancels.
-    gaps = [a - b for a, b in zip(ours["ttft_p50_ms_per_round"], bare["ttft_p50_ms_per_round"], strict=True)]
+    gaps = _ttft_gaps(ours, bare)
     return {
         "throughput_ratio_vs_vllm": round(ratio, 3),
         "throughput_ratio_per_round_pair": [round(r, 3) for r in paired],
@@ -266,14 +265,19 @@ def _pair(ours: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ttft_gaps(ours: dict[str, Any], bare: dict[str, Any]) -> list[float]:
+    """TTFT p50 differences round pair by round pair (like the tokens/s ratio), so drift between cycles cancels."""
+    return [a - b for a, b in zip(ours["ttft_p50_ms_per_round"], bare["ttft_p50_ms_per_round"], strict=True)]
+
+
 def _probes(ours: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
     """Time to first token of single requests, ours against bare vLLM's (probe by probe, as they ran)."""
-    gaps = [a - b for a, b in zip(*(s[str(UNLOADED)]["ttft_p50_ms_per_round"] for s in (ours, bare)), strict=True)]
+    mine, theirs = ours[str(UNLOADED)], bare[str(UNLOADED)]
     return {
-        "ttft_p50_ms": ours[str(UNLOADED)]["ttft_p50_ms"],
-        "vllm_ttft_p50_ms": bare[str(UNLOADED)]["ttft_p50_ms"],
-        "ttft_p50_overhead_ms": round(ours[str(UNLOADED)]["ttft_p50_ms"] - bare[str(UNLOADED)]["ttft_p50_ms"], 1),
-        "ttft_overhead_ms_paired": round(statistics.median(gaps), 1),
+        "ttft_p50_ms": mine["ttft_p50_ms"],
+        "vllm_ttft_p50_ms": theirs["ttft_p50_ms"],
+        "ttft_p50_overhead_ms": round(mine["ttft_p50_ms"] - theirs["ttft_p50_ms"], 1),
+        "ttft_overhead_ms_paired": round(statistics.median(_ttft_gaps(mine, theirs)), 1),
     }
 
 
