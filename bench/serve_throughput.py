@@ -166,7 +166,7 @@ async def _measure(
 ) -> dict[int, Any]:
     await _round(url, messages[:4], 8, count)  # warm-up: first requests pay one-time costs
     found: dict[int, Any] = {UNLOADED: [await _round(url, messages[:1], 2, count) for _ in range(args.probes)]}
-    print(f"   unloaded TTFT p50: {1000 * statistics.median(r['ttft_s'][0] for r in found[UNLOADED]):.1f} ms")
+    print(f"   unloaded TTFT p50: {1000 * _quantile([r['ttft_s'][0] for r in found[UNLOADED]], 0.5):.1f} ms")
     for concurrency in CONCURRENCY:
         found[concurrency] = [
             await _round(url, messages[:concurrency], args.max_tokens, count) for _ in range(args.rounds)
