@@ -56,8 +56,23 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     source: str = "builtin:smollm2-135m-instruct"
-    """Where the base model comes from: ``builtin:NAME`` (shipped with raytune_ft) or a local
-    Hugging Face folder (config.json + safetensors + tokenizer)."""
+    """Where the base model comes from: ``builtin:NAME`` (shipped with raytune_ft), a local Hugging Face
+    folder (config.json + safetensors + tokenizer), a Hugging Face Hub id ``org/name`` with an optional
+    ``@revision`` (branch, tag or commit), or a ModelScope id ``modelscope:org/name[@revision]`` (plain ids
+    go to ModelScope when ``USE_MODELSCOPE_HUB=1``). A local folder of the same spelling wins over a Hub id.
+    Hub models are downloaded once per node into the hub's cache (``model.cache_dir``); with
+    ``HF_HUB_OFFLINE=1`` only the cache is read. The driver pins a Hugging Face revision to its commit, so
+    every worker, restart and checkpoint loads the same weights (checkpoints record ``org/name@<commit>``)."""
+
+    trust_remote_code: bool = False
+    """Let transformers (and vLLM) run the Python code a model folder or Hub repository ships for its
+    architecture, tokenizer or config (``auto_map`` in config.json). Applies to every load: training,
+    chat, serve, export and eval. Only for repositories you trust."""
+
+    cache_dir: str | None = None
+    """Cache folder for Hub models (Hugging Face and ModelScope) instead of each hub's default
+    (``HF_HUB_CACHE`` / ``MODELSCOPE_CACHE``): a folder shared by every node lets a cluster download a
+    model once."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype for training. float32 is fastest on CPUs without bf16 units."""
@@ -83,12 +98,15 @@ class ModelConfig(Section):
 class DataConfig(Section):
     dataset: CommaList = Field(default_factory=lambda: ["identity"])
     """Datasets to train on: names from ``dataset_dir/dataset_info.json``, bundled names (``identity``,
-    ``alpaca_300``), or paths to .json/.jsonl/.parquet/.csv files or folders of them. A
-    comma-separated string is accepted, as in LLaMA-Factory."""
+    ``alpaca_300``), or paths to .json/.jsonl/.parquet/.csv/.arrow files (.txt for ``stage: pt``, one row
+    per line) or folders of them. A comma-separated string is accepted, as in LLaMA-Factory. See
+    docs/datasets.md for the registry keys (hub datasets, subsets, splits, ``num_samples``)."""
 
     dataset_dir: str = "data"
     """Folder holding a LLaMA-Factory ``dataset_info.json``; its entries are looked up first and
-    their ``file_name`` is relative to this folder. Ignored when the file does not exist."""
+    their ``file_name`` is relative to this folder. Ignored when the file does not exist.
+    ``REMOTE:org/name`` reads the file and its data from a Hugging Face dataset repository (through
+    the hub cache); ``ONLINE`` takes every dataset name as a hub dataset repository."""
 
     placeholders: dict[str, str] = Field(default_factory=lambda: {"name": "Raytune", "author": "the raytune_ft team"})
     """Values substituted for ``{{key}}`` in the data, e.g. the identity set's name and author."""
@@ -104,12 +122,31 @@ class DataConfig(Section):
     """In multi-turn rows, learn only the last assistant answer; earlier turns are context only."""
 
     max_samples: int | None = Field(default=None, ge=1)
-    """Use at most this many rows from each dataset file: the first N (handy for smoke runs)."""
+    """Use at most this many rows from each dataset file: the first N (handy for smoke runs). For a
+    registry entry with ``num_samples``, at most N of its drawn rows, as in LLaMA-Factory."""
 
     template: str | None = None
-    """Named chat template (``default``, ``chatml``, ``llama3``, ``qwen``, ``mistral``, ``gemma``,
-    ``phi``) for base models without one. Default: the tokenizer's own chat template. The template
-    used is saved with every checkpoint, so chat, serve and export render prompts exactly as trained."""
+    """A LLaMA-Factory chat template name (``qwen3``, ``qwen3_nothink``, ``llama3``, ``mistral``, ``gemma3``,
+    ``chatml``, ``default``, ... every name of its registry; docs/templates.md), encoded token for token as
+    LLaMA-Factory encodes it, tool-call rows included. Default: the tokenizer's own chat template (rows
+    without tool turns only). The template used is saved with every checkpoint, so chat, serve and export
+    render prompts exactly as trained."""
+
+    enable_thinking: bool | None = True
+    """Thinking templates (``qwen3``, ``deepseekr1``, ...): true learns each answer's thought block (an empty
+    one where the answer has none); false drops thought blocks and puts an empty one in the prompt; null
+    keeps the thoughts that are there and puts an empty block in the prompt of answers without one."""
+
+    preserve_thinking: bool = False
+    """Thinking templates: keep earlier turns' thought blocks where LLaMA-Factory drops them (the history
+    of pairs, KTO rows and inference prompts; with ``mask_history``, of supervised rows)."""
+
+    tool_format: str | None = None
+    """Write tool definitions and function calls in this tool format (``default``, ``qwen``, ``llama3``,
+    ``mistral``, ``glm4``, ...) instead of the template's own. Default: the template's."""
+
+    default_system: str | None = None
+    """System message for rows without one, instead of the template's default system message."""
 
     packing: bool = False
     """Pack several samples into each ``cutoff_len`` row. Position ids restart at every sample and
@@ -286,6 +323,29 @@ class AdapterConfig(Section):
     freeze_extra_modules: CommaList = Field(default_factory=list)
     """For ``type: freeze``: more modules outside the decoder layers that train, e.g. ``embed_tokens,norm``."""
 
+    init_from: CommaList = Field(default_factory=list)
+    """Start from existing LoRA adapters (LLaMA-Factory's ``adapter_name_or_path``; a comma-separated string
+    is accepted): each a raytune_ft checkpoint, a run directory (its newest checkpoint), any PEFT adapter
+    folder (``adapter_config.json`` + weights) or a Hub id. All but the last are merged into the base model;
+    the last is loaded and training continues it with its own rank, alpha and target modules (they win over
+    the fields above). Chat, serve, export and eval of the run's checkpoints load the same base. Needs
+    ``type: lora``."""
+
+    new_adapter: bool = False
+    """With ``init_from``: merge every listed adapter into the base and train a fresh LoRA adapter (this
+    section's rank, alpha, target) on top, instead of continuing the last (LLaMA-Factory's
+    ``create_new_adapter``)."""
+
+    @model_validator(mode="after")
+    def _check_init_from(self) -> AdapterConfig:
+        if self.new_adapter and not self.init_from:
+            raise ValueError("new_adapter trains a fresh adapter on top of init_from's merged adapters: set init_from")
+        if self.init_from and self.type != "lora":
+            raise ValueError(f"init_from starts from LoRA adapters: it needs type lora, not {self.type!r}")
+        if self.init_from and self.pissa_init:
+            raise ValueError("init_from continues existing adapters; pissa_init initialises new ones: choose one")
+        return self
+
 
 class TrainConfig(Section):
     run_name: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -319,6 +379,9 @@ class TrainConfig(Section):
 
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     """Fraction of the steps spent warming the learning rate up linearly from 0."""
+
+    warmup_steps: int | None = Field(default=None, ge=0)
+    """Warmup in optimizer steps; when set it wins over ``warmup_ratio`` (as in Hugging Face's Trainer)."""
 
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm to this value; null disables clipping."""
@@ -354,10 +417,11 @@ class ScalingConfig(Section):
     full weights for each checkpoint's export and saves resume state shard by shard; ``deepspeed``
     runs DeepSpeed ZeRO (``deepspeed``, ``deepspeed_offload``)."""
 
-    deepspeed: int | str | None = None
-    """For ``strategy: deepspeed``: a ZeRO stage (0-3; default 2), or the path of a DeepSpeed JSON config
-    such as LLaMA-Factory's ``ds_z3_config.json`` (its ``"auto"`` values are filled from this config;
-    batch size, accumulation, clipping and precision always come from this config)."""
+    deepspeed: int | dict[str, Any] | None = None
+    """For ``strategy: deepspeed``: a ZeRO stage (0-3; default 2), or a DeepSpeed config: the path of its JSON
+    file, such as LLaMA-Factory's ``ds_z3_config.json``, or the mapping itself. A file is read where the config
+    is loaded and travels inside it, so workers on every node use it. Its ``"auto"`` values are filled from
+    this config; batch size, accumulation, clipping and precision always come from this config."""
 
     deepspeed_offload: Literal["none", "optimizer", "all"] = "none"
     """With a ZeRO stage number: keep optimizer state (stages 1-3), or also parameters (stage 3), in
@@ -375,6 +439,20 @@ class ScalingConfig(Section):
     """How Ray places the workers' resource bundles: ``PACK`` fills nodes first (fewer cross-node
     all-reduces), ``SPREAD`` puts them on as many nodes as it can; ``STRICT_*`` fail instead of bending."""
 
+    collective_timeout_s: int = Field(default=1800, ge=1)
+    """Seconds a collective (an all-reduce, a barrier) may wait for the other workers before the process
+    group fails (Ray Train's ``TorchConfig.timeout_s``; LLaMA-Factory's ``ddp_timeout``)."""
+
+    ray_init: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for ``ray.init`` when raytune-ft starts or joins Ray, e.g. ``runtime_env: {env_vars:
+    {...}, pip: [...]}`` or ``namespace`` (LLaMA-Factory's ``ray_init_kwargs``). raytune_ft's own worker
+    environment variables are added to ``runtime_env.env_vars``; yours win."""
+
+    @field_validator("deepspeed", mode="before")
+    @classmethod
+    def _read_deepspeed_file(cls, value: object) -> object:
+        return _read_deepspeed_file(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check_deepspeed(self) -> ScalingConfig:
         if self.strategy != "deepspeed":
@@ -383,10 +461,10 @@ class ScalingConfig(Section):
             return self
         if isinstance(self.deepspeed, int):
             _check_zero(self.deepspeed, self.deepspeed_offload, "deepspeed")
-        elif isinstance(self.deepspeed, str):
+        elif isinstance(self.deepspeed, dict):
             if self.deepspeed_offload != "none":
                 raise ValueError("deepspeed_offload applies to a ZeRO stage number; set offload in the JSON file")
-            _check_deepspeed_file(self.deepspeed)
+            _check_deepspeed_mapping(self.deepspeed, "deepspeed")
         return self
 
 
@@ -399,11 +477,13 @@ def _check_zero(stage: object, offload: str, where: str) -> None:
         raise ValueError(f"{where}: optimizer offload needs ZeRO stage 1, 2 or 3")
 
 
-def _check_deepspeed_file(path: str) -> None:
-    """The JSON exists, parses, names a ZeRO stage, and leaves the optimizer to us."""
+def _read_deepspeed_file(path: str) -> object:
+    """The mapping in a DeepSpeed JSON file (a digit string stays a ZeRO stage, as overrides give it)."""
     import json
     from pathlib import Path
 
+    if path.strip().isdigit():
+        return int(path)
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"deepspeed: {path} is not a file; give a ZeRO stage (0-3) or a DeepSpeed JSON config path")
@@ -413,15 +493,21 @@ def _check_deepspeed_file(path: str) -> None:
         raise ValueError(f"deepspeed: {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
     if not isinstance(config, dict):
         raise ValueError(f"deepspeed: {path} must hold a JSON object")
+    _check_deepspeed_mapping(config, f"deepspeed: {path}")
+    return config
+
+
+def _check_deepspeed_mapping(config: dict[str, Any], where: str) -> None:
+    """A DeepSpeed config that names a ZeRO stage and leaves the optimizer to us."""
     taken = sorted({"optimizer", "scheduler"} & set(config))
     if taken:
         raise ValueError(
-            f"deepspeed: {path} has {' and '.join(taken)} sections; raytune_ft builds the optimizer and schedule "
+            f"{where} has {' and '.join(taken)} sections; raytune_ft builds the optimizer and schedule "
             "from train.* (learning_rate, weight_decay, lr_scheduler, warmup_ratio): remove them"
         )
     zero = config.get("zero_optimization", {})
     offload = "all" if "offload_param" in zero else "optimizer" if "offload_optimizer" in zero else "none"
-    _check_zero(zero.get("stage", 0), offload, f"deepspeed: {path}: zero_optimization")
+    _check_zero(zero.get("stage", 0), offload, f"{where}: zero_optimization")
 
 
 class SearchDimension(Section):
@@ -878,6 +964,11 @@ class JobConfig(Section):
             )
         if self.adapter.type != "lora":
             raise ValueError(f"model.quantization_bit needs adapter.type lora (QLoRA), not {self.adapter.type!r}")
+        if self.adapter.init_from:
+            raise ValueError(
+                "adapter.init_from with model.quantization_bit is not supported: merge the adapters into the base "
+                "first (raytune-ft export) and train QLoRA on the exported model"
+            )
         if self.scaling.strategy != "ddp":
             raise ValueError(f"model.quantization_bit runs with scaling.strategy ddp, not {self.scaling.strategy!r}")
         return self

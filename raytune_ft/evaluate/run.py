@@ -11,19 +11,24 @@ import csv
 import functools
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import InputError, JobConfig
+from raytune_ft.config import InputError, JobConfig, load_config
 from raytune_ft.data import DataError, build_datasets
 from raytune_ft.models import (
+    CONFIG_FILE,
     CheckpointError,
+    adapter_folder,
     is_adapter_checkpoint,
     latest_checkpoint,
-    resolve_model_source,
+    pin_model_source,
+    pin_sources,
+    resolve_model,
 )
 from raytune_ft.models.loading import row_tokenizer_from_folder
 
@@ -54,6 +59,8 @@ class EvalTarget:
     """How the model is named in the results."""
     output_dir: Path
     """Default results folder."""
+    trust_remote_code: bool = False
+    """Whether the tokenizer's own code may run (``model.trust_remote_code`` of what is evaluated)."""
 
 
 @dataclass
@@ -62,20 +69,40 @@ class EvalReport:
     path: Path
 
 
-def eval_target(checkpoint: str | None, model: str | None) -> EvalTarget:
-    """What ``--checkpoint`` (a run or one checkpoint) and/or ``--model`` (a model source) name."""
+def eval_target(checkpoint: str | None, model: str | None, config: JobConfig | None = None) -> EvalTarget:
+    """What ``--checkpoint`` (a run or one checkpoint) and/or ``--model`` (a model source) name; without
+    either, ``config``'s model with its ``adapter.init_from`` adapters (LLaMA-Factory's predict YAML).
+    ``config``'s ``model`` section (code trust, Hub cache) applies to the models it names."""
     if checkpoint is None:
-        if model is None:
-            raise InputError("eval: give --checkpoint RUN_DIR or --model SOURCE")
-        folder = resolve_model_source(model)
-        return EvalTarget(EvalModel(model, None), folder, model, Path("eval_results").resolve())
+        return _config_target(model, config)
     found = latest_checkpoint(checkpoint)
     output = found.parent / "eval" / found.name
+    saved = load_config(found / CONFIG_FILE).model if (found / CONFIG_FILE).is_file() else None
+    trust = (saved is not None and saved.trust_remote_code) or (config is not None and config.model.trust_remote_code)
+    if trust and saved is not None:
+        pin_model_source(saved.model_copy(update={"trust_remote_code": True}))  # the warning, on the driver
     if is_adapter_checkpoint(found):
-        return EvalTarget(EvalModel(model, str(found)), found, str(found), output)
+        return EvalTarget(EvalModel(model, str(found), config), found, str(found), output, trust)
     if model is not None:
         raise CheckpointError(f"{found} holds full weights; give --checkpoint or --model, not both")
-    return EvalTarget(EvalModel(str(found), None), found, str(found), output)
+    return EvalTarget(EvalModel(str(found), None, config), found, str(found), output, trust)
+
+
+def _config_target(model: str | None, config: JobConfig | None) -> EvalTarget:
+    if model is None and config is None:
+        raise InputError("eval: give --checkpoint RUN_DIR or --model SOURCE")
+    job = config or JobConfig()
+    if model is not None:
+        job = job.model_copy(update={"model": job.model.model_copy(update={"source": model})})
+    job = pin_sources(job)  # every scoring actor loads the same Hub commit
+    folder = resolve_model(job.model)
+    trust, output = job.model.trust_remote_code, Path("eval_results").resolve()
+    if job.adapter.init_from:
+        last = adapter_folder(job.adapter.init_from[-1], job.model.cache_dir)
+        tokenizer_dir = last if (last / "tokenizer_config.json").is_file() else folder
+        label = f"{job.model.source} + {', '.join(job.adapter.init_from)}"
+        return EvalTarget(EvalModel(None, None, job), tokenizer_dir, label, output, trust)
+    return EvalTarget(EvalModel(job.model.source, None, job), folder, model or job.model.source, output, trust)
 
 
 def run_evaluation(
@@ -120,13 +147,15 @@ def _rows(cfg: JobConfig, target: EvalTarget) -> Any:
             "max_samples": cfg.eval.max_samples,
         }
     )
-    load = functools.partial(row_tokenizer_from_folder, target.tokenizer_dir)
+    load = functools.partial(row_tokenizer_from_folder, target.tokenizer_dir, target.trust_remote_code)
     # Tokenized in full before the scorers start: actors holding every CPU would leave none to tokenize.
     return build_datasets(data, load, seed=cfg.train.seed, concurrency=1, stage="sft").train.materialize()
 
 
 def _scored(rows: Any, scorer: type, cfg: JobConfig, **kwargs: Any) -> list[dict[str, Any]]:
-    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": f"{cfg.eval.kv_cache_gib:g}"}
+    env = {"VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": f"{cfg.eval.kv_cache_gib:g}"}
+    if "HF_HUB_OFFLINE" in os.environ:  # else the node decides: one without the pinned Hub model fetches it
+        env["HF_HUB_OFFLINE"] = os.environ["HF_HUB_OFFLINE"]
     mapped = rows.map_batches(
         scorer,
         fn_constructor_kwargs=kwargs,

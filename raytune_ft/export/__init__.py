@@ -5,8 +5,8 @@ LoRA/DoRA adapters are merged into their base; the result is written as Hugging 
 """
 
 from .gguf import GGUF_ARCHITECTURES, GGUF_TYPES, write_gguf
-from .merge import ExportError, MergedModel, merge_checkpoint
-from .run import EXPORT_FORMATS, MANIFEST, export_checkpoint
+from .merge import ExportError, MergedModel, merge_checkpoint, merge_init_from
+from .run import EXPORT_FORMATS, MANIFEST, export_checkpoint, export_init_from
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -16,6 +16,8 @@ __all__ = [
     "ExportError",
     "MergedModel",
     "export_checkpoint",
+    "export_init_from",
     "merge_checkpoint",
+    "merge_init_from",
     "write_gguf",
 ]

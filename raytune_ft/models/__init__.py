@@ -17,10 +17,12 @@ from .checkpoint import (
     latest_checkpoint,
     vllm_lora_rank,
 )
-from .loading import load_causal_lm, load_for_inference, load_row_tokenizer, load_tokenizer
+from .hub import HubModel, hub_model
+from .init_from import adapter_folder, merge_adapters, merged_adapters, pin_init_from, pin_sources
+from .loading import inference_model, load_base, load_causal_lm, load_for_inference, load_row_tokenizer, load_tokenizer
 from .pissa import INITIAL_ADAPTER as PISSA_INITIAL_ADAPTER
 from .pissa import restore_from_plain_lora, save_weights
-from .source import BUILTIN_MODELS, ModelSourceError, cache_root, resolve_model_source
+from .source import BUILTIN_MODELS, ModelSourceError, cache_root, pin_model_source, resolve_model, resolve_model_source
 from .value_head import VALUE_HEAD_WEIGHTS, RewardScorer, attach_head, value_head_model
 
 __all__ = [
@@ -36,20 +38,31 @@ __all__ = [
     "VALUE_HEAD_WEIGHTS",
     "VLLM_LORA_RANKS",
     "CheckpointError",
+    "HubModel",
     "ModelSourceError",
     "RewardScorer",
+    "adapter_folder",
     "adapter_rank",
     "apply_adapter",
     "attach_head",
     "cache_root",
     "checkpoint_step",
+    "hub_model",
+    "inference_model",
     "is_adapter_checkpoint",
     "keeps_attention_in_sample",
     "latest_checkpoint",
+    "load_base",
     "load_causal_lm",
     "load_for_inference",
     "load_row_tokenizer",
     "load_tokenizer",
+    "merge_adapters",
+    "merged_adapters",
+    "pin_init_from",
+    "pin_model_source",
+    "pin_sources",
+    "resolve_model",
     "resolve_model_source",
     "restore_from_plain_lora",
     "save_weights",

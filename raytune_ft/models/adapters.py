@@ -101,8 +101,13 @@ def _unfreeze_named(model: torch.nn.Module, names: list[str]) -> None:
 ADAPTERS: dict[str, AdapterFn] = {"lora": _lora, "freeze": _freeze, "full": _full}
 
 
-def apply_adapter(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
-    """Return the model prepared for ``cfg.type`` training (wrapped by peft for LoRA)."""
+def apply_adapter(model: torch.nn.Module, cfg: AdapterConfig, cache_dir: str | None = None) -> torch.nn.Module:
+    """Return the model prepared for ``cfg.type`` training (wrapped by peft for LoRA); with ``cfg.init_from``,
+    started from those adapters (``cache_dir``: where Hub ones are cached, ``model.cache_dir``)."""
+    if cfg.init_from:
+        from .init_from import load_adapters
+
+        return load_adapters(model, cfg, cache_dir)
     return ADAPTERS[cfg.type](model, cfg)
 
 

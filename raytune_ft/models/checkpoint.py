@@ -1,7 +1,9 @@
 """The on-disk layout of a raytune_ft checkpoint, shared by training (writer) and chat/serve (readers).
 
 A checkpoint folder is self-contained: LoRA adapter files *or* full HF weights, the tokenizer
-with the chat template used in training, the resolved job config, and ``trainer_state.json``.
+with the chat template used in training, the resolved job config, and ``trainer_state.json``. (An
+adapter trained from several ``adapter.init_from`` adapters also needs the ones merged into its base:
+its config names their folders.)
 Runs keep many checkpoints; readers pick the one with the highest global step.
 """
 

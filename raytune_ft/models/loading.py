@@ -9,24 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raytune_ft.config import ModelConfig, load_config
+from raytune_ft.config import AdapterConfig, JobConfig, ModelConfig, load_config
 
-from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
-from .source import ModelSourceError, resolve_model_source
+from .checkpoint import CONFIG_FILE, CheckpointError, latest_checkpoint
+from .init_from import adapter_folder, merge_adapters, merged_adapters
+from .source import ModelSourceError, pin_model_source, resolve_model
 
 if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
     import torch
 
-__all__ = ["load_causal_lm", "load_for_inference", "load_row_tokenizer", "load_tokenizer", "row_tokenizer_from_folder"]
+__all__ = [
+    "inference_model",
+    "load_base",
+    "load_causal_lm",
+    "load_for_inference",
+    "load_row_tokenizer",
+    "load_tokenizer",
+    "row_tokenizer_from_folder",
+]
 
 
-def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
+def load_tokenizer(path: Path, require_chat_template: bool = True, trust_remote_code: bool = False) -> Any:
     """Tokenizer with a pad token (the EOS token when the model defines none).
 
     Training may load a base model's tokenizer without a chat template and give it a named one
     (``data.template``); everything else needs the template the model was trained with.
     """
-    tokenizer = _from_pretrained(path)
+    tokenizer = _from_pretrained(path, trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if require_chat_template and not getattr(tokenizer, "chat_template", None):
@@ -37,32 +46,36 @@ def load_tokenizer(path: Path, require_chat_template: bool = True) -> Any:
     return tokenizer
 
 
-def load_row_tokenizer(source: str) -> Any:
+def load_row_tokenizer(source: str | ModelConfig) -> Any:
     """What the data workers tokenize with: a ``RowTokenizer`` (no transformers import; the same token
-    rows) when the model folder allows it, else its transformers tokenizer as it ships (no template check)."""
-    return row_tokenizer_from_folder(resolve_model_source(source))
+    rows) when the model folder allows it, else its transformers tokenizer as it ships (no template check).
+    ``source``: a model source, or a ``model`` section (its cache and ``trust_remote_code`` then apply)."""
+    model = source if isinstance(source, ModelConfig) else ModelConfig(source=source)
+    return row_tokenizer_from_folder(resolve_model(model), model.trust_remote_code)
 
 
-def row_tokenizer_from_folder(path: Path) -> Any:
+def row_tokenizer_from_folder(path: Path, trust_remote_code: bool = False) -> Any:
     """``load_row_tokenizer`` for a folder that holds a tokenizer but no model (an adapter checkpoint)."""
     from .fast_tokenizer import RowTokenizer
 
-    return RowTokenizer.from_folder(path) or load_tokenizer(path, require_chat_template=False)
+    fast = None if trust_remote_code else RowTokenizer.from_folder(path)  # the model's own code may tokenize
+    return fast or load_tokenizer(path, require_chat_template=False, trust_remote_code=trust_remote_code)
 
 
-def _from_pretrained(path: Path) -> Any:
-    """A fast tokenizer straight from ``tokenizer.json`` when there is one.
+def _from_pretrained(path: Path, trust_remote_code: bool = False) -> Any:
+    """A fast tokenizer straight from ``tokenizer.json`` when there is one (and no code of the model's may
+    define another).
 
     AutoTokenizer gives the same class but first imports the model-side code to read the config,
     seconds more on a small CPU.
     """
-    if (path / "tokenizer.json").is_file():
+    if (path / "tokenizer.json").is_file() and not trust_remote_code:
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast.from_pretrained(path)
     from transformers import AutoTokenizer  # importing it loads torch and the model registry
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
@@ -71,9 +84,21 @@ def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, cfg.dtype)
-    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation=cfg.attn_implementation, **_quantization(cfg, dtype)
-    )
+    try:
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            **_quantization(cfg, dtype),
+        )
+    except ValueError as err:
+        if "trust_remote_code" not in str(err) or cfg.trust_remote_code:
+            raise
+        raise ModelSourceError(
+            f"{path}: the model ships its own Python code (auto_map in its config.json), which runs only with "
+            "model.trust_remote_code: true; set it if you trust that code"
+        ) from None
     if cfg.quantization_bit:
         from peft import prepare_model_for_kbit_training
 
@@ -111,27 +136,86 @@ def _quantization(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
     return {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
 
 
-def load_for_inference(model_source: str | None, adapter: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
-    """(model, tokenizer) for generation from a model source and/or an adapter checkpoint.
+def load_base(model: ModelConfig, adapter: AdapterConfig | None = None) -> torch.nn.Module:
+    """The base model of a run: ``model.source`` with the ``adapter.init_from`` adapters training merged
+    into it (``merged_adapters``), so the run's checkpoints sit on it as plain adapters."""
+    return _merged_base(model, merged_adapters(adapter) if adapter is not None else [])
 
-    ``adapter`` may be a LoRA checkpoint folder or a run directory (its newest checkpoint is used);
-    its base model defaults to the one it was trained on. A full-weights checkpoint or run
-    directory is passed as ``model_source``.
+
+def _merged_base(model: ModelConfig, merged: list[str]) -> torch.nn.Module:
+    return merge_adapters(load_causal_lm(model, resolve_model(model)), merged, model.cache_dir)
+
+
+def load_for_inference(
+    model_source: str | None, adapter: str | Path | None = None, config: JobConfig | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) for generation.
+
+    - ``adapter``: a LoRA checkpoint, a run directory (its newest checkpoint) or any PEFT adapter folder,
+      on the base it was trained on (its config's ``model.source`` with the adapters its ``adapter.init_from``
+      merged), ``model_source`` replacing that source when given; a PEFT folder without our config takes
+      ``model_source`` or ``config``'s.
+    - else ``config`` with ``adapter.init_from``: its model with those adapters (LLaMA-Factory's
+      ``adapter_name_or_path``), all but the last merged;
+    - else ``model_source`` (or ``config``'s): a model, or a full-weights checkpoint or run directory.
+
+    ``config``'s ``model`` section (``trust_remote_code``, ``cache_dir``) applies to the models it names.
     """
-    if adapter is None:
-        if model_source is None:
-            raise ModelSourceError("give a model source (--model) or an adapter checkpoint (--adapter)")
-        folder = _maybe_checkpoint(model_source) or resolve_model_source(model_source)
-        return load_causal_lm(ModelConfig(), folder).eval(), load_tokenizer(folder)
+    given = config.model if config is not None else ModelConfig()
+    if adapter is not None:
+        folder = adapter_folder(adapter, given.cache_dir, key="adapter")
+        model, merged = _trained_base(folder, model_source, config)
+        return _with_adapter(_merged_base(model, merged), model, folder)
+    if model_source is None and config is None:
+        raise ModelSourceError("give a model source (--model) or an adapter checkpoint (--adapter)")
+    model = inference_model(given, model_source)
+    if config is not None and config.adapter.init_from:
+        entries = config.adapter.init_from
+        return _with_adapter(_merged_base(model, entries[:-1]), model, adapter_folder(entries[-1], model.cache_dir))
+    checkpoint = _maybe_checkpoint(model.source)
+    if checkpoint is not None:  # a full-weights run: its own code may be needed to load it
+        saved = load_config(checkpoint / CONFIG_FILE).model
+        model = model.model_copy(update={"trust_remote_code": model.trust_remote_code or saved.trust_remote_code})
+    folder = checkpoint or resolve_model(model)
+    return load_causal_lm(model, folder).eval(), load_tokenizer(folder, trust_remote_code=model.trust_remote_code)
+
+
+def _with_adapter(base: torch.nn.Module, model: ModelConfig, folder: Path) -> tuple[torch.nn.Module, Any]:
+    """The adapter in ``folder`` on ``base`` (loaded from ``model``), with the adapter's tokenizer (a PEFT
+    folder without one: the base model's)."""
     from peft import PeftModel
 
-    checkpoint = latest_checkpoint(adapter)
-    if not is_adapter_checkpoint(checkpoint):
-        raise CheckpointError(f"{checkpoint} holds full weights, not an adapter: pass it as --model")
-    source = model_source or load_config(checkpoint / CONFIG_FILE).model.source
-    base = load_causal_lm(ModelConfig(), resolve_model_source(source))
-    model = PeftModel.from_pretrained(base, checkpoint)
-    return model.eval(), load_tokenizer(checkpoint)
+    peft_model = PeftModel.from_pretrained(base, folder)  # type: ignore[arg-type]
+    tokenizer_dir = folder if _has_tokenizer(folder) else resolve_model(model)
+    return peft_model.eval(), load_tokenizer(tokenizer_dir, trust_remote_code=model.trust_remote_code)
+
+
+def _trained_base(folder: Path, model_source: str | None, config: JobConfig | None) -> tuple[ModelConfig, list[str]]:
+    """(the model section, the adapters to merge into it) an adapter was trained on."""
+    saved_file = folder / CONFIG_FILE
+    if saved_file.is_file():
+        saved = load_config(saved_file)
+        model, merged = saved.model, merged_adapters(saved.adapter)
+        if config is not None and config.model.trust_remote_code:
+            model = model.model_copy(update={"trust_remote_code": True})
+    elif model_source is not None or config is not None:
+        model, merged = (config.model if config is not None else ModelConfig()), []
+    else:
+        raise ModelSourceError(f"{folder}: a PEFT adapter without a raytune_ft config: give its base model (--model)")
+    return inference_model(model, model_source), merged
+
+
+def inference_model(model: ModelConfig, source: str | None = None) -> ModelConfig:
+    """What inference loads of a ``model`` section: its source (or ``source``) pinned, its cache and code
+    trust (warned about), in float32."""
+    loaded = ModelConfig(
+        source=source or model.source, trust_remote_code=model.trust_remote_code, cache_dir=model.cache_dir
+    )
+    return pin_model_source(loaded)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
 
 
 def _maybe_checkpoint(source: str) -> Path | None:

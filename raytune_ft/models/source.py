@@ -3,7 +3,8 @@
 ``builtin:NAME`` models ship inside PyPI packages as GGUF; the first use dequantises one into a
 safetensors cache (about 45 s) and every later use, on any worker of the node, reads the cache.
 A file lock plus an atomic rename keep concurrent workers from converting twice or reading half
-a folder.
+a folder. Hub ids (``org/name@rev``, ``modelscope:org/name``) resolve through ``hub``; the driver
+pins them first (``pin_model_source``) so that every process loads the same snapshot.
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytune_ft.config import InputError
+from raytune_ft.config import ConfigWarning, ModelConfig
 
-__all__ = ["BUILTIN_MODELS", "BuiltinModel", "ModelSourceError", "cache_root", "resolve_model_source"]
+from .hub import ModelSourceError, hub_model, pin, snapshot
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "BuiltinModel",
+    "ModelSourceError",
+    "cache_root",
+    "pin_model_source",
+    "resolve_model",
+    "resolve_model_source",
+]
 
 CACHE_ENV = "RAYTUNE_FT_CACHE"
-
-
-class ModelSourceError(InputError):
-    """A model source that cannot be resolved to a local folder."""
 
 
 @dataclass(frozen=True)
@@ -48,17 +56,65 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "raytune_ft")
 
 
-def resolve_model_source(source: str) -> Path:
-    """Return a local HF folder for ``source`` (``builtin:NAME`` or a folder path)."""
+def resolve_model_source(source: str, cache_dir: str | None = None) -> Path:
+    """Return a local HF folder for ``source``: ``builtin:NAME``, a folder path, or a Hub id (from the
+    cache, else downloaded once per node; ``cache_dir`` is ``model.cache_dir``)."""
     if source.startswith("builtin:"):
         return _resolve_builtin(source.removeprefix("builtin:"))
+    hub = hub_model(source)
+    if hub is not None:
+        try:
+            folder = snapshot(hub, cache_dir)
+        except ModelSourceError as err:
+            raise ModelSourceError(
+                f"model.source {source!r}: no local folder of that name. As a Hub id: {err}"
+            ) from None
+        if not (folder / "config.json").is_file():
+            raise ModelSourceError(f"model.source {source!r}: its snapshot {folder} has no config.json; not a model")
+        return folder
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
         raise ModelSourceError(
-            f"model.source {source!r}: no config.json in that folder. Use a local Hugging Face model "
-            f"folder or one of: {', '.join('builtin:' + n for n in BUILTIN_MODELS)}"
+            f"model.source {source!r}: no config.json in that folder. Use a local Hugging Face model folder, "
+            f"a Hub id (org/name[@revision], modelscope:org/name) or one of: "
+            f"{', '.join('builtin:' + n for n in BUILTIN_MODELS)}"
         )
     return path.resolve()
+
+
+def resolve_model(cfg: ModelConfig) -> Path:
+    """``resolve_model_source`` for a ``model`` section (its ``cache_dir`` included)."""
+    return resolve_model_source(cfg.source, cfg.cache_dir)
+
+
+def pin_model_source(cfg: ModelConfig) -> ModelConfig:
+    """The ``model`` section a driver hands to workers, replicas and checkpoints: a Hub id pinned to one
+    revision (``org/name@<commit>``; other sources as they are). Warns once when the model's own code
+    will run (``trust_remote_code``)."""
+    hub = hub_model(cfg.source)
+    if cfg.trust_remote_code:
+        _warn_remote_code(hub.repo if hub is not None else cfg.source)
+    if hub is None:
+        return cfg
+    try:
+        pinned = pin(hub, cfg.cache_dir).source
+    except ModelSourceError as err:
+        raise ModelSourceError(
+            f"model.source {cfg.source!r}: no local folder of that name. As a Hub id: {err}"
+        ) from None
+    if pinned != cfg.source:
+        print(f"raytune_ft: model.source {cfg.source} pinned to {pinned}", file=sys.stderr, flush=True)
+    return cfg.model_copy(update={"source": pinned})
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_remote_code(name: str) -> None:
+    if name in _WARNED:  # one warning per repository and process, however many stages ask
+        return
+    _WARNED.add(name)
+    warnings.warn(f"model.trust_remote_code is on: running code shipped with {name}", ConfigWarning, stacklevel=3)
 
 
 def _resolve_builtin(name: str) -> Path:

@@ -113,23 +113,27 @@ class RewardScorer:
 
     @classmethod
     def load(cls, path: str | Path) -> RewardScorer:
-        from .loading import load_causal_lm, load_tokenizer
-        from .source import resolve_model_source
+        from .loading import load_base, load_causal_lm, load_tokenizer
 
         checkpoint = latest_checkpoint(path)
         cfg = load_config(checkpoint / CONFIG_FILE)
         if cfg.method.stage != "rm":
             raise CheckpointError(f"{checkpoint}: trained with method.stage {cfg.method.stage}, not rm")
-        model_cfg = ModelConfig(source=cfg.model.source, dtype=cfg.model.dtype)
+        model_cfg = ModelConfig(
+            source=cfg.model.source,
+            dtype=cfg.model.dtype,
+            trust_remote_code=cfg.model.trust_remote_code,
+            cache_dir=cfg.model.cache_dir,
+        )
         lm: Any
         if is_adapter_checkpoint(checkpoint):
             from peft import PeftModel
 
-            base = load_causal_lm(model_cfg, resolve_model_source(cfg.model.source))
-            lm = PeftModel.from_pretrained(base, checkpoint)
+            lm = PeftModel.from_pretrained(load_base(model_cfg, cfg.adapter), checkpoint)  # init_from's merged base
         else:
             lm = load_causal_lm(model_cfg, checkpoint)
-        return cls(attach_head(lm, "rm", checkpoint), load_tokenizer(checkpoint))
+        trust = cfg.model.trust_remote_code
+        return cls(attach_head(lm, "rm", checkpoint), load_tokenizer(checkpoint, trust_remote_code=trust))
 
     def score(self, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 8) -> list[float]:
         """One reward per conversation (rendered with the chat template the model was trained with)."""

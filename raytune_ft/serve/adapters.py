@@ -50,6 +50,8 @@ class AdapterCatalog:
         folder = self._folder(name)
         if folder is None:
             return {}
+        if is_adapter_checkpoint(folder) and not (folder / STATE_FILE).is_file():
+            return {0: folder}  # a PEFT adapter folder from elsewhere (adapter.init_from): one version, step 0
         candidates = [folder] if (folder / STATE_FILE).is_file() else [c for c in folder.glob("*/")]
         adapters = [c for c in candidates if (c / STATE_FILE).is_file() and is_adapter_checkpoint(c)]
         return {checkpoint_step(c): c for c in adapters}

@@ -79,8 +79,11 @@ class HFServer:
         dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         self.plan = plan
         self.gate = RequestGate(plan.catalog, plan.serve.max_tokens_limit)
-        self.tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir)
-        model: Any = AutoModelForCausalLM.from_pretrained(plan.model_dir, dtype=dtype[plan.serve.dtype])
+        trust = plan.trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir, trust_remote_code=trust)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            plan.model_dir, dtype=dtype[plan.serve.dtype], trust_remote_code=trust
+        )
         self.model: Any = model.to("cuda" if plan.serve.use_gpu else "cpu").eval()
         self.adapters: OrderedDict[str, str] = OrderedDict()  # model id -> peft adapter name, oldest first
         self.busy = asyncio.Lock()

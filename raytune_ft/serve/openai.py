@@ -102,6 +102,8 @@ def llm_config(plan: ServePlan) -> LLMConfig:
     }
     if serve_cfg.max_model_len is not None:
         engine["max_model_len"] = serve_cfg.max_model_len
+    if plan.trust_remote_code:
+        engine["trust_remote_code"] = True
     if plan.max_lora_rank is not None:
         engine |= {
             "enable_lora": True,

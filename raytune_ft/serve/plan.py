@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import SERVED_NAME, ConfigWarning, InputError, JobConfig, ServeConfig, load_config
+from raytune_ft.config import SERVED_NAME, ConfigWarning, InputError, JobConfig, ModelConfig, ServeConfig, load_config
 from raytune_ft.models.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -24,7 +24,9 @@ from raytune_ft.models.checkpoint import (
     latest_checkpoint,
     vllm_lora_rank,
 )
-from raytune_ft.models.source import resolve_model_source
+from raytune_ft.models.hub import hub_model
+from raytune_ft.models.init_from import adapter_folder, merged_adapters
+from raytune_ft.models.source import pin_model_source, resolve_model
 
 from .adapters import AdapterCatalog
 
@@ -49,24 +51,33 @@ class ServePlan:
     """SHA-256 of the API key (the key itself never leaves the driver); None leaves the endpoint open."""
     serve: ServeConfig
     """The ``serve`` section it was planned from."""
+    trust_remote_code: bool = False
+    """Whether the engines may run the model's own code (``model.trust_remote_code``)."""
 
 
 def plan_serving(cfg: JobConfig, checkpoint: str | None = None) -> ServePlan:
-    """The plan for serving ``cfg.model.source`` (or ``checkpoint``'s run) with ``cfg.serve``'s adapters."""
+    """The plan for serving ``cfg.model.source`` (or ``checkpoint``'s run) with ``cfg.serve``'s adapters;
+    without a checkpoint, ``cfg.adapter.init_from``'s one adapter is served too (as ``BASE:NAME``)."""
     serve = cfg.serve
     runs = dict(serve.adapters)
-    source, tokenizer_dir, full_run = cfg.model.source, None, None
+    model, tokenizer_dir, full_run = cfg.model, None, None
     if checkpoint is not None:
         newest = latest_checkpoint(checkpoint)
         trained = checkpoint_config(newest)
         tokenizer_dir = newest  # the chat template the run trained with
+        trust = cfg.model.trust_remote_code or trained.model.trust_remote_code
         if is_adapter_checkpoint(newest):
-            source = trained.model.source
+            model = trained.model.model_copy(update={"trust_remote_code": trust})
             runs.setdefault(_served_name(trained.train.run_name), checkpoint)
         else:
-            source, full_run = str(newest), _served_name(trained.train.run_name)
-    model_dir = resolve_model_source(source)
-    model_id = serve.model_name or full_run or _default_name(source)
+            model = ModelConfig(source=str(newest), trust_remote_code=trust)
+            full_run = _served_name(trained.train.run_name)
+    elif cfg.adapter.init_from:
+        name, folder = _init_from_adapter(cfg)
+        runs.setdefault(name, str(folder))
+    model = pin_model_source(model)
+    model_dir = resolve_model(model)  # replicas get this folder: they never need the network
+    model_id = serve.model_name or full_run or _default_name(model.source)
     runs = {name: str(Path(path).expanduser().absolute()) for name, path in runs.items()}
     catalog = AdapterCatalog(model_id, runs, _checked_root(serve.adapter_root))
     _check_adapters(catalog, model_dir)
@@ -78,7 +89,21 @@ def plan_serving(cfg: JobConfig, checkpoint: str | None = None) -> ServePlan:
         max_lora_rank=_lora_rank(serve, catalog),
         api_key_digest=key_digest(serve.api_key or os.environ.get(API_KEY_ENV) or None),
         serve=serve,
+        trust_remote_code=model.trust_remote_code,
     )
+
+
+def _init_from_adapter(cfg: JobConfig) -> tuple[str, Path]:
+    """(served name, folder) of the one ``adapter.init_from`` adapter an endpoint serves on its base."""
+    adapters = cfg.adapter.init_from
+    if len(adapters) > 1:
+        raise InputError(
+            f"adapter.init_from lists {len(adapters)} adapters; an endpoint serves one adapter on its base model. "
+            f"Merge them into one model first (raytune-ft export) and serve that"
+        )
+    folder = adapter_folder(adapters[0], cfg.model.cache_dir)
+    name = folder.parent.name if (folder / CONFIG_FILE).is_file() else folder.name  # our checkpoint: its run's
+    return _served_name(name), folder
 
 
 def replica_options(serve: ServeConfig) -> dict[str, Any]:
@@ -103,6 +128,9 @@ def key_digest(key: str | None) -> str | None:
 def _default_name(source: str) -> str:
     if source.startswith("builtin:"):
         return source.removeprefix("builtin:")
+    hub = hub_model(source)
+    if hub is not None:
+        return _served_name(hub.repo.rsplit("/", 1)[-1])
     return _served_name(Path(source).expanduser().resolve().name)
 
 
@@ -133,11 +161,21 @@ def _check_adapters(catalog: AdapterCatalog, model_dir: Path) -> None:
                 f"serve.adapters.{name}: {path!r} holds no LoRA adapter checkpoint (a folder with "
                 "adapter_config.json and trainer_state.json, or a run directory of them)"
             )
-        trained = checkpoint_config(versions[max(versions)]).model.source
-        if resolve_model_source(trained).resolve() != model_dir.resolve():
+        newest = versions[max(versions)]
+        if not (newest / CONFIG_FILE).is_file():
+            continue  # a PEFT folder from elsewhere: its base is the user's word
+        trained = checkpoint_config(newest)
+        if merged := merged_adapters(trained.adapter):
             raise InputError(
-                f"serve.adapters.{name}: trained on {trained!r}, but the served base model is {str(model_dir)!r}; "
-                "an adapter only works on its own base (serve it from an app with that model.source)"
+                f"serve.adapters.{name}: trained on {trained.model.source} with {len(merged)} adapter(s) of "
+                "adapter.init_from merged into it; an endpoint serves adapters on the plain base model. Export the "
+                f"merged model (raytune-ft export --checkpoint {newest}) and serve that"
+            )
+        if resolve_model(trained.model).resolve() != model_dir.resolve():
+            raise InputError(
+                f"serve.adapters.{name}: trained on {trained.model.source!r}, but the served base model is "
+                f"{str(model_dir)!r}; an adapter only works on its own base (serve it from an app with that "
+                "model.source)"
             )
 
 

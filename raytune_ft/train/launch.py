@@ -10,14 +10,15 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from raytune_ft.config import ConfigError, JobConfig, load_config
-from raytune_ft.data import PreparedData, build_datasets
+from raytune_ft.data import PreparedData, build_datasets, no_trainable_rows
 from raytune_ft.data.cache import data_fingerprint, load_or_write
-from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_row_tokenizer
+from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_row_tokenizer, pin_sources
 
 from .loop import RunPlan, train_loop_per_worker
 from .reference import with_reference_logps
@@ -40,10 +41,11 @@ __all__ = [
 # Sections that define what the saved weights are; resuming under different values would mix them.
 _RESUME_SECTIONS = ("model", "adapter", "method")
 # Keys of those sections that change how training runs, not what the weights are.
-_RESUME_FREE = {"model.compile", "model.gradient_checkpointing"}
+_RESUME_FREE = {"model.compile", "model.gradient_checkpointing", "model.trust_remote_code", "model.cache_dir"}
 
+# HF_HUB_OFFLINE is not set here: a worker on a node whose cache lacks the pinned Hub snapshot downloads it,
+# unless the node's own environment (or the local driver's, which local workers inherit) says offline.
 WORKER_ENV = {
-    "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
     # Ray Train V2 tees worker prints into its logger as well, so every progress line showed twice,
@@ -63,11 +65,12 @@ class TrainOutcome:
     total_steps: int
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def start_ray(address: str | None = None, num_cpus: int | None = None, init: Mapping[str, Any] | None = None) -> None:
     """Join ``address`` / ``RAY_ADDRESS`` when given, else start a private local Ray instance.
 
     The local instance keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner
-    queries the State API it serves, and people like watching the run there.
+    queries the State API it serves, and people like watching the run there. ``init`` holds more
+    ``ray.init`` arguments (``scaling.ray_init``); its ``runtime_env`` env vars win over ours.
     """
     import ray
 
@@ -75,19 +78,18 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     target = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(init or {})
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     if target:
         # Under `ray job submit` the job's runtime_env already sets some of these (cluster/runtime_env.yaml
         # does), its env vars are in ours, and Ray refuses a ray.init that names the same key twice.
-        unset = {key: value for key, value in WORKER_ENV.items() if key not in os.environ}
-        ray.init(address=target, runtime_env={"env_vars": unset})
+        ours = {key: value for key, value in WORKER_ENV.items() if key not in os.environ}
+        runtime_env["env_vars"] = {**ours, **runtime_env.get("env_vars", {})}
+        ray.init(address=target, runtime_env=runtime_env, **kwargs)
     else:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            runtime_env={"env_vars": WORKER_ENV},
-        )
+        runtime_env["env_vars"] = {**WORKER_ENV, **runtime_env.get("env_vars", {})}
+        kwargs = {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1", **kwargs}
+        ray.init(address="local", runtime_env=runtime_env, **kwargs)
 
 
 def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
@@ -120,10 +122,11 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     """Train ``cfg`` on Ray and return where the run and its newest checkpoint are."""
     import ray
 
+    cfg = pin_sources(cfg)  # one Hub commit and fixed init_from folders for every worker, restart and checkpoint
     storage = absolute_storage(cfg.train.storage_path)
     run_dir = f"{storage.rstrip('/')}/{cfg.train.run_name}"
     check_resume_compatible(cfg, run_dir)
-    start_ray(address)
+    start_ray(address, init=cfg.scaling.ray_init)
     # Convert a builtin model once, before workers race for it, and fail here on a missing template.
     tokenizer = job_tokenizer(cfg)
     cpus = worker_cpus(cfg, float(ray.cluster_resources().get("CPU", 1)))
@@ -175,7 +178,10 @@ def prepare_job_data(cfg: JobConfig, tokenizer: Any, training_cpus: float, *, sh
     train, rows = prepared.train, None
     if cfg.train.max_steps is None or share:  # epochs need a row count: tokenize once, then count
         train = train if cfg.data.tokenized_path else train.materialize()
-        rows = train.count() if cfg.train.max_steps is None else None
+        counted = train.count()  # cheap here: the rows are materialized or cached
+        if counted == 0:
+            raise no_trainable_rows(cfg.data, cfg.method.rows)
+        rows = counted if cfg.train.max_steps is None else None
     datasets = {"train": train}
     if prepared.eval is not None:
         datasets["eval"] = prepared.eval.materialize()
@@ -195,10 +201,11 @@ def build_trainer(
     """The TorchTrainer of one run: ``cfg.scaling`` workers with ``cpus`` each, checkpoints in
     ``storage/name``; ``callbacks`` are Ray Train ``UserCallback``s."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
         train_loop_per_worker,
+        torch_config=TorchConfig(timeout_s=cfg.scaling.collective_timeout_s),
         train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
@@ -265,7 +272,7 @@ def prepare_data(cfg: JobConfig, tokenizer: Any, concurrency: int) -> PreparedDa
 
     ``tokenizer`` is the run's (``job_tokenizer``), used on the driver only to fingerprint the cache.
     """
-    load = functools.partial(load_row_tokenizer, cfg.model.source)  # light: the first rows come sooner
+    load = functools.partial(load_row_tokenizer, cfg.model)  # light: the first rows come sooner
     build = functools.partial(
         build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.rows
     )

@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 from raytune_ft.config import JobConfig
-from raytune_ft.data import SCORED_SEQUENCES, DataError, pack_batch, pad_batch, pad_scored
+from raytune_ft.data import SCORED_SEQUENCES, no_trainable_rows, pack_batch, pad_batch, pad_scored
 from raytune_ft.models import (
     apply_adapter,
     attach_head,
     is_adapter_checkpoint,
     keeps_attention_in_sample,
     load_causal_lm,
-    resolve_model_source,
+    resolve_model,
     trainable_parameters,
 )
 
@@ -67,11 +67,11 @@ def build_training(
     cfg: JobConfig, total_steps: int, device: torch.device, checkpoint: Path | None = None
 ) -> tuple[StepCore, Any]:
     """Model (resumed from ``checkpoint`` when given), strategy, optimizer and schedule."""
-    model_dir = resolve_model_source(cfg.model.source)
+    model_dir = resolve_model(cfg.model)
     tokenizer = job_tokenizer(cfg)
     full_resume = checkpoint is not None and not is_adapter_checkpoint(checkpoint)
     model = load_causal_lm(cfg.model, checkpoint if full_resume and checkpoint else model_dir)
-    model = apply_adapter(model, cfg.adapter)
+    model = apply_adapter(model, cfg.adapter, cfg.model.cache_dir)
     if checkpoint is not None and not full_resume:
         load_weights_into(model, checkpoint)
     model = attach_head(model, cfg.method.stage, checkpoint)
@@ -199,7 +199,7 @@ def _micro_batches(
             state.batches_in_epoch = seen
             yield collate(batch)
         if seen == 0:
-            raise DataError("the training dataset is empty after tokenization (every row was dropped)")
+            raise no_trainable_rows(cfg.data, cfg.method.rows)
         state.epoch, state.batches_in_epoch, skip = state.epoch + 1, 0, 0
 
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 
 from raytune_ft.config import ConfigError, JobConfig
 from raytune_ft.data import IGNORE_INDEX, SCORED_SEQUENCES, pad_batch
-from raytune_ft.models import load_causal_lm, resolve_model_source
+from raytune_ft.models import load_base
 
 __all__ = [
     "AdapterOffReference",
@@ -92,7 +91,7 @@ def build_reference(cfg: JobConfig, model: Any, device: torch.device) -> Referen
         return PrecomputedReference()
     if cfg.adapter.type == "lora":
         return AdapterOffReference(model)
-    return FrozenReference(load_causal_lm(cfg.model, resolve_model_source(cfg.model.source)).to(device))
+    return FrozenReference(load_base(cfg.model, cfg.adapter).to(device))
 
 
 class ReferenceLogps:
@@ -104,7 +103,7 @@ class ReferenceLogps:
 
     def __init__(self, job: dict[str, Any], pad_id: int) -> None:
         self.cfg = JobConfig.model_validate(job)
-        self.model = load_causal_lm(self.cfg.model, Path(resolve_model_source(self.cfg.model.source))).eval()
+        self.model = load_base(self.cfg.model, self.cfg.adapter).eval()  # with init_from's merged adapters
         self.pad_id = pad_id
         self.chunk = self.cfg.train.per_device_batch_size
 

@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from raytune_ft.config import ConfigError, JobConfig, dump_config, load_config
+from raytune_ft.models import pin_sources
 from raytune_ft.train import absolute_storage, job_tokenizer, prepare_job_data, start_ray
 
 from .results import SweepFiles, TrialRow, best_trial, stopped_early, trial_rows, write_results
@@ -92,10 +93,11 @@ def run_sweep(cfg: JobConfig, address: str | None = None) -> SweepOutcome:
     from ray import tune
 
     check_sweep(cfg)
+    cfg = pin_sources(cfg)  # every trial trains the same Hub commit and init_from adapters
     storage = absolute_storage(cfg.train.storage_path)
     sweep_dir = Path(storage) / cfg.train.run_name
     restoring = _check_same_sweep(cfg, sweep_dir)
-    start_ray(address)
+    start_ray(address, init=cfg.scaling.ray_init)
     base = sweep_base(cfg)
     tokenizer = job_tokenizer(base)
     resources = ray.cluster_resources()

@@ -134,7 +134,8 @@ def _preview(cfg: JobConfig) -> None:
         return
     try:
         with st.spinner("..."):
-            samples = render_samples(cfg.data, _tokenizer(cfg.model.source), _SAMPLES, cfg.method.rows)
+            tokenizer = _tokenizer(cfg.model.source, cfg.model.cache_dir, cfg.model.trust_remote_code)
+            samples = render_samples(cfg.data, tokenizer, _SAMPLES, cfg.method.rows)
     except InputError as err:
         st.error(str(err))
         return
@@ -144,9 +145,10 @@ def _preview(cfg: JobConfig) -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _tokenizer(source: str) -> Any:
+def _tokenizer(source: str, cache_dir: str | None, trust_remote_code: bool) -> Any:
     """The model's own tokenizer; ``render_samples`` installs the config's template itself."""
-    return load_tokenizer(resolve_model_source(source), require_chat_template=False)
+    folder = resolve_model_source(source, cache_dir)
+    return load_tokenizer(folder, require_chat_template=False, trust_remote_code=trust_remote_code)
 
 
 def _save_box(cfg: JobConfig) -> None:
