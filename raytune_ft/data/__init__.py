@@ -5,7 +5,7 @@ from .collate import SCORED_SEQUENCES, pack_batch, pad_batch, pad_scored
 from .encode import IGNORE_INDEX, encode_batch, encode_full, render_segments, truncate
 from .formats import fill_placeholders, normalize_example, normalize_row
 from .packing import pack_samples, padding_efficiency
-from .pipeline import EncodeOptions, PreparedData, build_datasets, build_train_dataset, encode_rows
+from .pipeline import EncodeOptions, PreparedData, build_datasets, build_train_dataset, encode_rows, no_trainable_rows
 from .records import RecordSelection, read_records
 from .sources import BUILTIN_DATASETS, DataError, DatasetSource, dataset_names, resolve_datasets
 
@@ -25,6 +25,7 @@ __all__ = [
     "encode_full",
     "encode_rows",
     "fill_placeholders",
+    "no_trainable_rows",
     "normalize_example",
     "normalize_row",
     "pack_batch",

@@ -3,7 +3,9 @@
 The rows go through the very code training uses (read, normalise, render, tokenize, truncate),
 on Ray Data, and only per-row statistics plus the first few samples come back to the driver:
 rendered samples with the learned spans marked, token-length statistics, and how many rows were
-bad, truncated or dropped. Bad rows are listed rather than fatal, since finding them is the point.
+bad, truncated or dropped. Bad rows are listed rather than fatal, since finding them is the point;
+data that leaves nothing to train on (an empty file, every row bad or dropped) is an error, as in
+training.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ from raytune_ft.config import DataConfig
 
 from .encode import IGNORE_INDEX
 from .packing import pack_samples, padding_efficiency
-from .pipeline import EncodeOptions, encode_rows, fit_to_cutoff, templated
-from .records import RecordSelection, first_records, read_records
+from .pipeline import (
+    EncodeOptions,
+    checked_sources,
+    encode_rows,
+    fit_to_cutoff,
+    no_trainable_rows,
+    samplings,
+    templated,
+)  # fmt: skip
+from .records import RecordSelection, first_records, read_records, require_rows
 from .sources import READERS, DataError, DatasetSource, resolve_datasets
 
 __all__ = ["DescribeRows", "PreviewReport", "build_preview", "format_preview", "mark_learned", "render_samples"]
@@ -82,14 +92,25 @@ class DescribeRows:
 
 
 def build_preview(
-    cfg: DataConfig, load_tokenizer: Callable[[], Any], concurrency: int, samples: int = 3, stage: str = "sft"
+    cfg: DataConfig,
+    load_tokenizer: Callable[[], Any],
+    concurrency: int,
+    samples: int = 3,
+    stage: str = "sft",
+    seed: int = 0,
 ) -> PreviewReport:
-    """Statistics over every row of ``cfg.dataset`` and the first ``samples`` rows in full."""
+    """Statistics over every row of ``cfg.dataset`` and the first ``samples`` rows in full; a
+    ``DataError`` when the data leaves no row to train on. ``seed`` (``train.seed``) draws the rows of
+    entries with ``num_samples`` as training does."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
-    reads = [read_records(s.read_paths(), s.reader, RecordSelection(max_rows=cfg.max_samples), 0.5) for s in sources]
+    sources = checked_sources(cfg.dataset, cfg.dataset_dir, stage)
+    draws = samplings(sources, cfg.max_samples, seed)
+    reads = []
+    for source, draw in zip(sources, draws, strict=True):
+        selection = RecordSelection(max_rows=None if draw else cfg.max_samples, seed=seed, sampling=draw)
+        reads.append(read_records(source.read_paths(), source.reader, selection, 0.5, extensions=source.extensions))
     ds = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
     described = ds.map_batches(
         DescribeRows,
@@ -107,7 +128,19 @@ def build_preview(
     for batch in described.iter_batches(batch_size=1024, batch_format="numpy"):
         _add(report, batch)
     report.samples = sorted(report.samples)[:samples]
+    _require_trainable(report, cfg, stage)
     return report
+
+
+def _require_trainable(report: PreviewReport, cfg: DataConfig, stage: str) -> None:
+    if report.lengths:
+        return
+    details = [
+        f"Of {report.rows:,} rows read, {report.bad:,} are bad and {report.dropped:,} have no answer token "
+        f"within data.cutoff_len {cfg.cutoff_len}.",
+        *(f"bad row: {problem}" for problem in report.problems),
+    ]
+    raise no_trainable_rows(cfg, stage, "\n".join(details) + "\n")
 
 
 def render_samples(cfg: DataConfig, tokenizer: Any, samples: int = 3, stage: str = "sft") -> list[tuple[str, int, str]]:
@@ -118,6 +151,7 @@ def render_samples(cfg: DataConfig, tokenizer: Any, samples: int = 3, stage: str
     templated_tokenizer = templated(tokenizer, options)
     shown: list[tuple[str, int, str]] = []
     for source in resolve_datasets(cfg.dataset, cfg.dataset_dir):
+        require_rows(source)
         path = _first_file(source)
         rows = [(path, row, record) for row, record in first_records(path, source.reader, samples)]
         for result in encode_rows(templated_tokenizer, options, [source], rows):

@@ -67,7 +67,7 @@ def test_sharegpt_default_and_custom_tags(tmp_path: Path) -> None:
     row = {"dialog": [{"speaker": "me", "text": "Q1"}, {"speaker": "bot", "text": "A1"},
                       {"speaker": "me", "text": "Q2"}, {"speaker": "bot", "text": "A2"}]}  # fmt: skip
     assert [m["content"] for m in normalize_row(row, NAMES, "r", custom)] == ["Q1", "A1", "Q2", "A2"]
-    with pytest.raises(DataError, match=r"turn 1 needs 'speaker' in \['bot', 'me', 'system'\]"):
+    with pytest.raises(DataError, match=r"turn 1 needs 'speaker' in \['bot', 'function_call', 'me', 'observation', "):
         normalize_row(
             {"dialog": [{"speaker": "me", "text": "Q"}, {"speaker": "robot", "text": "A"}]}, NAMES, "r", custom
         )
@@ -79,17 +79,34 @@ def test_openai_format_and_tool_turns(tmp_path: Path) -> None:
     )
     row = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
     assert normalize_row(row, NAMES, "r", source) == row["messages"]
-    tool = {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "{}"}]}
-    with pytest.raises(DataError, match="tool turn"):
-        normalize_row(tool, NAMES, "r", source)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    tool = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                         {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"},
+                         {"role": "assistant", "content": "A"}]}  # fmt: skip
+    assert normalize_row(tool, NAMES, "r", source) == [
+        {"role": "user", "content": "Q"},
+        {"role": "function", "content": '[{"name": "f", "arguments": "{}"}]'},
+        {"role": "observation", "content": "1\n</tool_response>\n<tool_response>\n2"},
+        {"role": "assistant", "content": "A"},
+    ], "tool calls become a function-call turn, consecutive tool results one observation (as LLaMA-Factory)"
+    with pytest.raises(DataError, match="message 1 has role 'observation', expected 'assistant' or 'function'"):
+        normalize_row({"messages": [tool["messages"][0], tool["messages"][2]]}, NAMES, "r", source)
 
 
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        # The hub is tried; offline (HF_HUB_OFFLINE=1 in tests, no route on this machine) it says what to do.
-        ({"hf_hub_url": "org/data"}, r"could not fetch org/data from the Hugging Face hub.*set \"file_name\""),
-        ({"ms_hub_url": "org/data"}, r"only Hugging Face hub entries \(hf_hub_url\) can be fetched"),
+        # The hub cache is read; offline (HF_HUB_OFFLINE=1 in tests) a missing repository says how to fetch it.
+        (
+            {"hf_hub_url": "org/data"},
+            r"dataset 'org/data' \(revision main\) from the Hugging Face Hub is not \(wholly\) "
+            r"in the cache.*hf download org/data --repo-type dataset",
+        ),
+        (
+            {"ms_hub_url": "org/data"},
+            r"from ModelScope is not \(wholly\) in the cache.*modelscope download "
+            r"--repo-type dataset org/data",
+        ),
         ({"file_name": "nope.json"}, "file_name 'nope.json' not found"),
         ({"file_name": "x.json", "formatting": "chatml"}, "formatting 'chatml' is unknown"),
         ({"file_name": "x.json", "subsett": "a"}, r"keys \['subsett'\] are not supported"),
