@@ -24,7 +24,8 @@ MANIFEST = "raytune_ft_tokenized.json"
 # Settings that change which rows exist or what their tokens are; shuffling only reorders them.
 _SHAPING_FIELDS = (
     "dataset", "dataset_dir", "placeholders", "cutoff_len", "train_on_prompt", "mask_history", "max_samples",
-    "template", "packing", "mix_strategy", "interleave_probs", "val_size", "eval_dataset", "on_bad_rows",
+    "template", "enable_thinking", "preserve_thinking", "tool_format", "default_system", "packing", "mix_strategy",
+    "interleave_probs", "val_size", "eval_dataset", "on_bad_rows",
 )  # fmt: skip
 
 

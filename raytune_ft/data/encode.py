@@ -1,9 +1,12 @@
 """Render conversations with the chat template and tokenize them with exact label masks.
 
-The template is applied to growing prefixes of the conversation, so every assistant answer is
-located by the template itself, never by guessing at role markers: prompt spans get
-``IGNORE_INDEX`` labels, answer spans (including the end-of-turn token) keep their ids. All segment
-texts of a batch go through the fast tokenizer in one call.
+A sample is a list of segments: pieces of text (each tokenized on its own) or of token ids, each
+learned or not. With the tokenizer's own chat template, ``render_segments`` applies it to growing
+prefixes of the conversation, so every assistant answer is located by the template itself, never by
+guessing at role markers: prompt spans get ``IGNORE_INDEX`` labels, answer spans (including the
+end-of-turn token) keep their ids. A named template (``templates.py``) yields its segments element by
+element, as LLaMA-Factory encodes them. All segment texts of a batch go through the fast tokenizer in
+one call.
 
 Truncation policy: a sample longer than ``cutoff_len`` keeps its first ``cutoff_len`` tokens; a
 sample left with no answer token to learn from is dropped.
@@ -12,15 +15,37 @@ sample left with no answer token to learn from is dropped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .sources import DataError
 
-__all__ = ["IGNORE_INDEX", "Segment", "encode_batch", "encode_full", "render_segments", "truncate"]
+__all__ = [
+    "IGNORE_INDEX",
+    "FirstLabel",
+    "Piece",
+    "Segment",
+    "encode_batch",
+    "encode_full",
+    "render_segments",
+    "truncate",
+]
 
 IGNORE_INDEX = -100
-Segment = tuple[str, bool]
-"""A piece of rendered text and whether the loss is computed on it."""
+
+
+@dataclass(frozen=True)
+class FirstLabel:
+    """A prompt piece whose first position is labelled ``token_id`` and the rest masked: an efficient-eos
+    template (``templates.py``) learns the eos that ends an answer there instead of feeding it as input."""
+
+    token_id: int
+
+
+Piece = str | tuple[int, ...]
+"""Text, tokenized on its own (without special tokens added), or token ids put in as they are."""
+Segment = tuple[Piece, bool | FirstLabel]
+"""A piece of the sample and whether the loss is computed on its tokens."""
 
 
 def render_segments(
@@ -58,17 +83,22 @@ def encode_batch(
 
 def encode_full(tokenizer: Any, conversations: Sequence[list[Segment]]) -> list[tuple[list[int], list[int]]]:
     """Untruncated token ids and labels per conversation, from one batched tokenizer call."""
-    texts = [text for segments in conversations for text, _ in segments]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    texts = [piece for segments in conversations for piece, _ in segments if isinstance(piece, str)]
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
     out: list[tuple[list[int], list[int]]] = []
-    cursor = 0
     for segments in conversations:
         input_ids: list[int] = []
         labels: list[int] = []
-        for (_, trainable), piece in zip(segments, ids[cursor : cursor + len(segments)], strict=True):
-            input_ids += piece
-            labels += piece if trainable else [IGNORE_INDEX] * len(piece)
-        cursor += len(segments)
+        first: int | None = None  # a FirstLabel waiting for its token (its piece may encode to nothing)
+        for piece, learn in segments:
+            tokens = list(next(encoded)) if isinstance(piece, str) else list(piece)
+            input_ids += tokens
+            if isinstance(learn, FirstLabel):
+                first, learn = learn.token_id, False
+            piece_labels = tokens if learn else [IGNORE_INDEX] * len(tokens)
+            if first is not None and tokens:
+                piece_labels, first = [first, *piece_labels[1:]], None
+            labels += piece_labels
         out.append((input_ids, labels))
     return out
 

@@ -9,8 +9,9 @@ per row. ``{{key}}`` placeholders are filled here, once, so every later stage se
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .sources import DataError, DatasetSource
@@ -30,9 +31,13 @@ _OPENAI_TAGS = {
     "observation_tag": "tool",
 }  # fmt: skip
 _LAST_TURN = {
-    "assistant": "the conversation must end with an assistant message to learn from",
-    "user": "the prompt must end with a user message (chosen and rejected are the replies to it)",
+    "assistant": "the conversation must end with an assistant message (or a function call) to learn from",
+    "user": "the prompt must end with a user message (chosen and rejected are the replies to it), or a tool result",
 }
+_LAST_ROLES = {"assistant": ("assistant", "function"), "user": ("user", "observation")}
+# Plain ``messages`` rows: OpenAI's roles, and the canonical function / observation roles as they are.
+_PLAIN_TAGS = {**_OPENAI_TAGS, "function_tag": "function", "observation_tag": "observation"}
+_PLAIN_ROLES = {"tool": "observation", "function_call": "function"}
 
 
 def fill_placeholders(text: str, values: Mapping[str, str], where: str) -> str:
@@ -88,7 +93,7 @@ def normalize_row(
 def _sft_example(
     row: Mapping[str, Any], placeholders: Mapping[str, str], where: str, source: DatasetSource | None
 ) -> dict[str, Any]:
-    return {"messages": normalize_row(row, placeholders, where, source)}
+    return {"messages": normalize_row(row, placeholders, where, source), **_tools(row, where, source)}
 
 
 def _pt_example(
@@ -116,7 +121,8 @@ def _preference_example(
     _check_order(prompt, where, last="user")
     chosen, rejected = (fill_placeholders(text, placeholders, where) for text in (chosen, rejected))
     _check_pair(chosen, rejected, where, _pair_columns(source))
-    return {"messages": _filled(prompt, placeholders, where), "chosen": chosen, "rejected": rejected}
+    prompt = _filled(prompt, placeholders, where)
+    return {"messages": prompt, "chosen": chosen, "rejected": rejected, **_tools(row, where, source)}
 
 
 def _kto_example(
@@ -129,7 +135,8 @@ def _kto_example(
             f"{where}: column {column!r} must hold the KTO label, true (desirable) or false (undesirable); "
             f"got {_kind(label)}{'' if column in row else f' (found: {_found(row)})'}"
         )
-    return {"messages": normalize_row(row, placeholders, where, source), "label": label}
+    messages = normalize_row(row, placeholders, where, source)
+    return {"messages": messages, "label": label, **_tools(row, where, source)}
 
 
 _STAGES: dict[str, Callable[[Mapping[str, Any], Mapping[str, str], str, DatasetSource | None], dict[str, Any]]] = {
@@ -272,23 +279,89 @@ def _from_sharegpt(row: Mapping[str, Any], where: str, source: DatasetSource) ->
     turns = row.get(column)
     if not isinstance(turns, (list, tuple)):
         raise DataError(f"{where}: column {column!r} must hold the list of turns; found: {_found(row)}")
+    messages = (
+        _openai_turns(turns, tags, where) if source.formatting == "openai" else
+        [_turn(turn, f"turn {i}", tags, where) for i, turn in enumerate(turns)]
+    )  # fmt: skip
+    if messages and messages[0]["role"] == "system":  # a leading system turn wins over the system column
+        return messages
     system = _text(row, source.columns.get("system", "system"), where)
-    messages: list[Message] = [{"role": "system", "content": system}] if system else []
-    return messages + [_turn(turn, f"turn {i}", tags, where) for i, turn in enumerate(turns)]
+    return ([{"role": "system", "content": system}] if system else []) + messages
 
 
 def _turn(turn: Any, label: str, tags: Mapping[str, str], where: str) -> Message:
-    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system"}
+    roles = {
+        tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system",
+        tags["function_tag"]: "function", tags["observation_tag"]: "observation",
+    }  # fmt: skip
     role = turn.get(tags["role_tag"]) if isinstance(turn, Mapping) else None
     content = turn.get(tags["content_tag"]) if isinstance(turn, Mapping) else None
-    if role in (tags["observation_tag"], tags["function_tag"]):
-        raise DataError(f"{where}: {label} is a tool turn ({role!r}); tool-call training is not supported yet")
     if role not in roles or not isinstance(content, str):
         raise DataError(
             f"{where}: {label} needs {tags['role_tag']!r} in {sorted(roles)} and a string "
             f"{tags['content_tag']!r}; got {dict(turn) if isinstance(turn, Mapping) else turn!r}"
         )
     return {"role": roles[role], "content": content}
+
+
+def _openai_turns(turns: Sequence[Any], tags: Mapping[str, str], where: str) -> list[Message]:
+    """OpenAI-style turns as LLaMA-Factory reads them: an assistant turn's ``tool_calls`` become a
+    function-call turn (the list of their ``function`` objects as JSON), and consecutive tool results
+    become one observation turn (joined by ``</tool_response>`` / ``<tool_response>`` lines)."""
+    messages: list[Message] = []
+    results: list[str] = []
+    for i, turn in enumerate(turns):
+        calls = turn.get("tool_calls") if isinstance(turn, Mapping) else None
+        if calls and turn.get(tags["role_tag"]) in (tags["assistant_tag"], tags["function_tag"]):
+            turn = {tags["role_tag"]: tags["function_tag"], tags["content_tag"]: _calls_json(calls, i, where)}
+        message = _turn(turn, f"turn {i}", tags, where)
+        if message["role"] == "observation":
+            results.append(message["content"])
+            continue
+        messages += [*_observation(results), message]
+        results = []
+    return messages + _observation(results)
+
+
+def _observation(results: list[str]) -> list[Message]:
+    return (
+        [{"role": "observation", "content": "\n</tool_response>\n<tool_response>\n".join(results)}] if results else []
+    )
+
+
+def _calls_json(calls: Any, i: int, where: str) -> str:
+    try:
+        return json.dumps([call["function"] for call in calls], ensure_ascii=False)
+    except (KeyError, TypeError):
+        raise DataError(
+            f"{where}: turn {i} has 'tool_calls' that are not a list of {{'function': {{'name', 'arguments'}}}}"
+        ) from None
+
+
+def _tools(row: Mapping[str, Any], where: str, source: DatasetSource | None) -> dict[str, str]:
+    """``{"tools": JSON text}`` for a row with tool definitions (a string column kept as written, a list
+    serialised), else nothing.
+    Registry datasets read them from a mapped ``tools`` column, as LLaMA-Factory does; plain files from ``tools``."""
+    column = source.columns.get("tools") if source and source.formatting else "tools"
+    value = row.get(column) if column else None
+    if value is None or value == "":
+        return {}
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    try:
+        tools = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: column {column!r} is not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(tools, list) or not all(isinstance(tool, Mapping) and _tool_name(tool) for tool in tools):
+        raise DataError(
+            f"{where}: column {column!r} must be a JSON list of tool definitions, each with a 'name' (or an "
+            f"OpenAI-style {{'type': 'function', 'function': {{'name': ...}}}}); got {_kind(tools)}"
+        )
+    return {"tools": text}
+
+
+def _tool_name(tool: Mapping[str, Any]) -> Any:
+    function = tool.get("function") if tool.get("type") == "function" else tool
+    return function.get("name") if isinstance(function, Mapping) else None
 
 
 def _found(row: Mapping[str, Any]) -> str:
@@ -300,31 +373,39 @@ def _kind(value: Any) -> str:
 
 
 def _from_messages(raw: Any, where: str, column: str = "messages") -> list[Message]:
+    """``{role, content}`` rows; ``tool`` results and assistant ``tool_calls`` read as in OpenAI's format."""
     if not isinstance(raw, (list, tuple)):
         raise DataError(f"{where}: {column!r} must be a list of {{role, content}} objects")
-    messages = []
     for i, item in enumerate(raw):
-        if not isinstance(item, Mapping) or not isinstance(item.get("content"), str):
+        if not isinstance(item, Mapping) or not (isinstance(item.get("content"), str) or item.get("tool_calls")):
             raise DataError(f"{where}: {column}[{i}] needs a string 'content' and a 'role'")
-        messages.append({"role": str(item.get("role")), "content": item["content"]})
-    return messages
+    turns = [{**item, "role": _PLAIN_ROLES.get(str(item.get("role")), str(item.get("role")))} for item in raw]
+    return _openai_turns(turns, _PLAIN_TAGS, where)
 
 
 def _filled(messages: list[Message], placeholders: Mapping[str, str], where: str) -> list[Message]:
-    return [{"role": m["role"], "content": fill_placeholders(m["content"], placeholders, where)} for m in messages]
+    """Placeholders are filled in what people wrote (not in tool calls or results, which hold JSON)."""
+    return [
+        {"role": m["role"], "content": fill_placeholders(m["content"], placeholders, where)}
+        if m["role"] in ("system", "user", "assistant") else m
+        for m in messages
+    ]  # fmt: skip
 
 
 def _check_order(messages: list[Message], where: str, last: str = "assistant") -> None:
+    """LLaMA-Factory's order: after an optional system message, user or observation turns alternate
+    with assistant or function-call turns."""
     offset = 1 if messages and messages[0]["role"] == "system" else 0
     turns = messages[offset:]
     for i, message in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
+        expected = ("user", "observation") if i % 2 == 0 else ("assistant", "function")
+        if message["role"] not in expected:
             raise DataError(
-                f"{where}: message {i + offset} has role {message['role']!r}, expected {expected!r} "
-                "(conversations alternate user/assistant after an optional system message)"
+                f"{where}: message {i + offset} has role {message['role']!r}, "
+                f"expected {expected[0]!r} or {expected[1]!r} "
+                "(after an optional system message, user/observation turns alternate with assistant/function turns)"
             )
         if not message["content"].strip():
             raise DataError(f"{where}: message {i + offset} ({message['role']}) is empty")
-    if not turns or turns[-1]["role"] != last:
+    if not turns or turns[-1]["role"] not in _LAST_ROLES[last]:
         raise DataError(f"{where}: {_LAST_TURN[last]}")

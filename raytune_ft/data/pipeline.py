@@ -25,9 +25,9 @@ from raytune_ft.config import DataConfig
 from .encode import Segment, encode_full, render_segments, truncate
 from .formats import normalize_example
 from .packing import pack_samples
-from .records import RecordSelection, Split, read_records
+from .records import EMPTY_ADVICE, RecordSelection, Sampling, Split, plan_sampling, read_records, require_rows
 from .sources import DataError, DatasetSource, check_row_format, resolve_datasets
-from .templates import apply_template
+from .templates import TemplateOptions, apply_template, prompt_answer_segments, template_options, template_segments
 
 if TYPE_CHECKING:
     import ray.data
@@ -38,9 +38,13 @@ __all__ = [
     "TokenizeRows",
     "build_datasets",
     "build_train_dataset",
+    "checked_sources",
     "count_rows",
     "encode_rows",
+    "file_counts",
     "mixing_rates",
+    "no_trainable_rows",
+    "samplings",
 ]
 
 # Read and tokenizer tasks ask for half a CPU each, so one of each fits in the single CPU
@@ -68,6 +72,8 @@ class EncodeOptions:
     placeholders: Mapping[str, str] = field(default_factory=dict)
     packing: bool = False
     skip_bad_rows: bool = False
+    template_options: TemplateOptions = field(default_factory=TemplateOptions)
+    """How the named template encodes (thinking, tool format, default system)."""
 
     @classmethod
     def from_config(cls, cfg: DataConfig, stage: str = "sft") -> EncodeOptions:
@@ -80,6 +86,7 @@ class EncodeOptions:
             placeholders=dict(cfg.placeholders),
             packing=cfg.packing,
             skip_bad_rows=cfg.on_bad_rows == "skip",
+            template_options=template_options(cfg),
         )
 
 
@@ -100,7 +107,9 @@ class RowResult:
 
 def templated(tokenizer: Any, options: EncodeOptions) -> Any:
     """``tokenizer`` with the run's named template installed (when one is set)."""
-    return apply_template(tokenizer, options.template) if options.template else tokenizer
+    if not options.template:
+        return tokenizer
+    return apply_template(tokenizer, options.template, options.template_options, options.train_on_prompt)
 
 
 def encode_rows(
@@ -146,7 +155,7 @@ def _add_mismatched_answers(examples: list[dict[str, Any]]) -> None:
     """KTO's KL reference point z0 is estimated on mismatched pairs (Ethayarajh et al. 2024, sec. 4.1):
     each row's prompt with the next row's answer (the last one's with the first's)."""
     for example, neighbour in zip(examples, examples[1:] + examples[:1], strict=True):
-        example["mismatched"] = neighbour["messages"][-1]["content"]
+        example["mismatched"] = neighbour["messages"][-1]
 
 
 class TokenizeRows:
@@ -230,29 +239,68 @@ def build_datasets(
     sooner): ``functools.partial(raytune_ft.models.load_row_tokenizer, source)``. ``data.template``
     is applied to what it returns.
     """
-    sources = resolve_datasets(cfg.dataset, cfg.dataset_dir)
-    check_row_format(sources, stage)
+    sources = checked_sources(cfg.dataset, cfg.dataset_dir, stage)
     options = EncodeOptions.from_config(cfg, stage)
+    draws = samplings(sources, cfg.max_samples, seed)
     # Interleaving and a row-count val_size need each source's size: read it once, for both.
     counted = cfg.mix_strategy != "concat" or cfg.val_size >= 1
-    counts = [count_rows(source, cfg.max_samples, seed) for source in sources] if counted else []
+    counts = [_size(s, d, cfg.max_samples, seed) for s, d in zip(sources, draws, strict=True)] if counted else []
     rates = _mixing_rates(cfg, sources, counts)
     val_fraction = _val_fraction(cfg, counts)
     split: Split = "train" if val_fraction else "all"
     reads = [
-        _read(source, RecordSelection(split, val_fraction, rate, cfg.max_samples, seed))
-        for source, rate in zip(sources, rates, strict=True)
+        _read(source, _selection(cfg, seed, draw, split, val_fraction, rate))
+        for source, draw, rate in zip(sources, draws, rates, strict=True)
     ]
     train = _tokenized(reads, sources, options, load_tokenizer, concurrency, shuffle_seed=seed if cfg.shuffle else None)
     evaluation = None
     if cfg.eval_dataset:
-        eval_sources = resolve_datasets(cfg.eval_dataset, cfg.dataset_dir)
-        reads = [_read(s, RecordSelection(max_rows=cfg.max_samples, seed=seed)) for s in eval_sources]
+        eval_sources = checked_sources(cfg.eval_dataset, cfg.dataset_dir, stage)
+        eval_draws = samplings(eval_sources, cfg.max_samples, seed)
+        reads = [_read(s, _selection(cfg, seed, d)) for s, d in zip(eval_sources, eval_draws, strict=True)]
         evaluation = _tokenized(reads, eval_sources, options, load_tokenizer, concurrency, shuffle_seed=None)
     elif val_fraction:
-        reads = [_read(s, RecordSelection("eval", val_fraction, 1.0, cfg.max_samples, seed)) for s in sources]
+        reads = [_read(s, _selection(cfg, seed, d, "eval", val_fraction)) for s, d in zip(sources, draws, strict=True)]
         evaluation = _tokenized(reads, sources, options, load_tokenizer, concurrency, shuffle_seed=None)
     return PreparedData(train=train, eval=evaluation)
+
+
+def checked_sources(names: list[str], dataset_dir: str | None, stage: str) -> list[DatasetSource]:
+    """Resolved datasets that fit ``stage`` and hold rows: checked on the driver, before any Ray task."""
+    sources = resolve_datasets(names, dataset_dir)
+    check_row_format(sources, stage)
+    for source in sources:
+        require_rows(source)
+    return sources
+
+
+def _selection(
+    cfg: DataConfig, seed: int, draw: Sampling | None, split: Split = "all", val_fraction: float = 0.0,
+    rate: float = 1.0,
+) -> RecordSelection:  # fmt: skip
+    # LLaMA-Factory applies max_samples after num_samples' draw, to the drawn rows (see samplings).
+    max_rows = None if draw is not None else cfg.max_samples
+    return RecordSelection(split, val_fraction, rate, max_rows, seed, sampling=draw)
+
+
+def samplings(sources: list[DatasetSource], max_samples: int | None, seed: int) -> list[Sampling | None]:
+    """Each source's ``num_samples`` draw (None for sources without one), capped at ``max_samples``
+    rows, as LLaMA-Factory cuts its drawn rows to max_samples. Counts the rows of those sources."""
+    draws: list[Sampling | None] = []
+    for source in sources:
+        if source.num_samples is None:
+            draws.append(None)
+            continue
+        counts = file_counts(source, seed)
+        if not sum(counts.values()):
+            raise DataError(f"dataset {source.name!r} is empty: {source.path} holds no row. {EMPTY_ADVICE}")
+        target = min(source.num_samples, max_samples or source.num_samples)
+        draws.append(plan_sampling(counts, target, seed))
+    return draws
+
+
+def _size(source: DatasetSource, draw: Sampling | None, max_samples: int | None, seed: int) -> int:
+    return draw.total if draw is not None else count_rows(source, max_samples, seed)
 
 
 def build_train_dataset(
@@ -288,12 +336,46 @@ def _tokenized(
 
 
 def _read(source: DatasetSource, selection: RecordSelection) -> Any:
-    return read_records(source.read_paths(), source.reader, selection, num_cpus=_DATA_CPUS)
+    return read_records(
+        source.read_paths(), source.reader, selection, num_cpus=_DATA_CPUS, extensions=source.extensions
+    )
 
 
 def count_rows(source: DatasetSource, max_rows: int | None, seed: int) -> int:
     """Rows a source holds (reads the files on the cluster; nothing comes to the driver)."""
     return int(_read(source, RecordSelection(max_rows=max_rows, seed=seed)).count())
+
+
+def file_counts(source: DatasetSource, seed: int) -> dict[str, int]:
+    """Rows of each file of a source, as the reader names the files (counted on the cluster; only
+    one (file, count) pair per block comes to the driver)."""
+    counts: dict[str, int] = {}
+    per_block = _read(source, RecordSelection(seed=seed)).map_batches(
+        _count_paths, batch_format="pyarrow", batch_size=None, num_cpus=_DATA_CPUS
+    )
+    for row in per_block.iter_rows():
+        counts[row["path"]] = counts.get(row["path"], 0) + int(row["n"])
+    return counts
+
+
+def _count_paths(block: Any) -> Any:
+    import pyarrow
+    import pyarrow.compute as pc
+
+    counted = pc.value_counts(block["path"].combine_chunks())
+    return pyarrow.table({"path": counted.field("values"), "n": counted.field("counts")})
+
+
+def no_trainable_rows(cfg: DataConfig, stage: str, details: str = "") -> DataError:
+    """The error for data that leaves no row to train on once encoded (every row bad and skipped,
+    or no answer token within ``cutoff_len``); ``details`` says which, when known."""
+    skipped = " (data.on_bad_rows: skip left out the bad ones)" if cfg.on_bad_rows == "skip" else ""
+    why = details or "See why with `raytune-ft data preview CONFIG`."
+    return DataError(
+        f"no trainable row in data.dataset {', '.join(cfg.dataset)}: every row was dropped while encoding{skipped}, "
+        f"or no answer token fits data.cutoff_len {cfg.cutoff_len}. {why} Fix or replace the rows, raise "
+        f"data.cutoff_len, or check that method.stage ({stage} rows) fits the data."
+    )
 
 
 def _mixing_rates(cfg: DataConfig, sources: list[DatasetSource], counts: list[int]) -> list[float]:
@@ -328,30 +410,56 @@ def _val_fraction(cfg: DataConfig, counts: list[int]) -> float:
 
 
 def _chat_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[Segment]:
-    return render_segments(tokenizer, example["messages"], options.train_on_prompt, options.mask_history)
+    messages, tools = example["messages"], example.get("tools", "")
+    if options.template:
+        return template_segments(tokenizer, options.template, messages, tools, train_on_prompt=options.train_on_prompt,
+                                 mask_history=options.mask_history, options=options.template_options)  # fmt: skip
+    _refuse_tools(messages, tools)
+    return render_segments(tokenizer, messages, options.train_on_prompt, options.mask_history)
+
+
+def _refuse_tools(messages: list[dict[str, str]], tools: str) -> None:
+    """The tokenizer's own Jinja renders tool calls its own way (if at all); LLaMA-Factory's tool rows
+    need a named template, whose tool format they are written in."""
+    if tools or any(m["role"] in ("function", "observation") for m in messages):
+        raise DataError(
+            "the row has tool definitions or function-call/observation turns; those are rendered by a named chat "
+            "template's tool format: set data.template (e.g. qwen3 for Qwen3 models; data.tool_format picks "
+            "another tool format)"
+        )
 
 
 def _text_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[Segment]:
     return [(example["text"] + tokenizer.eos_token, True)]
 
 
-def _answered(messages: list[dict[str, str]], answer: str) -> list[dict[str, str]]:
-    return [*messages, {"role": "assistant", "content": answer}]
+def _answered(messages: list[dict[str, str]], answer: str | dict[str, str]) -> list[dict[str, str]]:
+    return [*messages, answer if isinstance(answer, dict) else {"role": "assistant", "content": answer}]
+
+
+def _scored_segments(
+    tokenizer: Any, messages: list[dict[str, str]], tools: str, options: EncodeOptions
+) -> list[Segment]:
+    """A prompt and one scored answer: only the final answer is learned (the prompt and any history are context)."""
+    if options.template:
+        return prompt_answer_segments(tokenizer, options.template, messages, tools, options.template_options)
+    _refuse_tools(messages, tools)
+    return render_segments(tokenizer, messages, False, mask_history=True)
 
 
 def _pair_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[list[Segment]]:
-    # Only the final answer is scored: the prompt (and any history) is context.
+    tools = example.get("tools", "")
     return [
-        render_segments(tokenizer, _answered(example["messages"], example[side]), False, mask_history=True)
+        _scored_segments(tokenizer, _answered(example["messages"], example[side]), tools, options)
         for side in ("chosen", "rejected")
     ]
 
 
 def _kto_segments(tokenizer: Any, example: dict[str, Any], options: EncodeOptions) -> list[list[Segment]]:
-    messages = example["messages"]
+    messages, tools = example["messages"], example.get("tools", "")
     return [
-        render_segments(tokenizer, messages, False, mask_history=True),
-        render_segments(tokenizer, _answered(messages[:-1], example["mismatched"]), False, mask_history=True),
+        _scored_segments(tokenizer, messages, tools, options),
+        _scored_segments(tokenizer, _answered(messages[:-1], example["mismatched"]), tools, options),
     ]
 
 

@@ -50,6 +50,14 @@ class RowTokenizer:
         return cls(backend, special, _chat_template(folder, config))
 
     @property
+    def bos_token(self) -> str | None:
+        return self.special_tokens.get("bos_token")
+
+    @property
+    def unk_token(self) -> str | None:
+        return self.special_tokens.get("unk_token")
+
+    @property
     def eos_token(self) -> str | None:
         return self.special_tokens.get("eos_token")
 
@@ -66,9 +74,24 @@ class RowTokenizer:
         unk = self.special_tokens.get("unk_token")
         return None if unk is None else self.backend.token_to_id(unk)
 
+    @property
+    def bos_token_id(self) -> int | None:
+        return None if self.bos_token is None else self.backend.token_to_id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None if self.eos_token is None else self.backend.token_to_id(self.eos_token)
+
     def convert_tokens_to_ids(self, token: str) -> int | None:
         token_id = self.backend.token_to_id(token)
         return self.unk_token_id if token_id is None else token_id
+
+    def add_tokens(self, tokens: Sequence[str], special_tokens: bool = False) -> int:
+        """Register ``tokens`` as added (matched whole in text) tokens; returns how many were new to the list."""
+        from tokenizers import AddedToken
+
+        added = [AddedToken(token, special=special_tokens, normalized=not special_tokens) for token in tokens]
+        return int(self.backend.add_special_tokens(added) if special_tokens else self.backend.add_tokens(added))
 
     def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True) -> dict[str, Any]:
         """``{"input_ids": ...}``: one list of ids for a string, a list of lists for a batch."""

@@ -98,7 +98,7 @@ def test_base_model_with_named_template_packing_and_validation(
 ) -> None:
     import shutil
 
-    from raytune_ft.data.templates import TEMPLATES
+    from raytune_ft.data.templates import template_jinja
     from raytune_ft.models import load_for_inference
     from raytune_ft.serve import generate_reply
 
@@ -124,7 +124,7 @@ def test_base_model_with_named_template_packing_and_validation(
 
     # The checkpoint carries the template it was trained with; chat renders with it and answers.
     model, tokenizer = load_for_inference(None, outcome.run_dir)
-    assert tokenizer.chat_template == TEMPLATES["default"].jinja
+    assert tokenizer.chat_template == template_jinja(tokenizer, "default")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], tokenize=False,
                                            add_generation_prompt=True)  # fmt: skip
     assert prompt.endswith("Assistant:")

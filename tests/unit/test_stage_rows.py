@@ -194,9 +194,10 @@ def test_preference_plain_rows(row: dict[str, Any], messages: list[dict[str, str
           "lose": {"speaker": "bot", "text": "no"}}, SHAREGPT_PAIRS, "column 'win' must be an assistant turn"),
         ({"dialog": [{"speaker": "me", "text": "Q"}], "win": {"speaker": "bot", "text": 1},
           "lose": {"speaker": "bot", "text": "no"}}, SHAREGPT_PAIRS,
-         r"column 'win' needs 'speaker' in \['bot', 'me', 'system'\] and a string 'text'"),
+         r"column 'win' needs 'speaker' in \['bot', 'function_call', 'me', 'observation', 'system'\] and a "
+         r"string 'text'"),
         ({"messages": [user("Q")], "chosen": {"role": "tool", "content": "{}"}, "rejected": bot("no")}, OPENAI,
-         r"column 'chosen' is a tool turn \('tool'\)"),
+         r"column 'chosen' must be an assistant turn"),
         ({"dialog": [{"speaker": "me", "text": "Q"}, {"speaker": "bot", "text": "A"}],
           "win": {"speaker": "bot", "text": "yes"}, "lose": {"speaker": "bot", "text": "no"}}, SHAREGPT_PAIRS,
          "the prompt must end with a user message"),
@@ -250,7 +251,7 @@ def test_kto_plain_rows_use_the_label_column(src: DatasetSource | None) -> None:
          "column 'thumbs_up' must hold the KTO label.*got str 'true'$"),
         ({"messages": [user("Q")], "label": True}, None, "must end with an assistant message"),
         ({"dialog": [{"speaker": "me", "text": "Q"}, {"speaker": "robot", "text": "A"}], "ok": True}, SHAREGPT_KTO,
-         r"turn 1 needs 'speaker' in \['bot', 'me', 'system'\]"),
+         r"turn 1 needs 'speaker' in \['bot', 'function_call', 'me', 'observation', 'system'\]"),
     ],
 )  # fmt: skip
 def test_kto_errors(row: dict[str, Any], src: DatasetSource | None, problem: str) -> None:

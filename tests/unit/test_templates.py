@@ -1,213 +1,246 @@
-"""Named chat templates: LLaMA-Factory's prompt formats, prefix-consistent rendering, stop tokens."""
+"""Named chat templates, by hand: thinking modes, system fusion, tool rows and their masks, efficient eos,
+installing a template (stop tokens, missing tokens) and its Jinja prompt. test_templates_golden.py holds
+every template to LLaMA-Factory's own ids; these tests say in plain text what that behaviour is."""
 
 from __future__ import annotations
 
 import copy
-import itertools
-import re
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from jinja2.exceptions import TemplateError
 
-from raytune_ft.data import IGNORE_INDEX, encode_batch, render_segments
+from raytune_ft.config import template_names
+from raytune_ft.data import IGNORE_INDEX, encode_full
 from raytune_ft.data.sources import DataError
-from raytune_ft.data.templates import TEMPLATE_NAMES, TEMPLATES, apply_template
+from raytune_ft.data.templates import (
+    TEMPLATE_NAMES,
+    TEMPLATES,
+    TOOL_FORMAT_NAMES,
+    TemplateOptions,
+    apply_template,
+    check_template_name,
+    check_tool_format,
+    prompt_answer_segments,
+    template_jinja,
+    template_segments,
+)
+from raytune_ft.models import load_tokenizer
 
-THREE = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-]
-FIVE = [*THREE, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
-BOS = "<s>"  # passed to the renderer, so the expected strings read like the real models' prompts
-
-# The SmolLM2 vocabulary has <|im_end|> but none of <|eot_id|>, <end_of_turn>, <|end|>.
-APPLICABLE = ("default", "chatml", "qwen", "mistral")
-MISSING_STOP = ("llama3", "gemma", "phi")
-
-# LLaMA-Factory's formats written out by hand for FIVE (SmolLM2's eos is <|im_end|>).
-EXPECTED = {
-    "default": (
-        "System: Be brief.<|im_end|>\nHuman: Hi<|im_end|>\nAssistant:Hello!<|im_end|>\n"
-        "Human: 2+2?<|im_end|>\nAssistant:4<|im_end|>\n"
-    ),
-    "chatml": (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-        "Hello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
-    ),
-    "llama3": (
-        "<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>"
-    ),
-    "mistral": "<s>[INST] Be brief.\n\nHi[/INST] Hello!<|im_end|>[INST] 2+2?[/INST] 4<|im_end|>",
-    "gemma": (
-        "<s><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
-        "<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n"
-    ),
-    "phi": (
-        "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n"
-        "<|user|>\n2+2?<|end|>\n<|assistant|>\n4<|end|>\n"
-    ),
+BPE = Path(__file__).parents[1] / "fixtures" / "templates" / "bpe"
+HI = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-EXPECTED["qwen"] = EXPECTED["chatml"]
+CALL = json.dumps({"name": "get_weather", "arguments": {"city": "Oslo"}})
+TOOL_ROW = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "function", "content": CALL},
+    {"role": "observation", "content": "rain"},
+    {"role": "assistant", "content": "It rains."},
+]
 
 
-def with_jinja(tokenizer: Any, name: str) -> Any:
-    """A copy rendering template ``name`` without touching the eos token (works without the stop token)."""
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = TEMPLATES[name].jinja
-    return tok
+@pytest.fixture(scope="module")
+def bpe() -> Any:
+    """A byte-level BPE tokenizer holding every template's special tokens (tests/fixtures/templates)."""
+    return load_tokenizer(BPE, require_chat_template=False)
 
 
-def render(tok: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, bos_token=BOS)
-    return str(text)
-
-
-def stop_of(tok: Any, name: str) -> str:
-    return TEMPLATES[name].stop or str(tok.eos_token)
-
-
-def test_registry_has_the_llamafactory_names() -> None:
-    assert set(TEMPLATE_NAMES) >= {"default", "chatml", "llama3", "qwen", "mistral", "gemma", "phi"}
-    assert tuple(TEMPLATES) == TEMPLATE_NAMES
-    assert all(template.name == name for name, template in TEMPLATES.items())
-    assert set(APPLICABLE) | set(MISSING_STOP) == set(TEMPLATE_NAMES)
-
-
-@pytest.mark.parametrize("name", TEMPLATE_NAMES)
-def test_renders_llamafactory_format_exactly(tokenizer: Any, name: str) -> None:
-    assert render(with_jinja(tokenizer, name), FIVE) == EXPECTED[name]
-
-
-@pytest.mark.parametrize("name", TEMPLATE_NAMES)
-@pytest.mark.parametrize("messages", [THREE, FIVE], ids=["3-messages", "5-messages"])
-def test_rendering_is_prefix_consistent(tokenizer: Any, name: str, messages: list[dict[str, str]]) -> None:
-    tok = with_jinja(tokenizer, name)
-    stop = stop_of(tok, name)
-    renders = [render(tok, messages[:n]) for n in range(1, len(messages) + 1)]
-    for shorter, longer in itertools.pairwise(renders):
-        assert longer.startswith(shorter)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render(tok, messages[:i], generation_prompt=True)
-        full = render(tok, messages[: i + 1])
-        assert full.startswith(prompt), f"{name}: generation prompt of turn {i} is not a prefix of the turn"
-        answer = full[len(prompt) :]
-        assert answer.lstrip(" ").startswith(message["content"])
-        assert answer.rstrip("\n").endswith(stop), f"{name}: answer {answer!r} does not end with {stop!r}"
-
-
-@pytest.mark.parametrize("name", TEMPLATE_NAMES)
-def test_render_segments_split_prompts_from_answers(tokenizer: Any, name: str) -> None:
-    tok = with_jinja(tokenizer, name)
-    segments = render_segments(tok, FIVE, train_on_prompt=False)
-    assert "".join(text for text, _ in segments) == tok.apply_chat_template(FIVE, tokenize=False)
-    assert [trainable for _, trainable in segments] == [False, True, False, True]
-    stop = stop_of(tok, name)
-    answers = [text.strip(" \n") for text, trainable in segments if trainable]
-    assert answers == ["Hello!" + stop, "4" + stop]
-
-
-@pytest.mark.parametrize("name", APPLICABLE)
-def test_apply_template_trains_answers_and_stop_token(tokenizer: Any, name: str) -> None:
-    tok = apply_template(copy.deepcopy(tokenizer), name)
-    assert tok.chat_template == TEMPLATES[name].jinja
-    assert tok.eos_token == stop_of(tokenizer, name)
-    [encoded] = encode_batch(tok, [render_segments(tok, FIVE, train_on_prompt=False)], cutoff_len=1024)
-    assert encoded is not None
-    ids, labels = encoded
+def sample(tok: Any, name: str, messages: list[dict[str, str]], tools: str = "", **kwargs: Any) -> tuple[str, str]:
+    """(whole text, learned text) of a supervised sample."""
+    [(ids, labels)] = encode_full(tok, [template_segments(tok, name, messages, tools, **kwargs)])
     learned = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
-    assert learned.count(tok.eos_token_id) == 2, "each answer ends with the token generation stops at"
-    assert tok.decode(learned).replace(tok.eos_token, "|").replace("\n", "").replace(" ", "") == "Hello!|4|"
+    return tok.decode(ids), tok.decode(learned)
 
 
-def test_stop_marker_becomes_eos(tokenizer: Any) -> None:
+def test_config_name_lists_match_the_registry() -> None:
+    assert template_names.TEMPLATE_NAMES == TEMPLATE_NAMES
+    assert template_names.TOOL_FORMAT_NAMES == TOOL_FORMAT_NAMES
+    named = {"qwen3", "qwen3_nothink", "qwen", "llama3", "llama2", "mistral", "gemma", "gemma3", "phi4", "deepseek3",
+             "glm4", "yi", "baichuan2", "chatglm3", "alpaca", "vicuna", "empty", "default", "chatml"}  # fmt: skip
+    assert named <= set(TEMPLATE_NAMES)
+
+
+def test_unknown_names_suggest_the_closest() -> None:
+    with pytest.raises(DataError, match=r"unknown chat template 'qwen3_no_think' \(did you mean 'qwen3_nothink'\?\)"):
+        check_template_name("qwen3_no_think")
+    with pytest.raises(DataError, match=r"unknown tool format 'qwen35' \(did you mean 'qwen3_5'\?\); choose one of"):
+        check_tool_format("qwen35")
+    assert check_template_name("llama3") is TEMPLATES["llama3"]
+
+
+def test_qwen3_thinking_modes(bpe: Any) -> None:
+    prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    empty = "<think>\n\n</think>\n\n"
+    # Thinking on (LLaMA-Factory's default): the answer learns an empty thought block.
+    assert sample(bpe, "qwen3", HI) == (prompt + empty + "Hello!<|im_end|>\n", empty + "Hello!<|im_end|>\n")
+    # Off: the empty block is prompt, thoughts the data holds are dropped.
+    off = TemplateOptions(enable_thinking=False)
+    assert sample(bpe, "qwen3", HI, options=off) == (prompt + empty + "Hello!<|im_end|>\n", "Hello!<|im_end|>\n")
+    cot = [HI[0], {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"}]
+    assert sample(bpe, "qwen3", cot, options=off)[1] == "Hello!<|im_end|>\n"
+    # None: thoughts the data holds are learned; answers without one get the empty block as prompt.
+    unset = TemplateOptions(enable_thinking=None)
+    assert sample(bpe, "qwen3", cot, options=unset)[1] == "<think>\nGreet back.\n</think>\n\nHello!<|im_end|>\n"
+    assert sample(bpe, "qwen3", HI, options=unset)[1] == "Hello!<|im_end|>\n"
+    # qwen3_nothink is the same format without thinking.
+    assert sample(bpe, "qwen3_nothink", HI) == (prompt + "Hello!<|im_end|>\n", "Hello!<|im_end|>\n")
+
+
+def test_llama2_fuses_the_system_message_into_the_first_user_turn(bpe: Any) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, *HI, *HI]
+    text, learned = sample(bpe, "llama2", messages)
+    first = "<|begin_of_text|>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]Hello!<|end_of_text|>"
+    assert text == first + "<|begin_of_text|>[INST] Hi [/INST]Hello!<|end_of_text|>"
+    assert learned == "Hello!<|end_of_text|>Hello!<|end_of_text|>"
+
+
+def test_default_system_and_its_override(bpe: Any) -> None:
+    qwen = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    assert sample(bpe, "qwen", HI)[0].startswith(qwen)
+    own = TemplateOptions(default_system="Be kind.")
+    assert sample(bpe, "qwen", HI, options=own)[0].startswith(
+        "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user"
+    )
+    given = [{"role": "system", "content": "Be brief."}, *HI]
+    assert sample(bpe, "qwen", given, options=own)[0].startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+
+
+def test_tool_rows_learn_calls_and_answers_not_results(bpe: Any) -> None:
+    text, learned = sample(bpe, "qwen", TOOL_ROW, json.dumps([WEATHER]))
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
+    assert learned == call + "It rains.<|im_end|>\n"
+    assert "# Tools\n\nYou may call one or more functions" in text and '"name": "get_weather"' in text
+    result = "<|im_start|>user\n<tool_response>\nrain\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert result in text and result not in learned
+
+
+@pytest.mark.parametrize(
+    ("tool_format", "call"),
+    [
+        ("default", 'Action: get_weather\nAction Input: {"city": "Oslo"}'),
+        ("llama3", '{"name": "get_weather", "parameters": {"city": "Oslo"}}'),
+        ("mistral", '[{"name": "get_weather", "arguments": {"city": "Oslo"}}]'),
+        ("glm4", 'get_weather\n{"city": "Oslo"}'),
+    ],
+)
+def test_tool_format_override_writes_calls_in_plain_slots(bpe: Any, tool_format: str, call: str) -> None:
+    """As LLaMA-Factory: the call is written in the chosen format and followed by the eos alone (qwen's is
+    <|im_end|>), not by the template's own call slot (which adds a newline)."""
+    options = TemplateOptions(tool_format=tool_format)
+    learned = sample(bpe, "qwen", TOOL_ROW, json.dumps([WEATHER]), options=options)[1]
+    assert learned == call + "<|im_end|>It rains.<|im_end|>\n"
+
+
+def test_malformed_function_calls_are_data_errors(bpe: Any) -> None:
+    with pytest.raises(DataError, match="a function-call turn must hold JSON"):
+        template_segments(bpe, "qwen", [TOOL_ROW[0], {"role": "function", "content": "get_weather(Oslo)"}])
+    with pytest.raises(DataError, match="needs 'name' and 'arguments'"):
+        template_segments(bpe, "qwen", [TOOL_ROW[0], {"role": "function", "content": '{"name": "x"}'}])
+    parallel = json.dumps([json.loads(CALL)] * 2)
+    with pytest.raises(DataError, match="glm4 tool format has no parallel calls"):
+        template_segments(bpe, "glm4", [TOOL_ROW[0], {"role": "function", "content": parallel}])
+
+
+def test_efficient_eos_learns_the_eos_in_place_of_the_next_prompt(bpe: Any) -> None:
+    """glm4 answers carry no eos: the position after each answer is labelled eos, and one eos ends the sample."""
+    [(ids, labels)] = encode_full(bpe, [template_segments(bpe, "glm4", [*HI, *HI])])
+    eos = bpe.convert_tokens_to_ids("<|end_of_text|>")
+    user = bpe.convert_tokens_to_ids("<|user|>")
+    second = ids.index(user, ids.index(user) + 1)
+    assert (ids[second], labels[second]) == (user, eos), "the second prompt's first token is labelled eos"
+    assert (ids[-1], labels[-1]) == (eos, eos)
+    learned = [label for label in labels if label != IGNORE_INDEX]
+    assert bpe.decode(learned) == "\nHello!<|end_of_text|>\nHello!<|end_of_text|>"
+    with pytest.raises(DataError, match=r"cannot learn prompts: unset data\.train_on_prompt"):
+        template_segments(bpe, "glm4", HI, train_on_prompt=True)
+
+
+def test_mask_history_and_train_on_prompt(bpe: Any) -> None:
+    two = [*HI, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]
+    assert sample(bpe, "chatml", two, mask_history=True)[1] == "Ciao<|im_end|>\n"
+    text, learned = sample(bpe, "chatml", HI, train_on_prompt=True)
+    assert learned == text
+
+
+def test_pairs_and_kto_score_only_the_last_turn(bpe: Any) -> None:
+    cot = [
+        *HI,
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "<think>\nx\n</think>\n\nJust so."},
+    ]
+    history = [*HI[:1], {"role": "assistant", "content": "<think>\nold\n</think>\n\nHello!"}, *cot[2:]]
+    [(ids, labels)] = encode_full(bpe, [prompt_answer_segments(bpe, "qwen3", history)])
+    assert "old" not in bpe.decode(ids), "earlier thoughts are dropped from the prompt"
+    assert (
+        bpe.decode([label for label in labels if label != IGNORE_INDEX])
+        == "<think>\nx\n</think>\n\nJust so.<|im_end|>\n"
+    )
+
+
+def test_apply_template_makes_the_stop_word_eos(tokenizer: Any) -> None:
     tok = copy.deepcopy(tokenizer)
     tok.eos_token = "<|endoftext|>"
     assert apply_template(tok, "chatml") is tok
     assert (tok.eos_token, tok.eos_token_id) == ("<|im_end|>", tok.convert_tokens_to_ids("<|im_end|>"))
+    assert tok.chat_template == template_jinja(tok, "chatml")
 
 
-def test_stop_token_added_to_vocab_is_accepted(tokenizer: Any) -> None:
+def test_missing_stop_and_token_elements_are_refused(tokenizer: Any) -> None:
     tok = copy.deepcopy(tokenizer)
-    tok.add_tokens(["<|eot_id|>"], special_tokens=True)
-    apply_template(tok, "llama3")
-    assert tok.eos_token == "<|eot_id|>"
-    assert tok.eos_token_id == len(tokenizer)
+    with pytest.raises(DataError, match=r"template 'llama3' ends answers with the token '<\|eot_id\|>', which this"):
+        apply_template(tok, "llama3")
+    assert (tok.eos_token, tok.chat_template) == (tokenizer.eos_token, tokenizer.chat_template), "left untouched"
+    with pytest.raises(DataError, match=r"template 'chatglm3' needs the token '\[gMASK\]'"):
+        apply_template(tok, "chatglm3")
+    tok.add_tokens(["<|eot_id|>"], special_tokens=True)  # a vocabulary that has it (e.g. trained embeddings)
+    assert apply_template(tok, "llama3").eos_token_id == len(tokenizer)
 
 
-@pytest.mark.parametrize("name", MISSING_STOP)
-def test_missing_stop_token_is_a_data_error(tokenizer: Any, name: str) -> None:
+def test_stop_words_become_special_but_missing_ones_are_not_added(tokenizer: Any) -> None:
     tok = copy.deepcopy(tokenizer)
-    stop = re.escape(repr(TEMPLATES[name].stop))
-    with pytest.raises(DataError, match=rf"template '{name}' ends answers with the token {stop}.*`template: default`"):
-        apply_template(tok, name)
-    assert tok.eos_token == tokenizer.eos_token and tok.chat_template == tokenizer.chat_template, "left untouched"
+    before = tok("x \n###", add_special_tokens=False)["input_ids"]
+    apply_template(tok, "yi_vl")  # stop word "###": a special token now, as LLaMA-Factory makes it
+    assert tok("x \n###", add_special_tokens=False)["input_ids"] != before
+    apply_template(tok, "falcon_h1")  # stop words <|im_end|> and <|end_of_text|>, which SmolLM2 lacks
+    assert len(tok) == len(tokenizer) and tok.convert_tokens_to_ids("<|end_of_text|>") == tok.unk_token_id
 
 
-def test_eos_template_needs_an_eos_token(tokenizer: Any) -> None:
+def test_templates_ending_answers_with_eos_need_one(tokenizer: Any) -> None:
     tok = copy.deepcopy(tokenizer)
     tok.eos_token = None
     with pytest.raises(DataError, match="'default' ends answers with the tokenizer's eos token"):
         apply_template(tok, "default")
 
 
-def test_unknown_name_suggests_the_close_one(tokenizer: Any) -> None:
-    with pytest.raises(DataError, match=r"'chatlm' \(did you mean 'chatml'\?\)") as info:
-        apply_template(copy.deepcopy(tokenizer), "chatlm")
-    assert all(name in str(info.value) for name in TEMPLATE_NAMES)
-
-
-def test_qwen_uses_its_default_system_prompt(tokenizer: Any) -> None:
-    turn = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-    default = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-    qwen = with_jinja(tokenizer, "qwen")
-    assert render(qwen, FIVE[1:3]) == default + turn
-    assert render(qwen, [{"role": "system", "content": ""}, *FIVE[1:3]]) == default + turn
-    assert render(with_jinja(tokenizer, "chatml"), FIVE[1:3]) == turn
-
-
-def test_system_is_fused_into_first_user_turn_only_when_given(tokenizer: Any) -> None:
-    gemma = with_jinja(tokenizer, "gemma")
-    assert (
-        render(gemma, FIVE[1:3])
-        == "<s><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+def test_jinja_prompt_opens_the_answer_as_training_did(bpe: Any) -> None:
+    tok = apply_template(copy.deepcopy(bpe), "qwen3", TemplateOptions(enable_thinking=False))
+    history = [{"role": "system", "content": "Be brief."}, *HI, {"role": "user", "content": "Again?"}]
+    history[2] = {"role": "assistant", "content": "<think>\nhm\n</think>\n\nHello!"}
+    rendered = tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!"
+        "<|im_end|>\n<|im_start|>user\nAgain?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     )
-    with pytest.raises(TemplateError, match="needs a user message after the system message"):
-        render(gemma, [FIVE[0], FIVE[2]])
+    with pytest.raises(TemplateError, match="renders user and assistant turns, not observation"):
+        tok.apply_chat_template([HI[0], {"role": "observation", "content": "x"}], tokenize=False)
+    with pytest.raises(TemplateError, match="a system message is only allowed first"):
+        tok.apply_chat_template([*HI, {"role": "system", "content": "late"}], tokenize=False)
 
 
-HEADERS = {
-    "default": "Assistant:",
-    "chatml": "<|im_start|>assistant\n",
-    "qwen": "<|im_start|>assistant\n",
-    "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
-    "mistral": "",
-    "gemma": "<start_of_turn>model\n",
-    "phi": "<|assistant|>\n",
-}
+def test_template_settings_shape_the_tokenized_data_fingerprint(tokenizer: Any) -> None:
+    from raytune_ft.config import DataConfig
+    from raytune_ft.data.cache import data_fingerprint
 
-
-@pytest.mark.parametrize("name", TEMPLATE_NAMES)
-def test_generation_prompt_renders_only_the_assistant_header(tokenizer: Any, name: str) -> None:
-    tok = with_jinja(tokenizer, name)
-    context = render(tok, FIVE[:2])
-    assert render(tok, FIVE[:2], generation_prompt=True) == context + HEADERS[name]
-    answer = " Hello!" if name == "mistral" else "Hello!"
-    assert render(tok, FIVE[:3]).startswith(context + HEADERS[name] + answer)
-    assert render(tok, FIVE[:3], generation_prompt=True).endswith(HEADERS[name])
-
-
-@pytest.mark.parametrize("name", TEMPLATE_NAMES)
-def test_unsupported_roles_fail_loudly(tokenizer: Any, name: str) -> None:
-    tok = with_jinja(tokenizer, name)
-    with pytest.raises(TemplateError, match="has no role tool"):
-        render(tok, [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "{}"}])
-    with pytest.raises(TemplateError, match="only allowed first"):
-        render(tok, [*FIVE[1:3], {"role": "system", "content": "late"}])
+    base = DataConfig(template="qwen3")
+    prints = [
+        data_fingerprint(base.model_copy(update=change), tokenizer, "m", seed=0)
+        for change in ({}, {"template": "qwen3_nothink"}, {"enable_thinking": False}, {"enable_thinking": None},
+                       {"preserve_thinking": True}, {"tool_format": "llama3"}, {"default_system": "Be kind."})
+    ]  # fmt: skip
+    assert len({json.dumps(p, sort_keys=True) for p in prints}) == len(prints)
