@@ -10,7 +10,7 @@ to plain single-process training (unit tests, profiling).
 from __future__ import annotations
 
 import contextlib
-import json
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -312,13 +312,13 @@ def _require_written_by(folder: Path, subfolder: str, strategy: str) -> None:
 
 
 def deepspeed_config(cfg: JobConfig, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:
-    """The DeepSpeed config for this run: from ``scaling.deepspeed`` (a ZeRO stage or a JSON file whose
+    """The DeepSpeed config for this run: from ``scaling.deepspeed`` (a ZeRO stage, or a config mapping whose
     ``"auto"`` values are filled in, as with LLaMA-Factory's files), plus what our loop needs."""
     setting = cfg.scaling.deepspeed if cfg.scaling.deepspeed is not None else 2
     if isinstance(setting, int):
         config: dict[str, Any] = {"zero_optimization": _zero_section(setting, cfg.scaling.deepspeed_offload)}
     else:
-        config = json.loads(Path(setting).read_text(encoding="utf-8"))
+        config = copy.deepcopy(setting)
     micro, accumulation = cfg.train.per_device_batch_size, cfg.train.gradient_accumulation_steps
     ours = {
         "train_micro_batch_size_per_gpu": micro,
