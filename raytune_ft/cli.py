@@ -11,8 +11,14 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from raytune_ft.config import InputError, ModelConfig, dump_config, llamafactory_translation, load_config
+from raytune_ft import __version__
+from raytune_ft.config import InputError, JobConfig, ModelConfig, dump_config, llamafactory_translation, load_config
+
+if TYPE_CHECKING:
+    from raytune_ft.serve import Chatter
 
 __all__ = ["main"]
 
@@ -29,12 +35,14 @@ _EPILOG = """examples:
   raytune-ft eval --checkpoint saves/quickstart --tasks loss,generation,choice
   raytune-ft export --checkpoint saves/quickstart --out exports/quickstart-gguf --format gguf --gguf-type q8_0
   raytune-ft dashboard
+  raytune-ft env
 """
 
 
 def _train(args: argparse.Namespace) -> int:
     from raytune_ft.train import run_training
 
+    _check_kind(args.config, "train")
     cfg = load_config(args.config, args.overrides)
     outcome = run_training(cfg, address=args.address)
     print(f"raytune_ft: run {cfg.train.run_name}: {outcome.total_steps} steps; checkpoints in {outcome.run_dir}")
@@ -77,24 +85,36 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from raytune_ft.export import export_checkpoint
+    from raytune_ft.export import export_checkpoint, export_init_from
     from raytune_ft.models import CONFIG_FILE, latest_checkpoint
 
     config, overrides = _split_config(args.config, args.overrides)
+    _check_kind(config, "export")
     flags = {"export.format": args.format, "export.gguf_type": args.gguf_type}
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
-    checkpoint = latest_checkpoint(args.checkpoint)
-    cfg = load_config(config or checkpoint / CONFIG_FILE, overrides).export
-    out = args.out or cfg.out_dir
-    if out is None:
-        raise InputError("export: give the destination folder with --out DIR (or export.out_dir in the config)")
-    target = export_checkpoint(checkpoint, Path(out), cfg, overwrite=args.overwrite, base=args.base)
-    print(f"raytune_ft: exported {checkpoint} ({cfg.format}) to {target}")
+    if args.checkpoint is None:  # a merge file: model.source + adapter.init_from (LLaMA-Factory's merge YAML)
+        if config is None:
+            raise InputError("export: give --checkpoint (a run or checkpoint), or a config naming adapter.init_from")
+        job = load_config(config, overrides)
+        target = export_init_from(job, _export_out(args.out, job.export.out_dir), overwrite=args.overwrite)
+        source, cfg = f"{job.model.source} + {', '.join(job.adapter.init_from)}", job.export
+    else:
+        checkpoint = latest_checkpoint(args.checkpoint)
+        cfg = load_config(config or checkpoint / CONFIG_FILE, overrides).export
+        out = _export_out(args.out, cfg.out_dir)
+        target = export_checkpoint(checkpoint, out, cfg, overwrite=args.overwrite, base=args.base)
+        source = str(checkpoint)
+    print(f"raytune_ft: exported {source} ({cfg.format}) to {target}")
     if cfg.format == "hf":
         print(f'raytune_ft: try it: raytune-ft chat --model {target} --prompt "Hello"')
     return 0
+
+
+def _export_out(flag: str | None, configured: str | None) -> Path:
+    out = flag or configured
+    if out is None:
+        raise InputError("export: give the destination folder with --out DIR (or export.out_dir in the config)")
+    return Path(out)
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -119,8 +139,6 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def _split_config(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
     """(config, overrides) when the optional CONFIG may have been an override itself."""
-    from pathlib import Path
-
     if config is not None and "=" in config and not Path(config).is_file():  # only overrides were given
         return None, [config, *overrides]
     return config, list(overrides)
@@ -132,13 +150,14 @@ def _eval(args: argparse.Namespace) -> int:
     from raytune_ft.train import start_ray
 
     config, overrides = _split_config(args.config, args.overrides)
+    _check_kind(config, "eval")
     if args.tasks:
         overrides.append(f"eval.tasks={args.tasks}")
-    target = eval_target(args.checkpoint, args.model)
     if config is None and args.checkpoint is not None:
         config = str(latest_checkpoint(args.checkpoint) / CONFIG_FILE)
     cfg = load_config(config, overrides)
-    start_ray(args.address)
+    target = eval_target(args.checkpoint, args.model, cfg)
+    start_ray(args.address, init=cfg.scaling.ray_init)
     report = run_evaluation(cfg, target, output_dir=args.out)
     print(format_report(report))
     print(f"raytune_ft: results in {report.path}")
@@ -168,16 +187,20 @@ def _validate(args: argparse.Namespace) -> int:
 def _data_preview(args: argparse.Namespace) -> int:
     import functools
 
+    from raytune_ft.data.pipeline import checked_sources
     from raytune_ft.data.preview import build_preview, format_preview
     from raytune_ft.models import load_row_tokenizer
     from raytune_ft.train import job_tokenizer, start_ray
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = job_tokenizer(cfg)  # fails fast on a missing model or template, before Ray starts
+    checked_sources(cfg.data.dataset, cfg.data.dataset_dir, cfg.method.rows)  # and on an empty file
     load = functools.partial(load_row_tokenizer, cfg.model.source)
-    start_ray(args.address)
+    start_ray(args.address, init=cfg.scaling.ray_init)
     concurrency = cfg.data.tokenize_concurrency or 1
-    report = build_preview(cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows)
+    report = build_preview(
+        cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows, seed=cfg.train.seed
+    )
     print(format_preview(report, tokenizer, cfg.data, cfg.train.per_device_batch_size))
     return 0
 
@@ -185,25 +208,79 @@ def _data_preview(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from raytune_ft.models import load_for_inference
-    from raytune_ft.serve import generate_reply, interactive_chat
+    from raytune_ft.serve import interactive_chat
 
     hf_logging.disable_progress_bar()
-
-    model, tokenizer = load_for_inference(args.model, args.adapter)
+    config, overrides = _split_config(args.config, args.overrides)
+    cfg = load_config(config, overrides) if config is not None or overrides else None
+    if cfg is None and not (args.model or args.adapter):
+        args.model = ModelConfig().source
+    chatter = _chatter(args, cfg)
+    max_new_tokens = args.max_new_tokens or (cfg.eval.max_new_tokens if cfg is not None else 256)
+    temperature = args.temperature if args.temperature is not None else (cfg.eval.temperature if cfg else 0.0)
     if args.prompt is None:
-        interactive_chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
+        interactive_chat(chatter, args.system, max_new_tokens, temperature)
         return 0
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
-    generate_reply(model, tokenizer, messages, args.max_new_tokens, args.temperature, on_text=_print_piece)
+    chatter.reply(messages, max_new_tokens, temperature, _print_piece)
     print()
     return 0
 
 
+def _chatter(args: argparse.Namespace, cfg: JobConfig | None) -> Chatter:
+    """The engine a chat runs on: vLLM when the config asks for it (``infer_backend: vllm``), else transformers;
+    a config's named template (``data.template``) renders the prompts."""
+    from raytune_ft.models import load_for_inference
+    from raytune_ft.serve import HFChatter, VllmChatter
+
+    if cfg is not None and cfg.serve.engine == "vllm":
+        from raytune_ft.models.vllm_engine import start_vllm, vllm_target
+
+        engine = start_vllm(*vllm_target(args.model, args.adapter, cfg), kv_cache_gib=cfg.serve.kv_cache_gib)
+        _with_template(engine.tokenizer, cfg)
+        return VllmChatter(engine)
+    model, tokenizer = load_for_inference(args.model, args.adapter, cfg)
+    return HFChatter(model, _with_template(tokenizer, cfg))
+
+
+def _with_template(tokenizer: Any, cfg: JobConfig | None) -> Any:
+    if cfg is None or cfg.data.template is None:
+        return tokenizer
+    from raytune_ft.data.templates import apply_template, template_options
+
+    return apply_template(tokenizer, cfg.data.template, template_options(cfg.data))
+
+
 def _print_piece(text: str) -> None:
     print(text, end="", flush=True)
+
+
+def _env(args: argparse.Namespace) -> int:
+    from raytune_ft.train.environment import describe_environment, format_environment
+
+    print(format_environment(describe_environment(args.address)))
+    return 0
+
+
+# The verb each kind of LLaMA-Factory YAML is for (config_kind), and the kinds each verb takes.
+_VERBS = {"train": "train", "chat": "chat", "export": "export", "predict": "eval"}
+_TAKES = {"train": {"train"}, "export": {"export", "train"}, "eval": {"predict", "train"}}
+
+
+def _check_kind(config: str | None, verb: str) -> None:
+    """Refuse a LLaMA-Factory YAML meant for another verb (a merge file given to train), naming the right one."""
+    if config is None or not Path(config).is_file():
+        return
+    translation = llamafactory_translation(config)
+    if translation is None or translation.kind in _TAKES[verb]:
+        return
+    what = {"chat": "an inference", "export": "a merge (export_dir)", "predict": "a predict (do_predict)"}
+    raise InputError(
+        f"{config} is {what.get(translation.kind, 'a training')} config: run raytune-ft {_VERBS[translation.kind]} "
+        f"{config}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"raytune-ft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
@@ -252,13 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export",
         help="merge a checkpoint's adapter into its base and save it (Hugging Face safetensors or GGUF)",
-        description="Merges the newest checkpoint of a run (or one checkpoint) into a standalone model: "
+        description="Merges the newest checkpoint of a run (or one checkpoint), or without --checkpoint the "
+        "adapters a config names (adapter.init_from; LLaMA-Factory's merge YAML), into a standalone model: "
         "Hugging Face safetensors sharded at export.max_shard_size with the tokenizer and chat template "
         "(loads in transformers, vLLM and raytune-ft serve), or one GGUF file (f16 or q8_0) for llama.cpp. "
         "The export settings come from CONFIG, else from the checkpoint's own config. A non-empty --out is "
         "refused unless --overwrite is given; it is replaced only once the new export is complete.",
     )
-    _checkpoint_config_args(export, "export", "export.dtype=bfloat16", required=True)
+    _checkpoint_config_args(export, "export", "export.dtype=bfloat16")
     export.add_argument("--out", help="destination folder (default: export.out_dir)")
     export.add_argument("--format", choices=["hf", "gguf"], help="export.format (default hf)")
     export.add_argument("--gguf-type", choices=["f16", "q8_0"], help="export.gguf_type (default f16)")
@@ -317,16 +396,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser(
         "chat",
-        help="chat with a model or a trained checkpoint",
-        description="Streams the reply; interactive multi-turn when --prompt is not given.",
+        help="chat with a model or a trained checkpoint (also from a LLaMA-Factory inference YAML)",
+        description="Streams the reply; interactive multi-turn when --prompt is not given. CONFIG (ours, or a "
+        "LLaMA-Factory inference YAML) names the model (model.source), adapters to apply (adapter.init_from, "
+        "LLaMA-Factory's adapter_name_or_path), the template (data.template) and the engine (serve.engine: vllm "
+        "runs vLLM in this process; otherwise transformers).",
     )
-    chat.add_argument("--model", help="model source: builtin:NAME, HF folder, or a full-weights run/checkpoint")
-    chat.add_argument("--adapter", help="LoRA checkpoint folder or run directory (newest checkpoint)")
+    chat.add_argument("config", nargs="?", help="job YAML or LLaMA-Factory inference YAML (optional)")
+    chat.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.source=DIR")
+    chat.add_argument("--model", help="model source: builtin:NAME, Hub id, HF folder, or a full-weights run/checkpoint")
+    chat.add_argument("--adapter", help="LoRA checkpoint folder, run directory (newest checkpoint) or PEFT folder")
     chat.add_argument("--prompt", help="one user message; omit for an interactive session")
     chat.add_argument("--system", help="system prompt (default: the chat template's own)")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding (default)")
+    chat.add_argument("--max-new-tokens", type=int, help="longest reply (default: the config's, else 256)")
+    chat.add_argument("--temperature", type=float, help="0 means greedy decoding (default: the config's, else 0)")
     chat.set_defaults(func=_chat)
+
+    env = sub.add_parser(
+        "env",
+        help="print versions, devices, caches and the Ray cluster a job would join (for bug reports)",
+        description="Prints the versions of raytune_ft and the libraries it drives, the CPUs, memory and GPUs "
+        "this machine shows, the model caches and hub mode, and which Ray cluster a command would join "
+        "(--address, else $RAY_ADDRESS, else a new local Ray). Starts nothing.",
+    )
+    _address_arg(env)
+    env.set_defaults(func=_env)
     return parser
 
 
@@ -366,8 +460,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    if args.command == "chat" and not (args.model or args.adapter):
-        args.model = ModelConfig().source
     try:
         return int(args.func(args))
     except Exception as err:

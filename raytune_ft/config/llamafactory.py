@@ -1,28 +1,80 @@
-"""Translate a flat LLaMA-Factory training YAML into our sectioned config.
+"""Translate LLaMA-Factory's flat YAMLs (training, inference, merge and predict files) into our config.
 
-Users arrive with files like ``llama3_lora_sft.yaml``; they run unchanged. Each key either maps to
-one of our fields, is accepted but irrelevant here (listed in one warning), or asks for something
-we cannot honour yet (an error that lists every such key). Unknown keys fail like ours do.
+Users arrive with files like ``qwen3_lora_sft.yaml`` and run them unchanged. ``KEYS`` is the one table
+of the LLaMA-Factory keys we know: each one maps onto our fields, or is accepted but changes nothing here
+(its reason is shown in one warning), or asks for something raytune_ft does not do (an error that lists
+every such key with its reason and what to do instead). A key outside the table fails like ours do,
+naming the closest key. ``config_kind`` tells which verb a file is for (train, chat, export or eval).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-__all__ = ["LlamaFactoryTranslation", "looks_like_llamafactory", "translate_llamafactory"]
+__all__ = [
+    "KEYS",
+    "ConfigKind",
+    "LlamaFactoryTranslation",
+    "Rule",
+    "config_kind",
+    "describe",
+    "key_table",
+    "looks_like_llamafactory",
+    "translate_llamafactory",
+]
 
+ConfigKind = Literal["train", "chat", "export", "predict"]
 Setter = Callable[[Any], dict[str, Any]]
 
 
-def _to(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Setter:
-    return lambda value: {key: convert(value)}
+class Refused(ValueError):
+    """A mapped key whose value asks for something we cannot do; the message says what instead."""
 
 
-def _stage(value: Any) -> dict[str, Any]:
-    return {"method.stage": value}
+@dataclass(frozen=True)
+class Rule:
+    """What one LLaMA-Factory key does in raytune_ft."""
+
+    apply: Setter | None = None
+    """Our dotted keys and values it sets (it may raise ``Refused`` for a value it cannot honour)."""
+    means: str = ""
+    """What ``apply`` sets, in words (the key table of docs/llamafactory.md)."""
+    ignored: str = ""
+    """Why it is accepted but changes nothing here."""
+    refused: str = ""
+    """What it asks for that raytune_ft does not do, and what to do instead."""
+    inert: tuple[Any, ...] = ()
+    """Values of a refused key that ask for nothing (LLaMA-Factory's default, a switched-off feature)."""
+
+
+def _to(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Rule:
+    return Rule(apply=lambda value: {key: convert(value)}, means=key)
+
+
+def _map(setter: Setter, means: str) -> Rule:
+    return Rule(apply=setter, means=means)
+
+
+def _ignored(reason: str) -> Rule:
+    return Rule(ignored=reason)
+
+
+def _refused(reason: str, *inert: Any) -> Rule:
+    return Rule(refused=reason, inert=inert)
+
+
+def _same(rule: Rule, *keys: str) -> dict[str, Rule]:
+    return dict.fromkeys(keys, rule)
+
+
+def _family(prefix: str, *names: str, switch: str = "") -> dict[str, Rule]:
+    """The settings ``PREFIX_NAME`` of a feature that is off unless ``switch`` (default ``use_PREFIX``)."""
+    return _same(_ignored(f"only used with {switch or 'use_' + prefix}"), *(f"{prefix}_{name}" for name in names))
 
 
 def _output_dir(value: Any) -> dict[str, Any]:
@@ -39,179 +91,567 @@ def _report_to(value: Any) -> dict[str, Any]:
     names = [value] if isinstance(value, str) else list(value or [])
     if "all" in names:
         names = ["wandb", "mlflow", "tensorboard"]
+    unknown = [n for n in names if n not in ("none", "", "wandb", "mlflow", "tensorboard")]
+    if unknown:
+        raise Refused(f"trackers {unknown}: raytune_ft logs to wandb, mlflow and tensorboard")
     return {"tracking.backends": [n for n in names if n not in ("none", "")]}
 
 
-def _template(value: Any) -> dict[str, Any]:
-    # LLaMA-Factory always renders with its named template; ours by that name when we have it.
-    # Other names are dropped with a warning (see translate_llamafactory): the tokenizer's own is used.
-    return {"data.template": value} if value in NAMED_TEMPLATES else {}
+def _stage(value: Any) -> dict[str, Any]:
+    if value == "ppo":
+        raise Refused("PPO is not available yet; train a reward model (stage: rm) or use dpo/kto")
+    return {"method.stage": value}
+
+
+def _finetuning_type(value: Any) -> dict[str, Any]:
+    if value == "oft":
+        raise Refused("OFT adapters are not available; use lora, freeze or full")
+    return {"adapter.type": value}
 
 
 def _deepspeed(value: Any) -> dict[str, Any]:
     return {} if value is None else {"scaling.strategy": "deepspeed", "scaling.deepspeed": value}
 
 
-def _no_checkpointing(value: Any) -> dict[str, Any]:
-    return {"model.gradient_checkpointing": not value}
+def _fsdp(value: Any) -> dict[str, Any]:
+    # HF's fsdp is a string of options ("full_shard auto_wrap") or a list; any of them asks for sharding.
+    return {"scaling.strategy": "fsdp2"} if value else {}
 
 
 def _precision(dtype: str) -> Setter:
     return lambda value: {"model.dtype": dtype} if value else {}
 
 
-# LLaMA-Factory key -> what it sets in our config.
-_MAPPED: dict[str, Setter] = {
+def _attention(value: Any) -> dict[str, Any]:
+    kernels = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "eager": "eager"}
+    if value not in kernels:
+        raise Refused("use auto, sdpa or disabled (eager); other attention kernels are not available yet")
+    return {"model.attn_implementation": kernels[value]}
+
+
+def _lr_scheduler(value: Any) -> dict[str, Any]:
+    names = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
+    if value not in names:
+        raise Refused("use cosine, linear or constant (warmup applies to each)")
+    return {"train.lr_scheduler": names[value]}
+
+
+def _warmup_steps(value: Any) -> dict[str, Any]:
+    return {"train.warmup_steps": value} if value else {}  # HF: 0 means "use warmup_ratio"
+
+
+def _infer_backend(value: Any) -> dict[str, Any]:
+    engines = {"huggingface": "hf", "hf": "hf", "vllm": "vllm"}
+    if value not in engines:
+        raise Refused("use huggingface or vllm")
+    return {"serve.engine": engines[value]}
+
+
+def _infer_dtype(value: Any) -> dict[str, Any]:
+    return {"serve.dtype": value if value in ("float16", "bfloat16", "float32") else "auto"}
+
+
+def _json_dict(value: Any) -> dict[str, Any]:
+    parsed = json.loads(value) if isinstance(value, str) and value.strip().startswith("{") else value
+    if not isinstance(parsed, dict):
+        raise Refused(f"expected a mapping (or its JSON text), got {value!r}")
+    return parsed
+
+
+def _resources_per_worker(value: Any) -> dict[str, Any]:
+    resources = _json_dict(value)
+    update: dict[str, Any] = {}
+    if "CPU" in resources:
+        update["scaling.cpus_per_worker"] = float(resources["CPU"])
+    if resources.get("GPU"):
+        update["scaling.use_gpu"] = True
+    return update
+
+
+def _resume(value: Any) -> dict[str, Any]:
+    if value not in (None, False, True):
+        raise Refused(
+            "resuming from a given checkpoint path: start the same output_dir again and it resumes from its "
+            "newest checkpoint; to start a new run from a checkpoint's weights use adapter_name_or_path"
+        )
+    return {}
+
+
+def _do_sample(value: Any) -> dict[str, Any]:
+    return {} if value else {"eval.temperature": 0.0}
+
+
+def _predict_with_generate(value: Any) -> dict[str, Any]:
+    return {"eval.tasks": ["generation"] if value else ["loss"]}
+
+
+def _resize_vocab(value: Any) -> dict[str, Any]:
+    if value:
+        raise Refused(
+            "adding tokens to the model: a chat template's stop token must already be one token of the tokenizer "
+            "(a new, untrained embedding row is never generated, so generation would not stop)"
+        )
+    return {}
+
+
+_MULTIMODAL = "text-only training here: no image, video or audio column is read"
+_OPTIMIZER = "raytune_ft trains with AdamW; this optimizer is not available yet"
+_ENGINE = "attention and kernels are chosen by model.attn_implementation; this one is not available yet"
+_TOKEN = (
+    "tokens do not belong in a config file (it is saved with every checkpoint): set {} in the environment "
+    "(on a cluster: runtime_env env_vars)"
+)
+
+KEYS: dict[str, Rule] = {
+    # --- model ---------------------------------------------------------------------------------------
     "model_name_or_path": _to("model.source"),
-    "stage": _stage,
-    "pref_beta": _to("method.beta", float),
-    "pref_ftx": _to("method.ftx", float),
-    "pref_loss": _to("method.loss"),  # sigmoid is DPO; kto_pair has no counterpart and is refused by name
-    "dpo_label_smoothing": _to("method.label_smoothing", float),
-    "simpo_gamma": _to("method.simpo_gamma", float),
-    "kto_chosen_weight": _to("method.kto_desirable_weight", float),
-    "kto_rejected_weight": _to("method.kto_undesirable_weight", float),
-    "finetuning_type": _to("adapter.type"),
+    "model_revision": _to("model.revision"),
+    "adapter_name_or_path": _to("adapter.init_from"),
+    "adapter_folder": _refused("give the adapter subfolder path in adapter_name_or_path", None),
+    "cache_dir": _to("model.cache_dir"),
+    "trust_remote_code": _to("model.trust_remote_code", bool),
+    "hf_hub_token": _refused(_TOKEN.format("HF_TOKEN"), None),
+    "ms_hub_token": _refused(_TOKEN.format("MODELSCOPE_API_TOKEN"), None),
+    "om_hub_token": _refused("the Modelers hub is not a model source here", None),
+    "use_fast_tokenizer": _ignored("the fast tokenizer is always used"),
+    "resize_vocab": _map(_resize_vocab, "false only: a template's stop token must already be one token"),
+    "split_special_tokens": _refused("special tokens are always kept whole", False),
+    "add_tokens": _refused("adding tokens to the vocabulary is not supported", None),
+    "add_special_tokens": _refused("adding tokens to the vocabulary is not supported", None),
+    "new_special_tokens_config": _refused("adding tokens to the vocabulary is not supported", None),
+    "init_special_tokens": _ignored("no tokens are added, so none are initialised"),
+    "low_cpu_mem_usage": _ignored("transformers loads weights lazily"),
+    "rope_scaling": _refused("RoPE scaling is not supported; the model's context length applies", None),
+    "flash_attn": _map(_attention, "model.attn_implementation (auto, sdpa -> sdpa; disabled -> eager)"),
+    "shift_attn": _refused("shift short attention (LongLoRA) is not supported", False),
+    "mixture_of_depths": _refused("mixture of depths is not supported", None),
+    "use_unsloth": _refused("Unsloth is not supported", False),
+    "use_unsloth_gc": _refused("Unsloth gradient checkpointing is not supported", False),
+    "enable_liger_kernel": _refused(_ENGINE, False),
+    "moe_aux_loss_coef": _ignored("MoE models keep their own router loss coefficient"),
+    "disable_gradient_checkpointing": _map(
+        lambda value: {"model.gradient_checkpointing": not value}, "model.gradient_checkpointing (negated)"
+    ),
+    "gradient_checkpointing": _to("model.gradient_checkpointing", bool),
+    "use_reentrant_gc": _ignored("non-reentrant checkpointing is always used (it also works with frozen inputs)"),
+    "upcast_layernorm": _refused("upcasting layer norms is not supported", False),
+    "upcast_lmhead_output": _refused("upcasting the LM head output is not supported", False),
+    "train_from_scratch": _refused("training from random weights is not supported", False),
+    "infer_backend": _map(_infer_backend, "serve.engine (huggingface -> hf, vllm); chat runs on it"),
+    "infer_dtype": _map(_infer_dtype, "serve.dtype"),
+    "offload_folder": _ignored("weights are not offloaded to disk"),
+    "use_kv_cache": _ignored("generation always uses the KV cache"),
+    "print_param_status": _ignored("the number of trainable parameters is always printed"),
+    "quantization_bit": _to("model.quantization_bit"),
+    "quantization_method": _refused("quantized bases come from bitsandbytes (bnb) only", "bnb", "bitsandbytes"),
+    "quantization_type": _refused("4-bit bases use NF4", "nf4"),
+    "double_quantization": _refused("4-bit bases always use double quantization", True),
+    "quantization_device_map": _ignored("each worker loads its quantized base onto its own GPU"),
+    "model_max_length": _ignored("cutoff_len bounds the samples"),
+    "block_diag_attn": _ignored("packed samples never attend to each other"),
+    "vllm_maxlen": _to("serve.max_model_len"),
+    "vllm_gpu_util": _map(
+        lambda value: {"serve.engine_kwargs": {"gpu_memory_utilization": value}},
+        "serve.engine_kwargs.gpu_memory_utilization",
+    ),
+    "vllm_enforce_eager": _to("serve.enforce_eager", bool),
+    "vllm_max_lora_rank": _to("serve.max_lora_rank"),
+    "vllm_config": _map(lambda value: {"serve.engine_kwargs": _json_dict(value)}, "serve.engine_kwargs"),
+    "use_kt": _refused("KTransformers is not supported", False),
+    # --- multimodal (text-only here) -------------------------------------------------------------------
+    **_same(
+        _ignored(_MULTIMODAL),
+        "image_max_pixels",
+        "image_min_pixels",
+        "image_do_pan_and_scan",
+        "crop_to_patches",
+        "video_max_pixels",
+        "video_min_pixels",
+        "video_fps",
+        "video_maxlen",
+        "use_audio_in_video",
+        "audio_sampling_rate",
+        "media_dir",
+        "freeze_vision_tower",
+        "freeze_multi_modal_projector",
+        "freeze_language_model",
+    ),
+    # --- export (merge YAMLs) ----------------------------------------------------------------------------
+    "export_dir": _to("export.out_dir"),
+    "export_size": _to("export.max_shard_size", lambda gb: f"{gb}GB"),
+    "export_device": _ignored("the merge runs on CPU in float32"),
+    "export_legacy_format": _refused("exports are always safetensors", False),
+    "export_quantization_bit": _refused("GPTQ export: raytune-ft export --format gguf writes q8_0", None),
+    "export_quantization_dataset": _ignored("only used by GPTQ export"),
+    "export_quantization_nsamples": _ignored("only used by GPTQ export"),
+    "export_quantization_maxlen": _ignored("only used by GPTQ export"),
+    "export_hub_model_id": _refused(
+        "uploading to the Hugging Face Hub: upload the export folder with `hf upload`", None
+    ),
+    # --- data ------------------------------------------------------------------------------------------
+    "template": _to("data.template"),
+    "dataset": _to("data.dataset"),
+    "eval_dataset": _to("data.eval_dataset"),
+    "dataset_dir": _to("data.dataset_dir"),
+    "cutoff_len": _to("data.cutoff_len"),
+    "train_on_prompt": _to("data.train_on_prompt"),
+    "mask_history": _to("data.mask_history"),
+    "max_samples": _to("data.max_samples"),
+    "val_size": _to("data.val_size"),
+    "mix_strategy": _to("data.mix_strategy"),
+    "interleave_probs": _to("data.interleave_probs"),
+    "tokenized_path": _to("data.tokenized_path"),
+    "packing": _to("data.packing"),
+    "neat_packing": _to("data.packing"),
+    "buffer_size": _to("data.shuffle_buffer_size"),
+    "preprocessing_num_workers": _to("data.tokenize_concurrency"),
+    "disable_shuffling": _map(lambda value: {"data.shuffle": not value}, "data.shuffle (negated)"),
+    "tool_format": _to("data.tool_format"),
+    "default_system": _to("data.default_system"),
+    "enable_thinking": _to("data.enable_thinking"),
+    "preserve_thinking": _to("data.preserve_thinking"),
+    "streaming": _ignored("datasets always stream through Ray Data"),
+    "overwrite_cache": _ignored("data.tokenized_path is reused only when its fingerprint matches, never overwritten"),
+    "preprocessing_batch_size": _ignored("Ray Data tokenizes blocks of 256 rows"),
+    "ignore_pad_token_for_loss": _ignored("padding never counts in the loss"),
+    "eval_num_beams": _refused("beam search is not supported", None, 1),
+    "eval_on_each_dataset": _refused("one eval_loss over all eval datasets is reported", False),
+    "data_shared_file_system": _ignored("Ray Data reads the files on each node; nothing is cached on a shared disk"),
+    # --- method ----------------------------------------------------------------------------------------
+    "stage": _map(_stage, "method.stage (pt, sft, rm, dpo, kto)"),
+    "finetuning_type": _map(_finetuning_type, "adapter.type (lora, freeze, full)"),
     "lora_rank": _to("adapter.rank"),
     "lora_alpha": _to("adapter.alpha"),
     "lora_dropout": _to("adapter.dropout"),
     "lora_target": _to("adapter.target"),
     "use_rslora": _to("adapter.use_rslora"),
-    "deepspeed": _deepspeed,
-    "quantization_bit": _to("model.quantization_bit"),
+    "use_dora": _to("adapter.use_dora"),
     "pissa_init": _to("adapter.pissa_init"),
     "pissa_iter": _to("adapter.pissa_iter"),
-    "disable_gradient_checkpointing": _no_checkpointing,
-    "use_dora": _to("adapter.use_dora"),
+    "pissa_convert": _ignored("checkpoints always store a PiSSA adapter converted to plain LoRA"),
     "freeze_trainable_layers": _to("adapter.freeze_trainable_layers"),
     "freeze_trainable_modules": _to("adapter.freeze_trainable_modules"),
     "freeze_extra_modules": _to("adapter.freeze_extra_modules"),
-    "dataset": _to("data.dataset"),
-    "dataset_dir": _to("data.dataset_dir"),
-    "cutoff_len": _to("data.cutoff_len"),
-    "max_samples": _to("data.max_samples"),
-    "train_on_prompt": _to("data.train_on_prompt"),
-    "mask_history": _to("data.mask_history"),
-    "template": _template,
-    "packing": _to("data.packing"),
-    "neat_packing": _to("data.packing"),
-    "mix_strategy": _to("data.mix_strategy"),
-    "interleave_probs": _to("data.interleave_probs"),
-    "val_size": _to("data.val_size"),
-    "eval_dataset": _to("data.eval_dataset"),
-    "tokenized_path": _to("data.tokenized_path"),
-    "eval_steps": _to("train.eval_steps"),
-    "preprocessing_num_workers": _to("data.tokenize_concurrency"),
+    "additional_target": _refused("training extra full modules beside LoRA is not supported", None),
+    "create_new_adapter": _to("adapter.new_adapter", bool),
+    "loraplus_lr_ratio": _refused("LoRA+ learning rates are not supported", None),
+    "loraplus_lr_embedding": _ignored("only used by LoRA+"),
+    "module_dropout": _ignored("only used by OFT"),
+    "oft_rank": _ignored("only used by OFT"),
+    "oft_block_size": _ignored("only used by OFT"),
+    "oft_target": _ignored("only used by OFT"),
+    "pref_beta": _to("method.beta", float),
+    "pref_ftx": _to("method.ftx", float),
+    "pref_loss": _to("method.loss"),
+    "pref_bco_weight": _refused("BCO is not supported", 0, 0.0),
+    "dpo_label_smoothing": _to("method.label_smoothing", float),
+    "simpo_gamma": _to("method.simpo_gamma", float),
+    "kto_chosen_weight": _to("method.kto_desirable_weight", float),
+    "kto_rejected_weight": _to("method.kto_undesirable_weight", float),
+    "ld_alpha": _refused("LD-DPO is not supported", None),
+    "ref_model": _refused("the reference is the base model (method.reference)", None),
+    "ref_model_adapters": _refused("the reference is the base model (method.reference)", None),
+    "ref_model_quantization_bit": _refused("the reference is the base model (method.reference)", None),
+    "reward_model": _refused("PPO is not available yet", None),
+    "reward_model_adapters": _refused("PPO is not available yet", None),
+    "reward_model_quantization_bit": _refused("PPO is not available yet", None),
+    "reward_model_type": _ignored("only used by PPO"),
+    **_same(
+        _ignored("only used by PPO"),
+        "ppo_buffer_size",
+        "ppo_epochs",
+        "ppo_score_norm",
+        "ppo_target",
+        "ppo_whiten_rewards",
+    ),
+    **_same(
+        _refused(_OPTIMIZER, False),
+        "use_galore",
+        "use_apollo",
+        "use_badam",
+        "use_adam_mini",
+        "use_muon",
+        "use_llama_pro",
+    ),
+    **_family("galore", "target", "rank", "update_interval", "scale", "proj_type", "layerwise"),
+    **_family(
+        "apollo",
+        "target",
+        "rank",
+        "update_interval",
+        "scale",
+        "proj",
+        "proj_type",
+        "scale_type",
+        "layerwise",
+        "scale_front",
+    ),
+    **_family("badam", "mode", "start_block", "switch_mode", "switch_interval", "update_ratio", "mask_mode", "verbose"),
+    "use_mca": _refused("Megatron-Core training is not supported", False),
+    "use_hyper_parallel": _refused("hyper-parallel training is not supported", False),
+    "hyper_parallel_args": _ignored("only used with use_hyper_parallel"),
+    "use_dft_loss": _refused("the DFT loss is not supported", False),
+    "use_asft_loss": _refused("the ASFT loss is not supported", False),
+    "asft_alpha": _ignored("only used with use_asft_loss"),
+    "use_eaft_loss": _refused("the EAFT loss is not supported", False),
+    "eaft_alpha": _ignored("only used with use_eaft_loss"),
+    "compute_accuracy": _refused("token accuracy is not reported", False),
+    "early_stopping_steps": _refused("early stopping: sweep with raytune-ft tune (ASHA stops weak trials)", None),
+    "plot_loss": _to("tracking.plot_loss"),
+    "include_effective_tokens_per_second": _ignored("tokens/s is always reported"),
+    "include_num_input_tokens_seen": _ignored("token counts are always reported"),
+    "use_swanlab": _refused("SwanLab is not a tracker here: use report_to wandb, mlflow or tensorboard", False),
+    **_family(
+        "swanlab", "project", "workspace", "run_name", "mode", "api_key", "logdir", "lark_webhook_url", "lark_secret"
+    ),
+    # --- training (Hugging Face Trainer arguments) ---------------------------------------------------------
+    "do_train": _ignored("raytune-ft train always trains"),
+    "do_eval": _to("train.do_eval", bool),
+    "do_predict": _ignored("prediction runs with raytune-ft eval"),
+    "predict_with_generate": _map(_predict_with_generate, "eval.tasks: [generation] (else [loss])"),
+    "output_dir": _map(
+        _output_dir, "train.storage_path + train.run_name (its parent and name); eval.output_dir in a predict file"
+    ),
+    "overwrite_output_dir": _ignored("a run with the same output_dir resumes instead of overwriting"),
     "per_device_train_batch_size": _to("train.per_device_batch_size"),
+    "per_device_eval_batch_size": _to("eval.batch_size"),
     "gradient_accumulation_steps": _to("train.gradient_accumulation_steps"),
     "learning_rate": _to("train.learning_rate", float),
-    "num_train_epochs": _to("train.num_epochs", float),
-    "max_steps": _max_steps,
-    "lr_scheduler_type": _to("train.lr_scheduler"),
-    "warmup_ratio": _to("train.warmup_ratio"),
-    "weight_decay": _to("train.weight_decay"),
+    "weight_decay": _to("train.weight_decay", float),
     "max_grad_norm": _to("train.max_grad_norm"),
-    "output_dir": _output_dir,
+    "num_train_epochs": _to("train.num_epochs", float),
+    "max_steps": _map(_max_steps, "train.max_steps (-1: use num_train_epochs)"),
+    "lr_scheduler_type": _map(_lr_scheduler, "train.lr_scheduler (cosine, linear, constant, constant_with_warmup)"),
+    "warmup_ratio": _to("train.warmup_ratio"),
+    "warmup_steps": _map(_warmup_steps, "train.warmup_steps (wins over warmup_ratio; 0: use warmup_ratio)"),
     "logging_steps": _to("train.logging_steps"),
     "save_steps": _to("train.save_steps"),
     "save_total_limit": _to("train.save_total_limit"),
+    "eval_steps": _to("train.eval_steps"),
     "seed": _to("train.seed"),
-    "bf16": _precision("bfloat16"),
-    "fp16": _precision("float16"),
+    "bf16": _map(
+        _precision("bfloat16"), "model.dtype: bfloat16 (weights and compute in bf16; the LoRA weights stay float32)"
+    ),
+    "fp16": _map(_precision("float16"), "model.dtype: float16 (GPU only)"),
+    "pure_bf16": _map(_precision("bfloat16"), "model.dtype: bfloat16"),
+    "tf32": _ignored("TF32 matmuls are a GPU setting torch chooses"),
+    "optim": _refused(_OPTIMIZER, "adamw_torch", "adamw_torch_fused", "adamw_hf"),
+    "adam_beta1": _refused("AdamW runs with betas (0.9, 0.999)", 0.9),
+    "adam_beta2": _refused("AdamW runs with betas (0.9, 0.999)", 0.999),
+    "adam_epsilon": _refused("AdamW runs with eps 1e-8", 1e-8),
+    "eval_strategy": _ignored("eval_loss is computed every eval_steps whenever val_size or eval_dataset is set"),
+    "evaluation_strategy": _ignored("eval_loss is computed every eval_steps whenever val_size or eval_dataset is set"),
+    "save_strategy": _refused("checkpoints are written every save_steps", "steps"),
+    "logging_strategy": _refused("metrics are logged every logging_steps", "steps"),
+    "logging_dir": _ignored("metrics go to the run directory"),
+    "report_to": _map(_report_to, "tracking.backends (wandb, mlflow, tensorboard; all; none)"),
+    "run_name": _ignored("runs and trackers are named after output_dir"),
+    "deepspeed": _map(_deepspeed, "scaling.strategy: deepspeed + scaling.deepspeed (the JSON file, or a ZeRO stage)"),
+    "fsdp": _map(_fsdp, "scaling.strategy: fsdp2"),
+    "fsdp_config": _ignored("FSDP2 shards every decoder layer and the root"),
+    "ddp_timeout": _to("scaling.collective_timeout_s", int),
+    "ddp_backend": _ignored("Ray Train picks gloo on CPU and NCCL on GPU"),
+    "ddp_find_unused_parameters": _ignored("DDP is configured by the strategy"),
+    "local_rank": _ignored("Ray Train assigns ranks"),
+    "dataloader_num_workers": _ignored("Ray Data feeds the workers"),
+    "dataloader_pin_memory": _ignored("Ray Data feeds the workers"),
+    "dataloader_persistent_workers": _ignored("Ray Data feeds the workers"),
+    "save_only_model": _ignored(
+        "checkpoints always hold the optimizer and data position too, so every run can resume exactly"
+    ),
+    "save_safetensors": _ignored("weights are always saved as safetensors"),
+    "resume_from_checkpoint": _map(
+        _resume, "null/true only: a run resumes from its newest checkpoint when started again"
+    ),
+    "remove_unused_columns": _ignored("rows carry only the columns training needs"),
+    "label_names": _ignored("labels come from the data pipeline"),
+    "push_to_hub": _refused("uploading to the Hugging Face Hub: raytune-ft export, then `hf upload`", False),
+    "hub_model_id": _ignored("only used with push_to_hub"),
+    "gradient_checkpointing_kwargs": _ignored("non-reentrant checkpointing is always used"),
+    "fp8": _refused("FP8 training is not available yet", False),
+    "fp8_backend": _ignored("only used with fp8"),
+    "fp8_enable_fsdp_float8_all_gather": _ignored("only used with fp8"),
+    "enable_torch_profiler": _refused("the torch profiler is not wired in; profile the step core without Ray", False),
+    **_family(
+        "profiler",
+        "output_dir",
+        "wait_steps",
+        "warmup_steps",
+        "active_steps",
+        "repeat",
+        "record_shapes",
+        "profile_memory",
+        "with_stack",
+        switch="enable_torch_profiler",
+    ),
+    "profile_modules": _ignored("only used with enable_torch_profiler"),
+    # --- generation (chat and predict) ------------------------------------------------------------------
+    "max_new_tokens": _to("eval.max_new_tokens"),
+    "temperature": _to("eval.temperature", float),
+    "do_sample": _map(_do_sample, "false: eval.temperature 0 (greedy)"),
+    "top_p": _ignored("sampling draws with temperature only"),
+    "top_k": _ignored("sampling draws with temperature only"),
+    "num_beams": _refused("beam search is not supported", 1),
+    "repetition_penalty": _refused("a repetition penalty is not supported", 1.0, 1),
+    "length_penalty": _ignored("only used by beam search"),
+    "max_length": _ignored("max_new_tokens bounds the answers"),
+    "skip_special_tokens": _ignored("special tokens are never printed"),
+    # --- Ray -------------------------------------------------------------------------------------------
     "ray_num_workers": _to("scaling.num_workers"),
     "ray_run_name": _to("train.run_name"),
     "ray_storage_path": _to("train.storage_path"),
-    "export_dir": _to("export.out_dir"),
-    "plot_loss": _to("tracking.plot_loss"),
-    "report_to": _report_to,
-    "export_size": _to("export.max_shard_size", lambda gb: f"{gb}GB"),
+    "ray_storage_filesystem": _to("train.storage_filesystem"),
+    "ray_init_kwargs": _map(lambda value: {"scaling.ray_init": _json_dict(value)}, "scaling.ray_init"),
+    "resources_per_worker": _map(_resources_per_worker, "scaling.cpus_per_worker (CPU), scaling.use_gpu (GPU)"),
+    "placement_strategy": _to("scaling.placement_strategy"),
+    "master_addr": _ignored("Ray Train sets up the process group"),
+    "master_port": _ignored("Ray Train sets up the process group"),
+    # --- llamafactory-cli eval (MMLU, C-Eval, CMMLU) -----------------------------------------------------
+    **_same(
+        _refused("benchmark suites: raytune-ft eval with eval.tasks: choice on an MMLU-style file", None),
+        "task",
+        "task_dir",
+        "lang",
+        "n_shot",
+        "save_dir",
+        "download_mode",
+    ),
 }
-# Accepted, but they change nothing here (the reason is shown in the warning).
-_IGNORED: dict[str, str] = {
-    "do_train": "raytune-ft train always trains",
-    "pissa_convert": "checkpoints always store a PiSSA adapter converted to plain LoRA",
-    "eval_strategy": "eval_loss is computed every train.eval_steps whenever val_size or eval_dataset is set",
-    "streaming": "datasets always stream through Ray Data",
-    "overwrite_cache": "data.tokenized_path is reused only when its fingerprint matches, and never overwritten",
-    "overwrite_output_dir": "a run with the same name resumes instead of overwriting",
-    "trust_remote_code": "only local models load",
-    "ddp_timeout": "Ray Train manages the process group",
-    "dataloader_num_workers": "Ray Data feeds the workers",
-    "save_only_model": "checkpoints always hold what resume needs",
-    "flash_attn": "sdpa attention is used",
-    "use_fast_tokenizer": "the fast tokenizer is always used",
-    "resume_from_checkpoint": "start the same run_name again to resume",
-    "logging_dir": "metrics go to the run directory",
-    "export_device": "the merge runs on CPU in float32",
-    "export_legacy_format": "exports are always safetensors",
+"""Every LLaMA-Factory key raytune_ft knows, and what it does here."""
+
+# A predict YAML (do_predict) describes an evaluation: these keys address the eval section there.
+_PREDICT_KEYS: dict[str, Setter] = {
+    "output_dir": lambda value: {"eval.output_dir": value},
+    "eval_dataset": lambda value: {"eval.dataset": value},
+    # LLaMA-Factory caps each dataset file and then predicts on every row left.
+    "max_samples": lambda value: {"data.max_samples": value, "eval.max_samples": None},
 }
-# Values that are fine because they ask for nothing (LLaMA-Factory defaults or switched off).
-_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "do_eval": (False, None),
-    "adapter_name_or_path": (None,),
-    "warmup_steps": (0, None),
-    "export_quantization_bit": (None,),
-    "export_hub_model_id": (None,),
-    "per_device_eval_batch_size": (),
-}
-_CANNOT_HONOUR_YET = {
-    "do_eval": "evaluation without a validation split (set val_size or eval_dataset)",
-    "adapter_name_or_path": "starting from an existing adapter",
-    "warmup_steps": "warmup in steps (use warmup_ratio)",
-    "export_quantization_bit": "GPTQ export (raytune-ft export --format gguf writes q8_0)",
-    "export_hub_model_id": "uploading to the Hugging Face Hub",
-}
-_EVAL_ONLY = {"per_device_eval_batch_size"}
-_NO_EFFECT = {
-    "template": "not one of raytune_ft's named templates, so the tokenizer's own chat template is used "
-    "(and saved with every checkpoint)",
-}
-NAMED_TEMPLATES = ("default", "chatml", "llama3", "qwen", "mistral", "gemma", "phi")
-"""raytune_ft's named chat templates (``raytune_ft.data.templates``; a test keeps the two in step)."""
+_FILESYSTEMS = {"s3": "s3", "gs": "gs", "gcs": "gs"}
 
 
 class LlamaFactoryTranslation:
-    """The translated nested config plus what was ignored, for ``validate --explain``."""
+    """The translated nested config, what was mapped and ignored (for ``validate --explain``), and which
+    verb the file is for."""
 
-    def __init__(self, config: dict[str, Any], mapped: list[str], ignored: dict[str, str]) -> None:
+    def __init__(self, config: dict[str, Any], mapped: list[str], ignored: dict[str, str], kind: ConfigKind) -> None:
         self.config = config
         self.mapped = mapped
         self.ignored = ignored
+        self.kind = kind
+
+
+def describe(rule: Rule) -> str:
+    """One line on what a key does here: the keys it sets, or why it is ignored or refused."""
+    if rule.apply is not None:
+        return f"-> {rule.means}"
+    if rule.ignored:
+        return f"accepted, no effect: {rule.ignored}"
+    shown = ", ".join(repr(value) for value in rule.inert)
+    return f"refused{f' unless {shown}' if shown else ''}: {rule.refused}"
+
+
+def key_table() -> str:
+    """The Markdown table of every key in ``KEYS`` and what it does (kept in docs/llamafactory.md)."""
+    rows = [f"| `{key}` | {describe(rule).replace('|', '/')} |" for key, rule in KEYS.items()]
+    return "\n".join(["| LLaMA-Factory key | in raytune_ft |", "|---|---|", *rows])
 
 
 def looks_like_llamafactory(raw: dict[str, Any], sections: set[str]) -> bool:
     """A flat file: none of our section names at the top, and LLaMA-Factory's own keys instead."""
-    return not (set(raw) & sections) and bool(set(raw) & (set(_MAPPED) | set(_IGNORED) | set(_NEUTRAL)))
+    return not (set(raw) & sections) and bool(set(raw) & set(KEYS))
+
+
+def config_kind(raw: dict[str, Any]) -> ConfigKind:
+    """Which verb a flat file is for: a merge file (``export_dir``) exports, a predict file (``do_predict``
+    without ``do_train``) evaluates, a file naming no data or stage (LLaMA-Factory's inference YAMLs) chats."""
+    if raw.get("export_dir"):
+        return "export"
+    if raw.get("do_predict") and not raw.get("do_train"):
+        return "predict"
+    if not ({"stage", "dataset", "do_train"} & set(raw)):
+        return "chat"
+    return "train"
 
 
 def translate_llamafactory(raw: dict[str, Any], source: str) -> LlamaFactoryTranslation:
     """Nested config for a flat LLaMA-Factory YAML, or ``ConfigError`` listing every key we cannot use."""
     from .loader import ConfigError  # the loader imports this module; avoid the cycle at import time
 
+    kind = config_kind(raw)
     flat: dict[str, Any] = {}
     mapped: list[str] = []
     ignored: dict[str, str] = {}
     problems: list[str] = []
-    known = [*_MAPPED, *_IGNORED, *_NEUTRAL]
     for key, value in raw.items():
-        if key in _MAPPED:
-            update = _MAPPED[key](value)
+        rule = KEYS.get(key)
+        if rule is None:
+            problems.append(_unknown(key))
+            continue
+        setter = _PREDICT_KEYS.get(key) if kind == "predict" else None
+        setter = setter or rule.apply
+        if setter is not None:
+            try:
+                update = setter(value)
+            except Refused as err:
+                problems.append(f"{key}: {value!r}: {err}")
+                continue
             flat.update(update)
             mapped += [f"{key}: {value!r} -> {k}: {v!r}" for k, v in update.items()]
-            if not update and key in _NO_EFFECT:
-                ignored[key] = _NO_EFFECT[key]
-        elif key in _IGNORED:
-            ignored[key] = _IGNORED[key]
-        elif key in _EVAL_ONLY or (key in _NEUTRAL and value in _NEUTRAL[key]):
-            ignored[key] = "no evaluation or feature it configures is on"
-        elif key in _CANNOT_HONOUR_YET:
-            problems.append(f"{key}: {value!r} asks for {_CANNOT_HONOUR_YET[key]}, which raytune_ft cannot do yet")
+        elif rule.ignored:
+            ignored[key] = rule.ignored
+        elif value in rule.inert:
+            ignored[key] = "switched off, as here"
         else:
-            close = difflib.get_close_matches(key, known, n=1)
-            problems.append(f"unknown LLaMA-Factory key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            problems.append(f"{key}: {value!r}: {rule.refused}")
+    if kind == "train" and raw.get("do_predict"):
+        problems.append("do_predict: True: predict after training with raytune-ft eval CONFIG --checkpoint OUTPUT_DIR")
+    _combine(flat, problems)
     if problems:
         raise ConfigError(f"{source}: LLaMA-Factory config cannot be used as is:\n  - " + "\n  - ".join(problems))
-    return LlamaFactoryTranslation(_nest(flat), mapped, ignored)
+    return LlamaFactoryTranslation(_nest(flat), mapped, ignored, kind)
+
+
+def _combine(flat: dict[str, Any], problems: list[str]) -> None:
+    """Keys that only mean something together: ``do_eval`` needs a validation split, ``mask_history`` and
+    ``train_on_prompt`` exclude each other (as in LLaMA-Factory), ``model_revision``
+    joins ``model.source`` as ``@REV``, ``ray_storage_filesystem`` turns ``storage_path`` into a URI."""
+    if flat.pop("train.do_eval", False) and not (flat.get("data.val_size") or flat.get("data.eval_dataset")):
+        problems.append("do_eval: True asks for evaluation without a validation split: set val_size or eval_dataset")
+    if flat.get("data.mask_history") and flat.get("data.train_on_prompt"):
+        problems.append("mask_history: True with train_on_prompt: True: LLaMA-Factory refuses the pair; choose one")
+    revision = flat.pop("model.revision", None)
+    if revision:
+        source = str(flat.get("model.source", ""))
+        if "@" in source:
+            problems.append(f"model_revision: {revision!r}: model_name_or_path {source!r} already names a revision")
+        else:
+            flat["model.source"] = f"{source}@{revision}"
+    filesystem = flat.pop("train.storage_filesystem", None)
+    if filesystem:
+        scheme = _FILESYSTEMS.get(str(filesystem).lower())
+        if scheme is None:
+            problems.append(f"ray_storage_filesystem: {filesystem!r}: use s3 or gs (or a URI in ray_storage_path)")
+        else:
+            path = str(flat.get("train.storage_path", "")).split("://", 1)[-1].lstrip("/")
+            flat["train.storage_path"] = f"{scheme}://{path}"
+
+
+def _unknown(key: str) -> str:
+    if key in _trainer_arguments():
+        return f"{key}: a Hugging Face Trainer argument raytune_ft has no counterpart for; remove it"
+    close = difflib.get_close_matches(key, list(KEYS), n=1)
+    return f"unknown LLaMA-Factory key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+
+
+def _trainer_arguments() -> set[str]:
+    """Field names of Hugging Face's TrainingArguments (imported only when a key is unknown)."""
+    import dataclasses
+
+    try:
+        from transformers import Seq2SeqTrainingArguments
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return set()
+    return {field.name for field in dataclasses.fields(Seq2SeqTrainingArguments)}
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

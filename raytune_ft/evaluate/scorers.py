@@ -6,22 +6,16 @@ cluster has spare, and streams rows through them; the driver only adds up what t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raytune_ft.config import load_config
+from raytune_ft.config import ConfigWarning, JobConfig
 from raytune_ft.data import IGNORE_INDEX, pad_batch
-from raytune_ft.models import (
-    CONFIG_FILE,
-    adapter_rank,
-    load_for_inference,
-    load_tokenizer,
-    resolve_model_source,
-    vllm_lora_rank,
-)
+from raytune_ft.models import load_for_inference
+from raytune_ft.models.vllm_engine import start_vllm, vllm_target
 
 __all__ = [
     "GENERATORS",
@@ -39,13 +33,18 @@ LETTERS = "ABCDEFGHIJ"
 
 @dataclass(frozen=True)
 class EvalModel:
-    """What to load in each actor: a model source and/or an adapter checkpoint (``load_for_inference``)."""
+    """What to load in each actor: a model source and/or an adapter checkpoint, or a config's model with
+    its ``adapter.init_from`` (``load_for_inference``)."""
 
     model: str | None
     adapter: str | None
+    config: JobConfig | None = None
+    """Its ``model`` section (code trust, cache) applies; with no model and adapter, its ``init_from`` too."""
 
     def load(self) -> tuple[Any, Any]:
-        return load_for_inference(self.model, self.adapter)
+        with warnings.catch_warnings():  # the driver has warned about trust_remote_code already
+            warnings.simplefilter("ignore", ConfigWarning)
+            return load_for_inference(self.model, self.adapter, self.config)
 
 
 class LossScorer:
@@ -114,26 +113,17 @@ class VllmGenerator:
     """The same continuations with vLLM's batched engine (one per actor); an adapter is applied as a LoRA request."""
 
     def __init__(self, model: EvalModel, max_new_tokens: int, temperature: float) -> None:
-        import vllm
-        from vllm import LLM, SamplingParams
+        from vllm import SamplingParams
 
-        adapter = Path(model.adapter) if model.adapter else None
-        source = model.model or (load_config(adapter / CONFIG_FILE).model.source if adapter else None)
-        if source is None:
-            raise ValueError("EvalModel names neither a model nor an adapter")
-        base = resolve_model_source(source)
-        lora: dict[str, Any] = (
-            {"enable_lora": True, "max_lora_rank": vllm_lora_rank(adapter_rank(adapter))} if adapter else {}
+        base, adapter = vllm_target(model.model, model.adapter, model.config)
+        engine = start_vllm(base, adapter)
+        self.engine, self.lora, self.tokenizer, self.engine_name = (
+            engine.llm,
+            engine.lora,
+            engine.tokenizer,
+            engine.name,
         )
-        self.engine = LLM(model=str(base), dtype="float32", enforce_eager=True, max_model_len=2048, seed=0, **lora)
-        self.tokenizer = load_tokenizer(adapter or base, require_chat_template=False)
-        self.lora = None
-        if adapter is not None:
-            from vllm.lora.request import LoRARequest
-
-            self.lora = LoRARequest("adapter", 1, str(adapter))
         self.sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0)
-        self.engine_name = f"vllm {vllm.__version__}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pairs = [split_prompt(i, lab) for i, lab in zip(batch["input_ids"], batch["labels"], strict=True)]

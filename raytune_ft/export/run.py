@@ -15,13 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExportConfig
+from raytune_ft.config import ExportConfig, JobConfig
+from raytune_ft.data.templates import apply_template, template_options
 from raytune_ft.models import VALUE_HEAD_WEIGHTS
 
 from .gguf import write_gguf
-from .merge import ExportError, MergedModel, describe, export_dtype, merge_checkpoint
+from .merge import ExportError, MergedModel, describe, export_dtype, merge_checkpoint, merge_init_from
 
-__all__ = ["EXPORT_FORMATS", "MANIFEST", "export_checkpoint"]
+__all__ = ["EXPORT_FORMATS", "MANIFEST", "export_checkpoint", "export_init_from"]
 
 MANIFEST = "raytune_ft_export.json"
 
@@ -57,7 +58,25 @@ def export_checkpoint(
     target = Path(out).expanduser().resolve()
     _check_target(target, Path(checkpoint).expanduser().resolve(), overwrite)
     log(f"merging {checkpoint} ...")
-    merged = merge_checkpoint(checkpoint, base)
+    return _write(merge_checkpoint(checkpoint, base), target, cfg, log)
+
+
+def export_init_from(
+    job: JobConfig, out: str | Path, overwrite: bool = False, log: Callable[[str], None] = print
+) -> Path:
+    """Merge ``job``'s ``adapter.init_from`` adapters into its ``model.source`` and write the result to
+    ``out`` as ``job.export`` says (LLaMA-Factory's merge YAML)."""
+    target = Path(out).expanduser().resolve()
+    for entry in job.adapter.init_from:
+        _check_target(target, Path(entry).expanduser().resolve(), overwrite)
+    log(f"merging {', '.join(job.adapter.init_from)} into {job.model.source} ...")
+    merged = merge_init_from(job)
+    if job.data.template is not None:  # the file names the prompt format: the export carries it
+        apply_template(merged.tokenizer, job.data.template, template_options(job.data))
+    return _write(merged, target, job.export, log)
+
+
+def _write(merged: MergedModel, target: Path, cfg: ExportConfig, log: Callable[[str], None]) -> Path:
     log(f"writing {cfg.format} to {target} ...")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))

@@ -6,16 +6,19 @@ Importing this package stays light: vLLM and Ray Serve load only when an app is 
 
 from .adapters import AdapterCatalog, InvalidModelName, UnknownModel
 from .app import APP_NAME, build_app, load_plan, run_server, start_server
-from .chat import generate_reply, interactive_chat
+from .chat import Chatter, HFChatter, VllmChatter, generate_reply, interactive_chat
 from .plan import API_KEY_ENV, ServePlan, plan_serving
 
 __all__ = [
     "API_KEY_ENV",
     "APP_NAME",
     "AdapterCatalog",
+    "Chatter",
+    "HFChatter",
     "InvalidModelName",
     "ServePlan",
     "UnknownModel",
+    "VllmChatter",
     "build_app",
     "generate_reply",
     "interactive_chat",

@@ -1,18 +1,62 @@
 """Chat with a model in the terminal: one prompt or an interactive multi-turn session.
 
-Tokens stream to the terminal as they are generated. The prompt is rendered with the tokenizer
-loaded from the checkpoint, i.e. the very chat template the model was trained with.
+The prompt is rendered with the tokenizer loaded from the checkpoint, i.e. the very chat template the
+model was trained with. Two engines answer (LLaMA-Factory's ``infer_backend``): transformers streams
+tokens to the terminal as they are generated; vLLM (``serve.engine: vllm``) starts its engine in this
+process and prints each reply whole.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import torch
 
-__all__ = ["generate_reply", "interactive_chat"]
+__all__ = ["Chatter", "HFChatter", "VllmChatter", "generate_reply", "interactive_chat"]
+
+
+class Chatter(Protocol):
+    """An engine that answers a conversation; ``on_text`` receives the reply as it is produced."""
+
+    def reply(
+        self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, on_text: Callable[[str], None]
+    ) -> str: ...
+
+
+class HFChatter:
+    """transformers ``generate`` on a loaded model, streaming token by token."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def reply(
+        self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, on_text: Callable[[str], None]
+    ) -> str:
+        return generate_reply(self.model, self.tokenizer, messages, max_new_tokens, temperature, on_text)
+
+
+class VllmChatter:
+    """vLLM's engine (``models.vllm_engine.VllmEngine``) on the same prompt tokens; the reply arrives whole."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def reply(
+        self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, on_text: Callable[[str], None]
+    ) -> str:
+        from vllm import SamplingParams
+
+        tokenizer = self.engine.tokenizer
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0,
+                                  stop_token_ids=[tokenizer.eos_token_id])  # fmt: skip
+        output = self.engine.llm.generate([{"prompt_token_ids": list(ids)}], sampling, lora_request=self.engine.lora,
+                                          use_tqdm=False)  # fmt: skip
+        text = str(tokenizer.decode(output[0].outputs[0].token_ids, skip_special_tokens=True)).strip()
+        on_text(text)
+        return text
 
 
 def generate_reply(
@@ -45,8 +89,7 @@ def generate_reply(
 
 
 def interactive_chat(
-    model: Any,
-    tokenizer: Any,
+    chatter: Chatter,
     system: str | None,
     max_new_tokens: int,
     temperature: float,
@@ -67,7 +110,7 @@ def interactive_chat(
             continue
         history.append({"role": "user", "content": line.strip()})
         stdout.write("Assistant: ")
-        reply = generate_reply(model, tokenizer, history, max_new_tokens, temperature, on_text=_writer(stdout))
+        reply = chatter.reply(history, max_new_tokens, temperature, _writer(stdout))
         stdout.write("\n")
         history.append({"role": "assistant", "content": reply})
 

@@ -112,11 +112,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup over ``warmup_ratio`` of the steps, then ``lr_scheduler`` decay."""
+    """Linear warmup over ``warmup_steps`` (else ``warmup_ratio`` of the steps), then ``lr_scheduler`` decay."""
     from transformers import get_scheduler
 
     name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
-    warmup = math.ceil(total_steps * cfg.warmup_ratio)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(total_steps * cfg.warmup_ratio)
     scheduler: Any = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return scheduler  # type: ignore[no-any-return]
 

@@ -11,7 +11,7 @@ import pytest
 
 from raytune_ft.cli import main
 from raytune_ft.models import load_for_inference
-from raytune_ft.serve import generate_reply, interactive_chat
+from raytune_ft.serve import HFChatter, generate_reply, interactive_chat
 
 QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
 
@@ -60,7 +60,8 @@ def test_interactive_chat_keeps_history(tiny_model_dir: Path, monkeypatch: Any) 
 
     monkeypatch.setattr(tokenizer, "apply_chat_template", spy)
     out = io.StringIO()
-    interactive_chat(model, tokenizer, None, 4, 0.0, stdin=io.StringIO("Hi\nAnd then?\nclear\nNew\nexit\n"), stdout=out)
+    chatter = HFChatter(model, tokenizer)
+    interactive_chat(chatter, None, 4, 0.0, stdin=io.StringIO("Hi\nAnd then?\nclear\nNew\nexit\n"), stdout=out)
     assert seen == [1, 3, 1], "the second turn sees the first exchange; 'clear' forgets it"
     assert out.getvalue().count("Assistant: ") == 3
 

