@@ -238,6 +238,7 @@ def _chatter(args: argparse.Namespace, cfg: JobConfig | None) -> Chatter:
     if cfg is not None and cfg.serve.engine == "vllm":
         from raytune_ft.models.vllm_engine import start_vllm, vllm_target
 
+        print("raytune_ft: starting vLLM (serve.engine: vllm) ...", file=sys.stderr, flush=True)
         engine = start_vllm(*vllm_target(args.model, args.adapter, cfg), kv_cache_gib=cfg.serve.kv_cache_gib)
         _with_template(engine.tokenizer, cfg)
         return VllmChatter(engine)

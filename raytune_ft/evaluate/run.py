@@ -182,11 +182,12 @@ def _generation(cfg: JobConfig, target: EvalTarget) -> dict[str, Any]:
     scored = _scored(_rows(cfg, target), GENERATORS[cfg.eval.engine], cfg, model=target.model, **settings)
     predictions = [str(r["prediction"]) for r in scored]
     references = [str(r["reference"]) for r in scored]
+    rows = [{"prompt": str(r["prompt"]), "predict": str(r["prediction"]), "label": str(r["reference"])} for r in scored]
     return {
         **generation_scores(predictions, references),
         "rows": len(scored),
         "engine": ", ".join(sorted({str(r["engine"]) for r in scored})),
-        "predictions": [{"predict": p, "label": r} for p, r in zip(predictions, references, strict=True)],
+        "predictions": rows,
     }
 
 

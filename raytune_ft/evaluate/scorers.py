@@ -103,10 +103,8 @@ class Generator:
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, pad_token_id=pad, **sampling
             )
-        decode = self.tokenizer.decode
-        predictions = [decode(row[width:], skip_special_tokens=True).strip() for row in out]
-        references = [decode(reference, skip_special_tokens=True).strip() for _, reference in pairs]
-        return _generated(predictions, references, self.engine_name)
+        predictions = [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return _generated(self.tokenizer, pairs, predictions, self.engine_name)
 
 
 class VllmGenerator:
@@ -117,12 +115,8 @@ class VllmGenerator:
 
         base, adapter = vllm_target(model.model, model.adapter, model.config)
         engine = start_vllm(base, adapter)
-        self.engine, self.lora, self.tokenizer, self.engine_name = (
-            engine.llm,
-            engine.lora,
-            engine.tokenizer,
-            engine.name,
-        )
+        self.engine, self.lora, self.tokenizer = engine.llm, engine.lora, engine.tokenizer
+        self.engine_name = engine.name
         self.sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -131,12 +125,18 @@ class VllmGenerator:
         outputs = self.engine.generate(prompts, self.sampling, lora_request=self.lora, use_tqdm=False)
         decode = self.tokenizer.decode
         predictions = [decode(out.outputs[0].token_ids, skip_special_tokens=True).strip() for out in outputs]
-        references = [decode(reference, skip_special_tokens=True).strip() for _, reference in pairs]
-        return _generated(predictions, references, self.engine_name)
+        return _generated(self.tokenizer, pairs, predictions, self.engine_name)
 
 
-def _generated(predictions: list[str], references: list[str], engine: str) -> dict[str, np.ndarray]:
+def _generated(
+    tokenizer: Any, pairs: list[tuple[list[int], list[int]]], predictions: list[str], engine: str
+) -> dict[str, np.ndarray]:
+    """Columns of one generated batch: the prompt as the model saw it (special tokens kept, as LLaMA-Factory's
+    generated_predictions.jsonl shows it), the prediction and the reference answer."""
+    prompts = [tokenizer.decode(prompt, skip_special_tokens=False) for prompt, _ in pairs]
+    references = [tokenizer.decode(reference, skip_special_tokens=True).strip() for _, reference in pairs]
     return {
+        "prompt": np.array(prompts, dtype=object),
         "prediction": np.array(predictions, dtype=object),
         "reference": np.array(references, dtype=object),
         "engine": np.array([engine] * len(predictions), dtype=object),

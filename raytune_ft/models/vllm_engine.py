@@ -61,6 +61,9 @@ def start_vllm(
 ) -> VllmEngine:
     """Start vLLM on ``base_model`` (float32, eager: starts fastest on CPU) with ``adapter`` enabled."""
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    # vLLM logs to stdout by default, where chat prints its replies; warnings and errors go to stderr instead.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     # CPU builds fail their memory check without a KV cache size; a runtime_env's value wins.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
     import vllm

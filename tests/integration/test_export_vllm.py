@@ -38,3 +38,19 @@ def test_export_generates_the_same_in_vllm_and_transformers(
     assert len(from_vllm) == len(from_hf) == 6 and all(from_vllm)
     # Greedy float32 on both engines: the same words, give or take a rare near-tie.
     assert sum(a == b for a, b in zip(from_vllm, from_hf, strict=True)) >= 5, (from_vllm, from_hf)
+
+
+def test_chat_takes_an_inference_yaml_and_answers_on_vllm_as_on_transformers(
+    builtin_dir: Path, adapter_checkpoint: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "runs" / "smol"
+    adapter_checkpoint(builtin_dir, run, 1, seed=2)
+    replies = {}
+    for backend in ("vllm", "huggingface"):
+        recipe = tmp_path / f"{backend}.yaml"  # LLaMA-Factory's inference YAML
+        recipe.write_text(f"model_name_or_path: {builtin_dir}\nadapter_name_or_path: {run}\ninfer_backend: {backend}\n")
+        capsys.readouterr()
+        assert main(["chat", str(recipe), "--prompt", "What is the capital of France?", "--max-new-tokens", "16"]) == 0
+        replies[backend] = capsys.readouterr().out.strip()
+    # Greedy float32 on both engines, the adapter applied as a LoRA request on vLLM: the same opening words.
+    assert replies["vllm"] and replies["vllm"].split()[:4] == replies["huggingface"].split()[:4], replies

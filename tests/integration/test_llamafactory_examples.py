@@ -70,7 +70,7 @@ def tiny_llama3(tmp_path_factory: pytest.TempPathFactory, builtin_dir: Path) -> 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": LLAMA3_TOKENS})
+    tokenizer.add_special_tokens({"bos_token": LLAMA3_TOKENS[0], "additional_special_tokens": LLAMA3_TOKENS[1:]})
     return _tiny(tmp_path_factory.mktemp("tiny-llama3"), tokenizer, "llama")
 
 
@@ -196,5 +196,8 @@ def test_pissa_recipe_then_predict(local_ray: None, checkout: Path, tiny_llama3:
     out = checkout / "saves/llama3-8b/lora/predict"
     rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 24 + 48 and all({"prompt", "predict", "label"} <= set(row) for row in rows)
+    # Prompts are rendered with the llama3 template the file names, as the model saw them.
+    assert rows[0]["prompt"].startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")
+    assert rows[0]["prompt"].endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     results = json.loads((out / "eval_results.json").read_text())["results"]["generation"]
     assert {"bleu-4", "rouge-1", "rouge-2", "rouge-l"} <= set(results), results
