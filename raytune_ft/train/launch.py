@@ -70,15 +70,16 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, init: Map
 
     The local instance keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner
     queries the State API it serves, and people like watching the run there. ``init`` holds more
-    ``ray.init`` arguments (``scaling.ray_init``); its ``runtime_env`` env vars win over ours.
+    ``ray.init`` arguments (``scaling.ray_init``); its ``runtime_env`` env vars win over ours, and its
+    ``address`` is used when neither ``address`` nor ``RAY_ADDRESS`` names one.
     """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    target = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(init or {})
+    target = address or kwargs.pop("address", None) or os.environ.get("RAY_ADDRESS")
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     if target:
         # Under `ray job submit` the job's runtime_env already sets some of these (cluster/runtime_env.yaml

@@ -203,3 +203,13 @@ def test_the_key_table_in_the_docs_is_current() -> None:
         "docs/llamafactory.md's key table is stale: replace it with the output of "
         '`python -c "from raytune_ft.config.llamafactory import key_table; print(key_table())"`'
     )
+
+
+def test_model_revision_applies_to_hub_ids_only(tmp_path: Path) -> None:
+    local = tmp_path / "model"
+    local.mkdir()
+    assert load_config(write(tmp_path, f"model_name_or_path: {local}\nmodel_revision: main\n")).model.source == str(
+        local
+    )
+    with pytest.raises(ConfigError, match=r"model_revision: 'v2'.* is not a Hub id"):
+        load_config(write(tmp_path, f"model_name_or_path: {local}\nmodel_revision: v2\n"))
