@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .template_names import TEMPLATE_NAMES, TOOL_FORMAT_NAMES, unknown_template, unknown_tool_format
+
 __all__ = [
     "PBT_KEYS",
     "REFERENCE_FREE_LOSSES",
@@ -203,6 +205,20 @@ class DataConfig(Section):
     @classmethod
     def _split_probs(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, name: str | None) -> str | None:
+        if name is not None and name not in TEMPLATE_NAMES:
+            raise ValueError(unknown_template(name))
+        return name
+
+    @field_validator("tool_format")
+    @classmethod
+    def _check_tool_format(cls, name: str | None) -> str | None:
+        if name is not None and name not in TOOL_FORMAT_NAMES:
+            raise ValueError(unknown_tool_format(name))
+        return name
 
     @model_validator(mode="after")
     def _check_mixing(self) -> DataConfig:

@@ -20,7 +20,6 @@ stop words the vocabulary lacks are simply not stop tokens here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import re
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raytune_ft.config import DataConfig
+from raytune_ft.config.template_names import unknown_template, unknown_tool_format
 
 from .chat_formats import EOS, TEMPLATE_TABLE, Element, Special, Template, Token
 from .encode import FirstLabel, Piece, Segment
@@ -79,37 +79,15 @@ def template_options(cfg: DataConfig) -> TemplateOptions:
 def check_template_name(name: str) -> Template:
     """The template called ``name``, or a DataError that suggests the closest name."""
     if name not in TEMPLATES:
-        raise DataError(
-            f"unknown chat template {name!r}{_close(name, TEMPLATE_NAMES)}; the names are LLaMA-Factory's "
-            "(docs/templates.md lists them all)"
-        )
+        raise DataError(unknown_template(name))
     return TEMPLATES[name]
 
 
 def check_tool_format(name: str) -> str:
     """``name`` when it is a tool format, else a DataError suggesting the close one."""
     if name not in TOOL_FORMATS:
-        choices = ", ".join(TOOL_FORMAT_NAMES)
-        raise DataError(f"unknown tool format {name!r}{_close(name, TOOL_FORMAT_NAMES)}; choose one of: {choices}")
+        raise DataError(unknown_tool_format(name))
     return name
-
-
-def _close(name: str, names: Sequence[str]) -> str:
-    """A hint naming the closest name: of difflib's close matches, the fewest edits away (a swap of two
-    letters counts as one edit, so "chatlm" suggests "chatml", not "chatglm3")."""
-    close = difflib.get_close_matches(name, names, n=5)
-    return f" (did you mean {min(close, key=lambda c: _edits(name, c))!r}?)" if close else ""
-
-
-def _edits(a: str, b: str) -> int:
-    """Optimal string alignment distance: insertions, deletions, substitutions and adjacent swaps."""
-    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[len(a)][len(b)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -270,18 +248,14 @@ class _Encoder:
                         fused = str(head[0])
                     else:
                         elements += head
-            elements += self._turn(message, i, fused)
+            elements += self._turn(message, fused)
             encoded.append(self._pieces(elements))
         return encoded
 
-    def _turn(self, message: Message, i: int, fused: str) -> list[Element]:
+    def _turn(self, message: Message, fused: str) -> list[Element]:
         t, role, content = self.template, message["role"], message["content"]
         if role == "user":
-            return (
-                _fill(t.user, content=fused + content)
-                if t.fuse_system
-                else _fill(t.user, content=content, idx=str(i // 2))
-            )
+            return _fill(t.user, content=fused + content)  # fused is "" unless the template fuses the system
         if role == "assistant":
             return _fill(t.assistant, content=content)
         if role == "observation":

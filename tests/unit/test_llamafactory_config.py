@@ -83,6 +83,13 @@ def test_data_engine_keys_map(tmp_path: Path) -> None:
     assert (cfg.data.tokenized_path, cfg.train.eval_steps) == ("cache/tok", 50)
 
 
+def test_template_names_are_checked_as_the_file_loads(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "model_name_or_path: x\ntemplate: qwen3_nothink\ntool_format: qwen\n"))
+    assert (cfg.data.template, cfg.data.tool_format) == ("qwen3_nothink", "qwen")
+    with pytest.raises(ConfigError, match=r"unknown chat template 'qwen3_no_think' \(did you mean 'qwen3_nothink'\?\)"):
+        load_config(write(tmp_path, "model_name_or_path: x\ntemplate: qwen3_no_think\n"))
+
+
 def test_unsupported_values_fail_in_our_terms(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"stage: 'ppo': PPO is not available yet"):
         load_config(write(tmp_path, "model_name_or_path: x\nstage: ppo\n"))
