@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,14 @@ def test_config_name_lists_match_the_registry() -> None:
     named = {"qwen3", "qwen3_nothink", "qwen", "llama3", "llama2", "mistral", "gemma", "gemma3", "phi4", "deepseek3",
              "glm4", "yi", "baichuan2", "chatglm3", "alpaca", "vicuna", "empty", "default", "chatml"}  # fmt: skip
     assert named <= set(TEMPLATE_NAMES)
+
+
+def test_slots_fill_only_content() -> None:
+    # The engine fills {{content}} alone (LLaMA-Factory also passes idx to user slots; no template uses it).
+    slots = ("prefix", "user", "assistant", "system", "function", "observation")
+    for template in TEMPLATES.values():
+        for element in (e for slot in slots for e in getattr(template, slot) if isinstance(e, str)):
+            assert set(re.findall(r"\{\{(\w+)\}\}", element)) <= {"content"}, (template.name, element)
 
 
 def test_unknown_names_suggest_the_closest() -> None:
