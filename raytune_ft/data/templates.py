@@ -7,7 +7,9 @@ ids exactly: SentencePiece tokenizers prepend "▁" to every encode call, and BP
 element boundary. Labels follow LLaMA-Factory's supervised, pairwise and feedback processors (answers and
 function calls are learned, prompts and tool results are not; ``mask_history``; ``efficient_eos``;
 thinking templates). ``apply_template`` installs a Jinja chat template that renders the same prompt text,
-and it is what checkpoints save, so chat and serve prompt the model as it was trained.
+and it is what checkpoints save, so chat and serve prompt the model as it was trained. Many templates end
+answers with a stop word that is not the eos (yi's ``<|im_end|>``); the stop words are saved with the
+tokenizer too, and ``saved_stop_token_ids`` gives inference every id an answer may end with.
 
 Missing tokens. A template whose eos is replaced by its first stop word (``replace_eos``, e.g. llama3's
 ``<|eot_id|>``), or that names a token element (chatglm3's ``[gMASK]``), needs that token in the vocabulary.
@@ -36,6 +38,7 @@ from .sources import DataError
 from .tool_formats import TOOL_FORMATS, ToolCall
 
 __all__ = [
+    "STOP_WORDS_KEY",
     "TEMPLATES",
     "TEMPLATE_NAMES",
     "TOOL_FORMAT_NAMES",
@@ -45,6 +48,9 @@ __all__ = [
     "check_template_name",
     "check_tool_format",
     "prompt_answer_segments",
+    "saved_stop_token_ids",
+    "saved_stop_words",
+    "stop_token_ids",
     "template_jinja",
     "template_options",
     "template_segments",
@@ -394,7 +400,9 @@ def apply_template(
 
     The eos becomes the first stop word where the template replaces it (LLaMA-Factory's ``replace_eos``),
     so generation stops there; that token must already be one token of the vocabulary, as must every
-    token element (see the module docstring). The chat template becomes ``template_jinja``'s rendering.
+    token element (see the module docstring). The chat template becomes ``template_jinja``'s rendering,
+    and the template's stop words are recorded under ``STOP_WORDS_KEY`` (saved with the tokenizer), so
+    inference stops where answers end: ``saved_stop_token_ids``.
     """
     template = _template(name, options)
     if train_on_prompt and template.efficient_eos:
@@ -408,7 +416,48 @@ def apply_template(
     if known:
         tokenizer.add_tokens(known, special_tokens=True)
     tokenizer.chat_template = template_jinja(tokenizer, name, options)
+    init_kwargs = getattr(tokenizer, "init_kwargs", None)  # RowTokenizer has none: it is never saved
+    if isinstance(init_kwargs, dict):
+        init_kwargs[STOP_WORDS_KEY] = list(template.stop_words)
     return tokenizer
+
+
+STOP_WORDS_KEY = "raytune_ft_stop_words"
+"""Where ``apply_template`` records the template's stop words: an ``init_kwargs`` entry of a transformers
+tokenizer, which ``save_pretrained`` writes to ``tokenizer_config.json`` and loading reads back."""
+
+
+def stop_token_ids(tokenizer: Any, name: str, options: TemplateOptions = _DEFAULTS) -> list[int]:
+    """The ids generation under template ``name`` stops at: the eos (the first stop word where the template
+    replaces it) and every stop word that is one token of this tokenizer's vocabulary. Many templates end
+    answers with a stop word that is not the eos (yi, glm4, gemma2, cpm4, ...: ``<|im_end|>`` after a yi
+    answer, never the eos), so stopping at the eos alone runs past the answer."""
+    template = _template(name, options)
+    eos = template.stop_words[0] if template.replace_eos else getattr(tokenizer, "eos_token", None)
+    return _vocabulary_ids(tokenizer, [eos, *template.stop_words])
+
+
+def saved_stop_words(tokenizer: Any) -> tuple[str, ...]:
+    """The stop words of the template ``apply_template`` installed on ``tokenizer``, also after
+    ``save_pretrained`` and loading again (a checkpoint's tokenizer); () where none was installed."""
+    init_kwargs = getattr(tokenizer, "init_kwargs", None) or {}
+    return tuple(init_kwargs.get(STOP_WORDS_KEY) or ())
+
+
+def saved_stop_token_ids(tokenizer: Any) -> list[int]:
+    """``stop_token_ids`` of a tokenizer loaded from a checkpoint, without knowing the template's name: its
+    eos and every saved stop word that is one token of its vocabulary (just the eos without a template)."""
+    return _vocabulary_ids(tokenizer, [getattr(tokenizer, "eos_token", None), *saved_stop_words(tokenizer)])
+
+
+def _vocabulary_ids(tokenizer: Any, words: Sequence[str | None]) -> list[int]:
+    ids: list[int] = []
+    for word in words:
+        if word and _in_vocabulary(tokenizer, word):
+            token_id = int(tokenizer.convert_tokens_to_ids(word))
+            if token_id not in ids:
+                ids.append(token_id)
+    return ids
 
 
 def _check_tokens(tokenizer: Any, template: Template) -> None:
