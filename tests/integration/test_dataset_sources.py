@@ -105,7 +105,7 @@ def test_preview_reads_the_sources_it_is_given_as_training_does(
     load = functools.partial(load_row_tokenizer, str(tiny_model_dir))
     report = build_preview(cfg, load, concurrency=1, sources=sources)
     assert (report.rows, report.bad, len(report.lengths)) == (12, 0, 12)  # the num_samples draw, as training reads it
-    with pytest.raises(DataError, match="dataset_info.json: not valid JSON"):
+    with pytest.raises(DataError, match=r"dataset_info\.json: not valid JSON"):
         build_preview(cfg, load, concurrency=1)
 
 
