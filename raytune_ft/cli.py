@@ -166,14 +166,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from raytune_ft.data import resolve_datasets
-    from raytune_ft.data.templates import check_template_name
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # template and tool format names are checked here
     resolve_datasets(cfg.data.dataset, cfg.data.dataset_dir)
     if cfg.data.eval_dataset:
         resolve_datasets(cfg.data.eval_dataset, cfg.data.dataset_dir)
-    if cfg.data.template is not None:
-        check_template_name(cfg.data.template)
     print(f"{args.config}: valid")
     if args.explain:
         translation = llamafactory_translation(args.config)
@@ -189,17 +186,17 @@ def _data_preview(args: argparse.Namespace) -> int:
 
     from raytune_ft.data.pipeline import checked_sources
     from raytune_ft.data.preview import build_preview, format_preview
-    from raytune_ft.models import load_row_tokenizer
+    from raytune_ft.models import load_row_tokenizer, pin_sources
     from raytune_ft.train import job_tokenizer, start_ray
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = pin_sources(load_config(args.config, args.overrides))  # the workers read the commit the driver read
     tokenizer = job_tokenizer(cfg)  # fails fast on a missing model or template, before Ray starts
-    checked_sources(cfg.data.dataset, cfg.data.dataset_dir, cfg.method.rows)  # and on an empty file
-    load = functools.partial(load_row_tokenizer, cfg.model.source)
+    sources = checked_sources(cfg.data.dataset, cfg.data.dataset_dir, cfg.method.rows)  # and on an empty file
+    load = functools.partial(load_row_tokenizer, cfg.model)
     start_ray(args.address, init=cfg.scaling.ray_init)
     concurrency = cfg.data.tokenize_concurrency or 1
     report = build_preview(
-        cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows, seed=cfg.train.seed
+        cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows, seed=cfg.train.seed, sources=sources
     )
     print(format_preview(report, tokenizer, cfg.data, cfg.train.per_device_batch_size))
     return 0

@@ -72,3 +72,23 @@ def test_validate_checks_the_template_name(capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert "invalid config" in err and "data.template" in err
     assert "unknown chat template 'chatlm' (did you mean 'chatml'?)" in err
+
+
+def test_chat_stops_at_the_template_stop_word_saved_with_the_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from raytune_ft.data.templates import apply_template
+    from raytune_ft.serve.chat import _stop_ids
+
+    # yi keeps the tokenizer's eos but ends every answer with <|im_end|>: generation must stop there too.
+    base = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base.eos_token = "<|endoftext|>"  # a Yi-like tokenizer, whose eos is not the end-of-turn marker
+    model, _ = load_for_inference(str(tiny_model_dir))
+    model.generation_config.eos_token_id = base.eos_token_id
+    im_end = base.convert_tokens_to_ids("<|im_end|>")
+    assert im_end not in _stop_ids(model, base)
+    saved = tmp_path / "checkpoint"
+    apply_template(base, "yi").save_pretrained(saved)
+    reloaded = AutoTokenizer.from_pretrained(saved)
+    assert reloaded.eos_token == "<|endoftext|>"
+    assert set(_stop_ids(model, reloaded)) == {reloaded.eos_token_id, im_end}
