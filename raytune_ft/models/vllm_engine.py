@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import InputError, JobConfig, ModelConfig, load_config
+from raytune_ft.config import InputError, JobConfig, ModelConfig
 
-from .checkpoint import CONFIG_FILE, adapter_rank, vllm_lora_rank
-from .init_from import adapter_folder, merged_adapters
-from .loading import inference_model, load_tokenizer
+from .checkpoint import adapter_rank, vllm_lora_rank
+from .init_from import adapter_folder
+from .loading import inference_model, load_tokenizer, tokenizer_folder, trained_base
 from .source import resolve_model
 
 __all__ = ["VllmEngine", "start_vllm", "vllm_target"]
@@ -32,10 +32,10 @@ def vllm_target(
     given = config.model if config is not None else ModelConfig()
     if adapter is not None:
         folder = adapter_folder(adapter, given.cache_dir, key="adapter")
-        saved = load_config(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
-        if saved is not None and merged_adapters(saved.adapter):
+        model, merged = trained_base(folder, model_source, config)
+        if merged:
             raise InputError(f"vLLM: {folder} sits on a base with adapters merged in; {EXPORT_FIRST}")
-        return inference_model(saved.model if saved is not None else given, model_source), folder
+        return model, folder
     if config is not None and config.adapter.init_from:
         adapters = config.adapter.init_from
         if len(adapters) > 1:
@@ -75,8 +75,7 @@ def start_vllm(
     )
     llm = vllm.LLM(model=str(base), dtype="float32", enforce_eager=True, max_model_len=max_model_len, seed=0,
                    trust_remote_code=trust, **lora)  # fmt: skip
-    tokenizer_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(tokenizer_dir, require_chat_template=False, trust_remote_code=trust)
+    tokenizer = load_tokenizer(tokenizer_folder(adapter, base), require_chat_template=False, trust_remote_code=trust)
     request = None
     if adapter is not None:
         from vllm.lora.request import LoRARequest
