@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.deployment import Application
 
+from raytune_ft.models.source import resolve_model
+
 from .adapters import chat_template
 from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
 from .plan import ServePlan, replica_options
@@ -80,9 +82,10 @@ class HFServer:
         self.plan = plan
         self.gate = RequestGate(plan.catalog, plan.serve.max_tokens_limit)
         trust = plan.trust_remote_code
-        self.tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir, trust_remote_code=trust)
+        folder = resolve_model(plan.model)  # this node's copy, from its own cache (fetched once per node)
+        self.tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir or folder, trust_remote_code=trust)
         model: Any = AutoModelForCausalLM.from_pretrained(
-            plan.model_dir, dtype=dtype[plan.serve.dtype], trust_remote_code=trust
+            folder, dtype=dtype[plan.serve.dtype], trust_remote_code=trust
         )
         self.model: Any = model.to("cuda" if plan.serve.use_gpu else "cpu").eval()
         self.adapters: OrderedDict[str, str] = OrderedDict()  # model id -> peft adapter name, oldest first
