@@ -236,7 +236,11 @@ def _chatter(args: argparse.Namespace, cfg: JobConfig | None) -> Chatter:
         from raytune_ft.models.vllm_engine import start_vllm, vllm_target
 
         print("raytune_ft: starting vLLM (serve.engine: vllm) ...", file=sys.stderr, flush=True)
-        engine = start_vllm(*vllm_target(args.model, args.adapter, cfg), kv_cache_gib=cfg.serve.kv_cache_gib)
+        serve = cfg.serve
+        settings: dict[str, Any] = {"dtype": serve.dtype} if serve.dtype != "auto" else {}
+        settings |= {"max_model_len": serve.max_model_len} if serve.max_model_len else {}
+        engine = start_vllm(*vllm_target(args.model, args.adapter, cfg), kv_cache_gib=serve.kv_cache_gib,
+                            engine_kwargs={**settings, **serve.engine_kwargs})  # fmt: skip
         _with_template(engine.tokenizer, cfg)
         return VllmChatter(engine)
     model, tokenizer = load_for_inference(args.model, args.adapter, cfg)
@@ -398,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streams the reply; interactive multi-turn when --prompt is not given. CONFIG (ours, or a "
         "LLaMA-Factory inference YAML) names the model (model.source), adapters to apply (adapter.init_from, "
         "LLaMA-Factory's adapter_name_or_path), the template (data.template) and the engine (serve.engine: vllm "
-        "runs vLLM in this process; otherwise transformers).",
+        "runs vLLM in this process, eager, with serve.dtype, serve.max_model_len and serve.engine_kwargs; "
+        "otherwise transformers in float32).",
     )
     chat.add_argument("config", nargs="?", help="job YAML or LLaMA-Factory inference YAML (optional)")
     chat.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.source=DIR")

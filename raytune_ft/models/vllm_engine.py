@@ -9,6 +9,7 @@ base that needs adapters merged into it is refused with the way out: export the 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,14 @@ class VllmEngine:
 
 
 def start_vllm(
-    base_model: ModelConfig, adapter: Path | None, max_model_len: int = 2048, kv_cache_gib: float = 1.0
+    base_model: ModelConfig,
+    adapter: Path | None,
+    max_model_len: int = 2048,
+    kv_cache_gib: float = 1.0,
+    engine_kwargs: Mapping[str, Any] | None = None,
 ) -> VllmEngine:
-    """Start vLLM on ``base_model`` (float32, eager: starts fastest on CPU) with ``adapter`` enabled."""
+    """Start vLLM on ``base_model`` with ``adapter`` enabled: float32 and eager (it starts fastest on CPU)
+    unless ``engine_kwargs`` (vLLM's own arguments) say otherwise."""
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     # vLLM logs to stdout by default, where chat prints its replies; warnings and errors go to stderr instead.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -73,8 +79,8 @@ def start_vllm(
     lora: dict[str, Any] = (
         {"enable_lora": True, "max_lora_rank": vllm_lora_rank(adapter_rank(adapter))} if adapter else {}
     )
-    llm = vllm.LLM(model=str(base), dtype="float32", enforce_eager=True, max_model_len=max_model_len, seed=0,
-                   trust_remote_code=trust, **lora)  # fmt: skip
+    settings = {"dtype": "float32", "enforce_eager": True, "max_model_len": max_model_len, "seed": 0, **lora}
+    llm = vllm.LLM(model=str(base), trust_remote_code=trust, **{**settings, **(engine_kwargs or {})})
     tokenizer = load_tokenizer(tokenizer_folder(adapter, base), require_chat_template=False, trust_remote_code=trust)
     request = None
     if adapter is not None:

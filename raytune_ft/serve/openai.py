@@ -59,7 +59,7 @@ from starlette.responses import Response, StreamingResponse
 from raytune_ft.config import ModelConfig
 from raytune_ft.models.source import resolve_model
 
-from .adapters import AdapterCatalog, chat_template
+from .adapters import AdapterCatalog, chat_template, saved_stop_ids
 from .cpus import keep_off_engine_cores
 from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
 from .plan import ServePlan, replica_options
@@ -199,6 +199,7 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         folder = await asyncio.to_thread(resolve_model, model)  # this node's copy (fetched once per node)
         tokenizer = Path(tokenizer_dir) if tokenizer_dir is not None else folder
         llm_config = on_node(llm_config, folder, tokenizer)
+        self._tokenizer_dir = tokenizer
         self._template = chat_template(tokenizer)
         self._card = to_model_metadata(llm_config.model_id, llm_config)
         await super().__init__(llm_config, model_downloader=model_downloader)
@@ -215,12 +216,14 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         body.model, folder = self._check(self._gate.resolve, body.model)
         template = chat_template(folder) if folder is not None else None
         body.chat_template = template if template != self._template else None
+        self._add_stops(body, folder)
         await self._use_adapter(body.model, folder)
         return await _respond(await self.chat(_sanitize_chat_completion_request(body), _raw(request)))
 
     async def completions_route(self, body: CompletionRequest, request: Request) -> Response:
         self._check(self._gate.check_limit, body.max_tokens)
         body.model, folder = self._check(self._gate.resolve, body.model)
+        self._add_stops(body, folder)
         await self._use_adapter(body.model, folder)
         return await _respond(await self.completions(body, _raw(request)))
 
@@ -241,6 +244,12 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         except Exception as err:
             return JSONResponse({"status": "unhealthy", "error": str(err)[:500]}, status.HTTP_503_SERVICE_UNAVAILABLE)
         return JSONResponse({"status": "ok", "models": [self._card.id]})
+
+    def _add_stops(self, body: ChatCompletionRequest | CompletionRequest, folder: Path | None) -> None:
+        """Stop also where the template of the model's (or adapter's) training ends answers, besides the eos."""
+        saved = saved_stop_ids(folder or self._tokenizer_dir)
+        if saved:
+            body.stop_token_ids = sorted({*(body.stop_token_ids or []), *saved})
 
     async def _use_adapter(self, model: str | None, folder: Path | None) -> None:
         """Load the request's adapter into the engine (once; the least recently used one is evicted)."""

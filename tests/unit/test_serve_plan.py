@@ -177,3 +177,16 @@ def test_ingress_environment_for_a_local_ray(request: pytest.FixtureRequest) -> 
             sock.bind(("127.0.0.1", port))  # free, not Ray's fixed 8404 / 9101
     with pytest.raises(ConfigError, match=r"serve\.ingress"):
         load_config(None, ["serve.ingress=nginx"])
+
+
+def test_served_stop_ids_come_from_the_template_saved_with_the_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from raytune_ft.data.templates import apply_template
+    from raytune_ft.serve.adapters import saved_stop_ids
+
+    assert saved_stop_ids(tiny_model_dir) == ()  # no named template: the eos alone ends answers
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.eos_token = "<|endoftext|>"
+    apply_template(tokenizer, "yi").save_pretrained(tmp_path / "yi")  # answers end with <|im_end|>
+    assert saved_stop_ids(tmp_path / "yi") == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
