@@ -64,7 +64,10 @@ class ModelConfig(Section):
     go to ModelScope when ``USE_MODELSCOPE_HUB=1``). A local folder of the same spelling wins over a Hub id.
     Hub models are downloaded once per node into the hub's cache (``model.cache_dir``); with
     ``HF_HUB_OFFLINE=1`` only the cache is read. The driver pins a Hugging Face revision to its commit, so
-    every worker, restart and checkpoint loads the same weights (checkpoints record ``org/name@<commit>``)."""
+    every worker, replica and checkpoint loads the same weights (checkpoints record ``org/name@<commit>``),
+    and a restarted run keeps its checkpoints' commit when the config names a branch or nothing (ModelScope
+    ids are pinned to a revision name, as its cache records them). A local folder is recorded as an
+    absolute path."""
 
     trust_remote_code: bool = False
     """Let transformers (and vLLM) run the Python code a model folder or Hub repository ships for its
