@@ -92,3 +92,25 @@ def test_chat_stops_at_the_template_stop_word_saved_with_the_tokenizer(tiny_mode
     reloaded = AutoTokenizer.from_pretrained(saved)
     assert reloaded.eos_token == "<|endoftext|>"
     assert set(_stop_ids(model, reloaded)) == {reloaded.eos_token_id, im_end}
+
+
+def test_env_reports_versions_devices_and_the_cluster_it_would_join(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch as torch_module
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch             {torch_module.__version__}" in out and "cpus" in out and "hf cache" in out
+    assert "starts a private local Ray" in out
+    assert main(["env", "--address", "ray://head:10001"]) == 0
+    assert "joins ray://head:10001 (--address)" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from raytune_ft import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"raytune-ft {__version__}"
