@@ -215,15 +215,18 @@ def _chat(args: argparse.Namespace) -> int:
     chatter = _chatter(args, cfg)
     max_new_tokens = args.max_new_tokens or (cfg.eval.max_new_tokens if cfg is not None else 256)
     temperature = args.temperature if args.temperature is not None else (cfg.eval.temperature if cfg else 0.0)
-    if args.prompt is None:
-        interactive_chat(chatter, args.system, max_new_tokens, temperature)
+    try:
+        if args.prompt is None:
+            interactive_chat(chatter, args.system, max_new_tokens, temperature)
+            return 0
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+        chatter.reply(messages, max_new_tokens, temperature, _print_piece)
+        print()
         return 0
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}
-    ]
-    chatter.reply(messages, max_new_tokens, temperature, _print_piece)
-    print()
-    return 0
+    finally:
+        chatter.close()
 
 
 def _chatter(args: argparse.Namespace, cfg: JobConfig | None) -> Chatter:

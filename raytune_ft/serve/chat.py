@@ -26,6 +26,9 @@ class Chatter(Protocol):
         self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, on_text: Callable[[str], None]
     ) -> str: ...
 
+    def close(self) -> None:
+        """Stop what the engine started (processes), so a caller that goes on is not left holding them."""
+
 
 class HFChatter:
     """transformers ``generate`` on a loaded model, streaming token by token."""
@@ -37,6 +40,9 @@ class HFChatter:
         self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, on_text: Callable[[str], None]
     ) -> str:
         return generate_reply(self.model, self.tokenizer, messages, max_new_tokens, temperature, on_text)
+
+    def close(self) -> None:
+        pass  # nothing outside this process
 
 
 class VllmChatter:
@@ -59,6 +65,9 @@ class VllmChatter:
         text = str(tokenizer.decode(output[0].outputs[0].token_ids, skip_special_tokens=True)).strip()
         on_text(text)
         return text
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def generate_reply(
