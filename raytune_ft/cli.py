@@ -166,14 +166,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from raytune_ft.data import resolve_datasets
-    from raytune_ft.data.templates import check_template_name
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # template and tool format names are checked here
     resolve_datasets(cfg.data.dataset, cfg.data.dataset_dir)
     if cfg.data.eval_dataset:
         resolve_datasets(cfg.data.eval_dataset, cfg.data.dataset_dir)
-    if cfg.data.template is not None:
-        check_template_name(cfg.data.template)
     print(f"{args.config}: valid")
     if args.explain:
         translation = llamafactory_translation(args.config)
@@ -189,17 +186,17 @@ def _data_preview(args: argparse.Namespace) -> int:
 
     from raytune_ft.data.pipeline import checked_sources
     from raytune_ft.data.preview import build_preview, format_preview
-    from raytune_ft.models import load_row_tokenizer
+    from raytune_ft.models import load_row_tokenizer, pin_sources
     from raytune_ft.train import job_tokenizer, start_ray
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = pin_sources(load_config(args.config, args.overrides))  # the workers read the commit the driver read
     tokenizer = job_tokenizer(cfg)  # fails fast on a missing model or template, before Ray starts
-    checked_sources(cfg.data.dataset, cfg.data.dataset_dir, cfg.method.rows)  # and on an empty file
-    load = functools.partial(load_row_tokenizer, cfg.model.source)
+    sources = checked_sources(cfg.data.dataset, cfg.data.dataset_dir, cfg.method.rows)  # and on an empty file
+    load = functools.partial(load_row_tokenizer, cfg.model)
     start_ray(args.address, init=cfg.scaling.ray_init)
     concurrency = cfg.data.tokenize_concurrency or 1
     report = build_preview(
-        cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows, seed=cfg.train.seed
+        cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows, seed=cfg.train.seed, sources=sources
     )
     print(format_preview(report, tokenizer, cfg.data, cfg.train.per_device_batch_size))
     return 0
@@ -218,15 +215,18 @@ def _chat(args: argparse.Namespace) -> int:
     chatter = _chatter(args, cfg)
     max_new_tokens = args.max_new_tokens or (cfg.eval.max_new_tokens if cfg is not None else 256)
     temperature = args.temperature if args.temperature is not None else (cfg.eval.temperature if cfg else 0.0)
-    if args.prompt is None:
-        interactive_chat(chatter, args.system, max_new_tokens, temperature)
+    try:
+        if args.prompt is None:
+            interactive_chat(chatter, args.system, max_new_tokens, temperature)
+            return 0
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+        chatter.reply(messages, max_new_tokens, temperature, _print_piece)
+        print()
         return 0
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}
-    ]
-    chatter.reply(messages, max_new_tokens, temperature, _print_piece)
-    print()
-    return 0
+    finally:
+        chatter.close()
 
 
 def _chatter(args: argparse.Namespace, cfg: JobConfig | None) -> Chatter:
@@ -239,7 +239,11 @@ def _chatter(args: argparse.Namespace, cfg: JobConfig | None) -> Chatter:
         from raytune_ft.models.vllm_engine import start_vllm, vllm_target
 
         print("raytune_ft: starting vLLM (serve.engine: vllm) ...", file=sys.stderr, flush=True)
-        engine = start_vllm(*vllm_target(args.model, args.adapter, cfg), kv_cache_gib=cfg.serve.kv_cache_gib)
+        serve = cfg.serve
+        settings: dict[str, Any] = {"dtype": serve.dtype} if serve.dtype != "auto" else {}
+        settings |= {"max_model_len": serve.max_model_len} if serve.max_model_len else {}
+        engine = start_vllm(*vllm_target(args.model, args.adapter, cfg), kv_cache_gib=serve.kv_cache_gib,
+                            engine_kwargs={**settings, **serve.engine_kwargs})  # fmt: skip
         _with_template(engine.tokenizer, cfg)
         return VllmChatter(engine)
     model, tokenizer = load_for_inference(args.model, args.adapter, cfg)
@@ -401,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streams the reply; interactive multi-turn when --prompt is not given. CONFIG (ours, or a "
         "LLaMA-Factory inference YAML) names the model (model.source), adapters to apply (adapter.init_from, "
         "LLaMA-Factory's adapter_name_or_path), the template (data.template) and the engine (serve.engine: vllm "
-        "runs vLLM in this process; otherwise transformers).",
+        "runs vLLM in this process, eager, with serve.dtype, serve.max_model_len and serve.engine_kwargs; "
+        "otherwise transformers in float32).",
     )
     chat.add_argument("config", nargs="?", help="job YAML or LLaMA-Factory inference YAML (optional)")
     chat.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.source=DIR")

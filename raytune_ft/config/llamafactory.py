@@ -620,8 +620,11 @@ def _combine(flat: dict[str, Any], problems: list[str]) -> None:
     if flat.get("data.mask_history") and flat.get("data.train_on_prompt"):
         problems.append("mask_history: True with train_on_prompt: True: LLaMA-Factory refuses the pair; choose one")
     revision = flat.pop("model.revision", None)
-    if revision:
-        source = str(flat.get("model.source", ""))
+    source = str(flat.get("model.source", ""))
+    local = source.startswith("builtin:") or os.path.exists(os.path.expanduser(source))
+    if revision and local and revision != "main":  # main is LLaMA-Factory's default: it asks for nothing
+        problems.append(f"model_revision: {revision!r}: model_name_or_path {source!r} is not a Hub id")
+    elif revision and not local:
         if "@" in source:
             problems.append(f"model_revision: {revision!r}: model_name_or_path {source!r} already names a revision")
         else:

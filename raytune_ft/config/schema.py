@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .template_names import TEMPLATE_NAMES, TOOL_FORMAT_NAMES, unknown_template, unknown_tool_format
+
 __all__ = [
     "PBT_KEYS",
     "REFERENCE_FREE_LOSSES",
@@ -62,7 +64,10 @@ class ModelConfig(Section):
     go to ModelScope when ``USE_MODELSCOPE_HUB=1``). A local folder of the same spelling wins over a Hub id.
     Hub models are downloaded once per node into the hub's cache (``model.cache_dir``); with
     ``HF_HUB_OFFLINE=1`` only the cache is read. The driver pins a Hugging Face revision to its commit, so
-    every worker, restart and checkpoint loads the same weights (checkpoints record ``org/name@<commit>``)."""
+    every worker, replica and checkpoint loads the same weights (checkpoints record ``org/name@<commit>``),
+    and a restarted run keeps its checkpoints' commit when the config names a branch or nothing (ModelScope
+    ids are pinned to a revision name, as its cache records them). A local folder is recorded as an
+    absolute path."""
 
     trust_remote_code: bool = False
     """Let transformers (and vLLM) run the Python code a model folder or Hub repository ships for its
@@ -203,6 +208,20 @@ class DataConfig(Section):
     @classmethod
     def _split_probs(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, name: str | None) -> str | None:
+        if name is not None and name not in TEMPLATE_NAMES:
+            raise ValueError(unknown_template(name))
+        return name
+
+    @field_validator("tool_format")
+    @classmethod
+    def _check_tool_format(cls, name: str | None) -> str | None:
+        if name is not None and name not in TOOL_FORMAT_NAMES:
+            raise ValueError(unknown_tool_format(name))
+        return name
 
     @model_validator(mode="after")
     def _check_mixing(self) -> DataConfig:

@@ -121,16 +121,7 @@ _QWEN: dict[str, Any] = dict(
     ),
     tools="qwen",
 )
-_QWEN3_5: dict[str, Any] = dict(
-    user=("<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n",),
-    assistant=("{{content}}<|im_end|>\n",),
-    system=("<|im_start|>system\n{{content}}<|im_end|>\n",),
-    function=("{{content}}<|im_end|>\n",),
-    observation=(
-        "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
-    ),
-    tools="qwen3_5",
-)
+_QWEN3_5: dict[str, Any] = {**_QWEN, "tools": "qwen3_5"}
 _LLAMA3: dict[str, Any] = dict(
     user=(
         (
@@ -178,14 +169,7 @@ _GLM4: dict[str, Any] = dict(
     observation=("<|observation|>\n{{content}}<|assistant|>",),
     tools="glm4",
 )
-_GLM4_MOE: dict[str, Any] = dict(
-    user=("<|user|>\n{{content}}<|assistant|>",),
-    assistant=("\n{{content}}",),
-    system=("<|system|>\n{{content}}",),
-    function=("{{content}}",),
-    observation=("<|observation|>\n{{content}}<|assistant|>",),
-    tools="glm4_moe",
-)
+_GLM4_MOE: dict[str, Any] = {**_GLM4, "tools": "glm4_moe"}
 _VICUNA: dict[str, Any] = dict(user=("USER: {{content}} ASSISTANT:",))
 _DEEPSEEK3: dict[str, Any] = dict(user=("<｜User｜>{{content}}<｜Assistant｜>",))
 _LLAMA2: dict[str, Any] = dict(user=(BOS, "[INST] {{content}} [/INST]"), system=("<<SYS>>\n{{content}}\n<</SYS>>\n\n",))

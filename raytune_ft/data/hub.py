@@ -3,8 +3,9 @@
 ``hf_hub_url`` / ``ms_hub_url`` entries (and ``dataset_dir: REMOTE:org/repo``) name a repository,
 not files. On the driver the repository's README is fetched first, which pins the revision; then
 only the files of the chosen subset and split are fetched, and our own readers stream them. With
-``HF_HUB_OFFLINE=1`` (ModelScope's cache too) nothing is downloaded: the cached snapshot is used,
-and a repository missing from the cache is one error that says which command fills the cache.
+``HF_HUB_OFFLINE=1`` or ``TRANSFORMERS_OFFLINE=1`` (ModelScope's cache too) nothing is downloaded: the
+cached snapshot is used, and a repository missing from the cache is one error that says which command
+fills the cache.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from .layout import download_patterns, select_files
-from .sources import DataError
+from .sources import DataError, env_flag
 
 __all__ = ["HUB_NAMES", "dataset_snapshot", "hf_cache_dir", "hub_files", "is_offline", "split_revision"]
 
 HUB_NAMES = {"hf_hub": "the Hugging Face Hub", "ms_hub": "ModelScope"}
+_PACKAGES = {"hf_hub": "huggingface_hub", "ms_hub": "modelscope"}
+"""The pip package that brings each hub's client (``modelscope`` brings ``modelscope_hub``)."""
 
 
 def is_offline() -> bool:
-    """``HF_HUB_OFFLINE=1``: read hub datasets from the local caches only (ModelScope's too)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
+    """``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``): read hub datasets from the local caches only
+    (ModelScope's too); the same rule as model sources."""
+    return env_flag("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def split_revision(repo: str) -> tuple[str, str | None]:
@@ -54,8 +58,8 @@ def dataset_snapshot(hub: str, repo: str, revision: str | None, where: str, patt
         if hub == "hf_hub":
             return _hf_snapshot(repo, revision, patterns, offline)
         return _ms_snapshot(repo, revision, patterns, offline)
-    except ImportError as err:
-        raise DataError(f"{where}: reading {HUB_NAMES[hub]} datasets needs the {err.name} package") from None
+    except ImportError:
+        raise DataError(f"{where}: reading {HUB_NAMES[hub]} datasets needs `pip install {_PACKAGES[hub]}`") from None
     except Exception as err:  # not cached, offline, unknown repo, no access: the same way out
         raise DataError(_not_available(hub, repo, revision, where, err, offline)) from None
 
@@ -107,7 +111,7 @@ def _not_available(hub: str, repo: str, revision: str | None, where: str, err: E
         variables = "MODELSCOPE_CACHE"
         command = f"modelscope download --repo-type dataset {repo}" + (f" --revision {revision}" if revision else "")
     reason = (
-        "HF_HUB_OFFLINE=1 forbids downloading it"
+        "offline mode (HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1) forbids downloading it"
         if offline
         else f"it could not be fetched ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     )

@@ -44,6 +44,7 @@ __all__ = [
     "file_counts",
     "mixing_rates",
     "no_trainable_rows",
+    "read_sources",
     "samplings",
 ]
 
@@ -256,8 +257,7 @@ def build_datasets(
     evaluation = None
     if cfg.eval_dataset:
         eval_sources = checked_sources(cfg.eval_dataset, cfg.dataset_dir, stage)
-        eval_draws = samplings(eval_sources, cfg.max_samples, seed)
-        reads = [_read(s, _selection(cfg, seed, d)) for s, d in zip(eval_sources, eval_draws, strict=True)]
+        reads = read_sources(cfg, eval_sources, seed)
         evaluation = _tokenized(reads, eval_sources, options, load_tokenizer, concurrency, shuffle_seed=None)
     elif val_fraction:
         reads = [_read(s, _selection(cfg, seed, d, "eval", val_fraction)) for s, d in zip(sources, draws, strict=True)]
@@ -272,6 +272,13 @@ def checked_sources(names: list[str], dataset_dir: str | None, stage: str) -> li
     for source in sources:
         require_rows(source)
     return sources
+
+
+def read_sources(cfg: DataConfig, sources: list[DatasetSource], seed: int) -> list[ray.data.Dataset]:
+    """Each source's raw records, whole (no validation split, no mixing): its ``num_samples`` draw, or its
+    first ``max_samples`` rows, as training reads them."""
+    draws = samplings(sources, cfg.max_samples, seed)
+    return [_read(source, _selection(cfg, seed, draw)) for source, draw in zip(sources, draws, strict=True)]
 
 
 def _selection(

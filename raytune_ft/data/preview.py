@@ -28,10 +28,10 @@ from .pipeline import (
     encode_rows,
     fit_to_cutoff,
     no_trainable_rows,
-    samplings,
+    read_sources,
     templated,
-)  # fmt: skip
-from .records import RecordSelection, first_records, read_records, require_rows
+)
+from .records import first_records, require_rows
 from .sources import READERS, DataError, DatasetSource, resolve_datasets
 
 __all__ = ["DescribeRows", "PreviewReport", "build_preview", "format_preview", "mark_learned", "render_samples"]
@@ -98,19 +98,19 @@ def build_preview(
     samples: int = 3,
     stage: str = "sft",
     seed: int = 0,
+    sources: list[DatasetSource] | None = None,
 ) -> PreviewReport:
     """Statistics over every row of ``cfg.dataset`` and the first ``samples`` rows in full; a
     ``DataError`` when the data leaves no row to train on. ``seed`` (``train.seed``) draws the rows of
-    entries with ``num_samples`` as training does."""
+    entries with ``num_samples`` as training does. ``sources``: ``cfg.dataset`` as ``checked_sources``
+    already returned it (a caller that checked the data before starting Ray), so the registry, hub
+    snapshots and files are not looked up twice; None checks them here."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    sources = checked_sources(cfg.dataset, cfg.dataset_dir, stage)
-    draws = samplings(sources, cfg.max_samples, seed)
-    reads = []
-    for source, draw in zip(sources, draws, strict=True):
-        selection = RecordSelection(max_rows=None if draw else cfg.max_samples, seed=seed, sampling=draw)
-        reads.append(read_records(source.read_paths(), source.reader, selection, 0.5, extensions=source.extensions))
+    if sources is None:
+        sources = checked_sources(cfg.dataset, cfg.dataset_dir, stage)
+    reads = read_sources(cfg, sources, seed)
     ds = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
     described = ds.map_batches(
         DescribeRows,

@@ -30,6 +30,7 @@ __all__ = [
     "DatasetSource",
     "check_row_format",
     "dataset_names",
+    "env_flag",
     "load_from",
     "registry_folder",
     "resolve_datasets",
@@ -205,7 +206,7 @@ def _resolve_one(name: str, registry: dict[str, Any], folder: Path, online: bool
         return _from_entry(name, registry[name], folder)
     if online and name not in BUILTIN_DATASETS and not Path(name).expanduser().exists():
         # LLaMA-Factory's dataset_dir ONLINE: the name is a hub dataset repository.
-        entry = {"ms_hub_url" if _env_flag("USE_MODELSCOPE_HUB") else "hf_hub_url": name}
+        entry = {"ms_hub_url" if env_flag("USE_MODELSCOPE_HUB") else "hf_hub_url": name}
         return _from_entry(name, entry, folder, where=f"data.dataset {name!r} (dataset_dir ONLINE)")
     if name in BUILTIN_DATASETS:
         return DatasetSource(name, BUILTIN_DATASETS[name])
@@ -275,9 +276,9 @@ def load_from(entry: Mapping[str, Any], where: str) -> str:
             raise DataError(f"{where}: load_from {choice!r} reads {LOAD_FROM[choice]!r}, which the entry does not set")
         return str(choice)
     has = {kind for kind, key in LOAD_FROM.items() if key in entry}
-    if "ms_hub" in has and (_env_flag("USE_MODELSCOPE_HUB") or "hf_hub" not in has):
+    if "ms_hub" in has and (env_flag("USE_MODELSCOPE_HUB") or "hf_hub" not in has):
         return "ms_hub"
-    if "om_hub" in has and (_env_flag("USE_OPENMIND_HUB") or "hf_hub" not in has):
+    if "om_hub" in has and (env_flag("USE_OPENMIND_HUB") or "hf_hub" not in has):
         return "om_hub"
     for kind in ("hf_hub", "script", "cloud_file", "file"):
         if kind in has:
@@ -285,8 +286,16 @@ def load_from(entry: Mapping[str, Any], where: str) -> str:
     raise DataError(f"{where}: name the data with file_name (or hf_hub_url, ms_hub_url, script_url, cloud_file_name)")
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "y", "yes", "on"}
+_TRUE = frozenset({"1", "true", "yes", "on", "y"})
+"""Values that turn an environment switch on (any case), as ``raytune_ft.models`` reads its switches."""
+
+
+def env_flag(*names: str) -> bool:
+    """Whether an environment switch is on: the first of ``names`` that is set decides (``env_flag(
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")`` reads the older name only when the newer one is unset,
+    as huggingface_hub does). The data layer reads every switch through this."""
+    value = next((os.environ[name] for name in names if os.environ.get(name)), "")
+    return value.strip().lower() in _TRUE
 
 
 @dataclass(frozen=True)

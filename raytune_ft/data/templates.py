@@ -7,7 +7,9 @@ ids exactly: SentencePiece tokenizers prepend "▁" to every encode call, and BP
 element boundary. Labels follow LLaMA-Factory's supervised, pairwise and feedback processors (answers and
 function calls are learned, prompts and tool results are not; ``mask_history``; ``efficient_eos``;
 thinking templates). ``apply_template`` installs a Jinja chat template that renders the same prompt text,
-and it is what checkpoints save, so chat and serve prompt the model as it was trained.
+and it is what checkpoints save, so chat and serve prompt the model as it was trained. Many templates end
+answers with a stop word that is not the eos (yi's ``<|im_end|>``); the stop words are saved with the
+tokenizer too, and ``saved_stop_token_ids`` gives inference every id an answer may end with.
 
 Missing tokens. A template whose eos is replaced by its first stop word (``replace_eos``, e.g. llama3's
 ``<|eot_id|>``), or that names a token element (chatglm3's ``[gMASK]``), needs that token in the vocabulary.
@@ -20,7 +22,6 @@ stop words the vocabulary lacks are simply not stop tokens here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import re
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raytune_ft.config import DataConfig
+from raytune_ft.config.template_names import unknown_template, unknown_tool_format
 
 from .chat_formats import EOS, TEMPLATE_TABLE, Element, Special, Template, Token
 from .encode import FirstLabel, Piece, Segment
@@ -36,6 +38,7 @@ from .sources import DataError
 from .tool_formats import TOOL_FORMATS, ToolCall
 
 __all__ = [
+    "STOP_WORDS_KEY",
     "TEMPLATES",
     "TEMPLATE_NAMES",
     "TOOL_FORMAT_NAMES",
@@ -45,6 +48,9 @@ __all__ = [
     "check_template_name",
     "check_tool_format",
     "prompt_answer_segments",
+    "saved_stop_token_ids",
+    "saved_stop_words",
+    "stop_token_ids",
     "template_jinja",
     "template_options",
     "template_segments",
@@ -79,37 +85,15 @@ def template_options(cfg: DataConfig) -> TemplateOptions:
 def check_template_name(name: str) -> Template:
     """The template called ``name``, or a DataError that suggests the closest name."""
     if name not in TEMPLATES:
-        raise DataError(
-            f"unknown chat template {name!r}{_close(name, TEMPLATE_NAMES)}; the names are LLaMA-Factory's "
-            "(docs/templates.md lists them all)"
-        )
+        raise DataError(unknown_template(name))
     return TEMPLATES[name]
 
 
 def check_tool_format(name: str) -> str:
     """``name`` when it is a tool format, else a DataError suggesting the close one."""
     if name not in TOOL_FORMATS:
-        choices = ", ".join(TOOL_FORMAT_NAMES)
-        raise DataError(f"unknown tool format {name!r}{_close(name, TOOL_FORMAT_NAMES)}; choose one of: {choices}")
+        raise DataError(unknown_tool_format(name))
     return name
-
-
-def _close(name: str, names: Sequence[str]) -> str:
-    """A hint naming the closest name: of difflib's close matches, the fewest edits away (a swap of two
-    letters counts as one edit, so "chatlm" suggests "chatml", not "chatglm3")."""
-    close = difflib.get_close_matches(name, names, n=5)
-    return f" (did you mean {min(close, key=lambda c: _edits(name, c))!r}?)" if close else ""
-
-
-def _edits(a: str, b: str) -> int:
-    """Optimal string alignment distance: insertions, deletions, substitutions and adjacent swaps."""
-    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[len(a)][len(b)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -270,18 +254,14 @@ class _Encoder:
                         fused = str(head[0])
                     else:
                         elements += head
-            elements += self._turn(message, i, fused)
+            elements += self._turn(message, fused)
             encoded.append(self._pieces(elements))
         return encoded
 
-    def _turn(self, message: Message, i: int, fused: str) -> list[Element]:
+    def _turn(self, message: Message, fused: str) -> list[Element]:
         t, role, content = self.template, message["role"], message["content"]
         if role == "user":
-            return (
-                _fill(t.user, content=fused + content)
-                if t.fuse_system
-                else _fill(t.user, content=content, idx=str(i // 2))
-            )
+            return _fill(t.user, content=fused + content)  # fused is "" unless the template fuses the system
         if role == "assistant":
             return _fill(t.assistant, content=content)
         if role == "observation":
@@ -420,7 +400,9 @@ def apply_template(
 
     The eos becomes the first stop word where the template replaces it (LLaMA-Factory's ``replace_eos``),
     so generation stops there; that token must already be one token of the vocabulary, as must every
-    token element (see the module docstring). The chat template becomes ``template_jinja``'s rendering.
+    token element (see the module docstring). The chat template becomes ``template_jinja``'s rendering,
+    and the template's stop words are recorded under ``STOP_WORDS_KEY`` (saved with the tokenizer), so
+    inference stops where answers end: ``saved_stop_token_ids``.
     """
     template = _template(name, options)
     if train_on_prompt and template.efficient_eos:
@@ -434,7 +416,48 @@ def apply_template(
     if known:
         tokenizer.add_tokens(known, special_tokens=True)
     tokenizer.chat_template = template_jinja(tokenizer, name, options)
+    init_kwargs = getattr(tokenizer, "init_kwargs", None)  # RowTokenizer has none: it is never saved
+    if isinstance(init_kwargs, dict):
+        init_kwargs[STOP_WORDS_KEY] = list(template.stop_words)
     return tokenizer
+
+
+STOP_WORDS_KEY = "raytune_ft_stop_words"
+"""Where ``apply_template`` records the template's stop words: an ``init_kwargs`` entry of a transformers
+tokenizer, which ``save_pretrained`` writes to ``tokenizer_config.json`` and loading reads back."""
+
+
+def stop_token_ids(tokenizer: Any, name: str, options: TemplateOptions = _DEFAULTS) -> list[int]:
+    """The ids generation under template ``name`` stops at: the eos (the first stop word where the template
+    replaces it) and every stop word that is one token of this tokenizer's vocabulary. Many templates end
+    answers with a stop word that is not the eos (yi, glm4, gemma2, cpm4, ...: ``<|im_end|>`` after a yi
+    answer, never the eos), so stopping at the eos alone runs past the answer."""
+    template = _template(name, options)
+    eos = template.stop_words[0] if template.replace_eos else getattr(tokenizer, "eos_token", None)
+    return _vocabulary_ids(tokenizer, [eos, *template.stop_words])
+
+
+def saved_stop_words(tokenizer: Any) -> tuple[str, ...]:
+    """The stop words of the template ``apply_template`` installed on ``tokenizer``, also after
+    ``save_pretrained`` and loading again (a checkpoint's tokenizer); () where none was installed."""
+    init_kwargs = getattr(tokenizer, "init_kwargs", None) or {}
+    return tuple(init_kwargs.get(STOP_WORDS_KEY) or ())
+
+
+def saved_stop_token_ids(tokenizer: Any) -> list[int]:
+    """``stop_token_ids`` of a tokenizer loaded from a checkpoint, without knowing the template's name: its
+    eos and every saved stop word that is one token of its vocabulary (just the eos without a template)."""
+    return _vocabulary_ids(tokenizer, [getattr(tokenizer, "eos_token", None), *saved_stop_words(tokenizer)])
+
+
+def _vocabulary_ids(tokenizer: Any, words: Sequence[str | None]) -> list[int]:
+    ids: list[int] = []
+    for word in words:
+        if word and _in_vocabulary(tokenizer, word):
+            token_id = int(tokenizer.convert_tokens_to_ids(word))
+            if token_id not in ids:
+                ids.append(token_id)
+    return ids
 
 
 def _check_tokens(tokenizer: Any, template: Template) -> None:

@@ -18,19 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import InputError, JobConfig, load_config
+from raytune_ft.config import InputError, JobConfig, ModelConfig, load_config
 from raytune_ft.data import DataError, build_datasets
 from raytune_ft.models import (
     CONFIG_FILE,
     CheckpointError,
-    adapter_folder,
+    inference_model,
     is_adapter_checkpoint,
     latest_checkpoint,
-    pin_model_source,
+    load_row_tokenizer,
     pin_sources,
-    resolve_model,
+    trained_base,
 )
-from raytune_ft.models.loading import row_tokenizer_from_folder
 
 from .metrics import generation_scores
 from .scorers import GENERATORS, LETTERS, ChoiceScorer, EvalModel, LossScorer
@@ -53,14 +52,15 @@ RESULTS = "eval_results"
 @dataclass(frozen=True)
 class EvalTarget:
     model: EvalModel
-    tokenizer_dir: Path
-    """The folder whose tokenizer and chat template render the rows."""
+    tokenizer: ModelConfig
+    """The model (pinned) whose tokenizer and chat template render the rows, resolved by each tokenizing actor
+    on its own node; its ``trust_remote_code`` says whether the tokenizer's own code may run."""
     label: str
     """How the model is named in the results."""
     output_dir: Path
     """Default results folder."""
-    trust_remote_code: bool = False
-    """Whether the tokenizer's own code may run (``model.trust_remote_code`` of what is evaluated)."""
+    adapter: str | None = None
+    """An adapter (a folder or a pinned Hub id) whose own tokenizer, when it has one, renders the rows instead."""
 
 
 @dataclass
@@ -77,15 +77,16 @@ def eval_target(checkpoint: str | None, model: str | None, config: JobConfig | N
         return _config_target(model, config)
     found = latest_checkpoint(checkpoint)
     output = found.parent / "eval" / found.name
-    saved = load_config(found / CONFIG_FILE).model if (found / CONFIG_FILE).is_file() else None
-    trust = (saved is not None and saved.trust_remote_code) or (config is not None and config.model.trust_remote_code)
-    if trust and saved is not None:
-        pin_model_source(saved.model_copy(update={"trust_remote_code": True}))  # the warning, on the driver
     if is_adapter_checkpoint(found):
-        return EvalTarget(EvalModel(model, str(found), config), found, str(found), output, trust)
+        base, _ = trained_base(found, model, config)  # pinned here once: every actor loads the same revision
+        return EvalTarget(EvalModel(base.source, str(found), config), base, str(found), output, adapter=str(found))
     if model is not None:
         raise CheckpointError(f"{found} holds full weights; give --checkpoint or --model, not both")
-    return EvalTarget(EvalModel(str(found), None, config), found, str(found), output, trust)
+    given = config.model if config is not None else ModelConfig()
+    saved = load_config(found / CONFIG_FILE).model if (found / CONFIG_FILE).is_file() else given
+    trust = given.trust_remote_code or saved.trust_remote_code
+    weights = inference_model(given.model_copy(update={"trust_remote_code": trust}), str(found))
+    return EvalTarget(EvalModel(str(found), None, config), weights, str(found), output)
 
 
 def _config_target(model: str | None, config: JobConfig | None) -> EvalTarget:
@@ -95,14 +96,12 @@ def _config_target(model: str | None, config: JobConfig | None) -> EvalTarget:
     if model is not None:
         job = job.model_copy(update={"model": job.model.model_copy(update={"source": model})})
     job = pin_sources(job)  # every scoring actor loads the same Hub commit
-    folder = resolve_model(job.model)
-    trust, output = job.model.trust_remote_code, Path("eval_results").resolve()
+    output = Path("eval_results").resolve()
     if job.adapter.init_from:
-        last = adapter_folder(job.adapter.init_from[-1], job.model.cache_dir)
-        tokenizer_dir = last if (last / "tokenizer_config.json").is_file() else folder
+        last = job.adapter.init_from[-1]
         label = f"{job.model.source} + {', '.join(job.adapter.init_from)}"
-        return EvalTarget(EvalModel(None, None, job), tokenizer_dir, label, output, trust)
-    return EvalTarget(EvalModel(job.model.source, None, job), folder, model or job.model.source, output, trust)
+        return EvalTarget(EvalModel(None, None, job), job.model, label, output, adapter=last)
+    return EvalTarget(EvalModel(job.model.source, None, job), job.model, model or job.model.source, output)
 
 
 def run_evaluation(
@@ -147,7 +146,7 @@ def _rows(cfg: JobConfig, target: EvalTarget) -> Any:
             "max_samples": cfg.eval.max_samples,
         }
     )
-    load = functools.partial(row_tokenizer_from_folder, target.tokenizer_dir, target.trust_remote_code)
+    load = functools.partial(load_row_tokenizer, target.tokenizer, target.adapter)  # resolved on each actor's node
     # Tokenized in full before the scorers start: actors holding every CPU would leave none to tokenize.
     return build_datasets(data, load, seed=cfg.train.seed, concurrency=1, stage="sft").train.materialize()
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from raytune_ft.config import ConfigWarning, JobConfig
 from raytune_ft.data import IGNORE_INDEX, pad_batch
+from raytune_ft.data.templates import saved_stop_token_ids
 from raytune_ft.models import load_for_inference
 from raytune_ft.models.vllm_engine import start_vllm, vllm_target
 
@@ -101,8 +102,9 @@ class Generator:
         )
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, pad_token_id=pad, **sampling
-            )
+                input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, pad_token_id=pad,
+                eos_token_id=_stops(self.tokenizer, self.model.generation_config.eos_token_id), **sampling,
+            )  # fmt: skip
         predictions = [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
         return _generated(self.tokenizer, pairs, predictions, self.engine_name)
 
@@ -117,7 +119,8 @@ class VllmGenerator:
         engine = start_vllm(base, adapter)
         self.engine, self.lora, self.tokenizer = engine.llm, engine.lora, engine.tokenizer
         self.engine_name = engine.name
-        self.sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0)
+        stops = _stops(self.tokenizer)
+        self.sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0, stop_token_ids=stops)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pairs = [split_prompt(i, lab) for i, lab in zip(batch["input_ids"], batch["labels"], strict=True)]
@@ -126,6 +129,13 @@ class VllmGenerator:
         decode = self.tokenizer.decode
         predictions = [decode(out.outputs[0].token_ids, skip_special_tokens=True).strip() for out in outputs]
         return _generated(self.tokenizer, pairs, predictions, self.engine_name)
+
+
+def _stops(tokenizer: Any, configured: int | list[int] | None = None) -> list[int]:
+    """Where generated answers end: the eos, the template's stop words saved with the tokenizer (a ``yi``
+    answer ends with ``<|im_end|>``), and the model's own eos ids."""
+    extra = configured if isinstance(configured, list) else [configured] if configured is not None else []
+    return sorted({tokenizer.eos_token_id, *saved_stop_token_ids(tokenizer), *extra} - {None})
 
 
 def _generated(

@@ -25,8 +25,8 @@ from raytune_ft.models import (
     load_tokenizer,
     merge_adapters,
     merged_adapters,
-    pin_model_source,
     resolve_model,
+    tokenizer_folder,
 )
 
 __all__ = ["ExportError", "MergedModel", "export_dtype", "merge_checkpoint", "merge_init_from"]
@@ -80,12 +80,11 @@ def merge_init_from(cfg: JobConfig) -> MergedModel:
     """
     if not cfg.adapter.init_from:
         raise ExportError("nothing to merge: give a checkpoint (--checkpoint) or adapters in adapter.init_from")
-    model = inference_model(pin_model_source(cfg.model))
+    model = inference_model(cfg.model)
     folders = [adapter_folder(entry, model.cache_dir) for entry in cfg.adapter.init_from]
     base_dir, last = resolve_model(model), folders[-1]
-    has_tokenizer = (last / "tokenizer_config.json").is_file() or (last / "tokenizer.json").is_file()
     tokenizer = load_tokenizer(
-        last if has_tokenizer else base_dir, require_chat_template=False, trust_remote_code=model.trust_remote_code
+        tokenizer_folder(last, base_dir), require_chat_template=False, trust_remote_code=model.trust_remote_code
     )
     lm = merge_adapters(load_causal_lm(model, base_dir), [str(f) for f in folders], model.cache_dir)
     return MergedModel(lm.eval(), tokenizer, last, model.source, True, base_dir, [str(f) for f in folders[:-1]])

@@ -19,7 +19,16 @@ from .checkpoint import (
 )
 from .hub import HubModel, hub_model
 from .init_from import adapter_folder, merge_adapters, merged_adapters, pin_init_from, pin_sources
-from .loading import inference_model, load_base, load_causal_lm, load_for_inference, load_row_tokenizer, load_tokenizer
+from .loading import (
+    inference_model,
+    load_base,
+    load_causal_lm,
+    load_for_inference,
+    load_row_tokenizer,
+    load_tokenizer,
+    tokenizer_folder,
+    trained_base,
+)
 from .pissa import INITIAL_ADAPTER as PISSA_INITIAL_ADAPTER
 from .pissa import restore_from_plain_lora, save_weights
 from .source import BUILTIN_MODELS, ModelSourceError, cache_root, pin_model_source, resolve_model, resolve_model_source
@@ -66,7 +75,9 @@ __all__ = [
     "resolve_model_source",
     "restore_from_plain_lora",
     "save_weights",
+    "tokenizer_folder",
     "trainable_parameters",
+    "trained_base",
     "value_head_model",
     "vllm_lora_rank",
 ]

@@ -3,9 +3,10 @@
 A Hub id names a moving target (``main``), so the driver pins it once (``pin``): a Hugging Face revision
 becomes the commit it points to, and workers, replicas, restarts and checkpoints all receive
 ``org/name@<commit>``, the same weights on every node. A node fetches a snapshot at most once: the
-workers on it take one file lock per repository in the cache and look again once they hold it. With
-``HF_HUB_OFFLINE=1`` (for ModelScope too) nothing is downloaded, and a model missing from the cache is one
-error that names the command which fills it.
+workers on it take one file lock per repository in the cache and look again once they hold it; a snapshot
+counts only when it is complete (huggingface_hub checks its file listing; ModelScope downloads are marked when
+they finish). With ``HF_HUB_OFFLINE=1`` (for ModelScope too) nothing is downloaded or locked, and a model
+missing from the cache is one error that names the command which fills it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal, Protocol
 from raytune_ft.config import InputError
 
 __all__ = [
+    "COMPLETE",
     "HUBS",
     "MODELSCOPE_ENV",
     "MODELSCOPE_PREFIX",
@@ -39,6 +41,9 @@ MODELSCOPE_ENV = "USE_MODELSCOPE_HUB"
 
 _ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[^\s@]+))?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMPLETE = ".raytune_ft-complete"
+"""Written into a ModelScope snapshot folder once our download of it has finished."""
+_PARTIAL = ("*.incomplete", "*.parallel_tmp")  # modelscope's files in flight
 _TRUE = {"1", "true", "yes", "on", "y"}
 
 HubName = Literal["huggingface", "modelscope"]
@@ -109,18 +114,22 @@ def pin(model: HubModel, cache_dir: str | None = None) -> HubModel:
 
 
 def snapshot(model: HubModel, cache_dir: str | None = None) -> Path:
-    """The local folder of ``model`` (pinned first if it is not), downloaded at most once per node."""
+    """The local folder of ``model`` (pinned first if it is not), downloaded at most once per node.
+
+    A complete snapshot is read without locking, and offline a missing one is the clear error before any lock
+    file is written: a read-only shared cache works either way.
+    """
     hub = HUBS[model.hub]
     model = pin(model, cache_dir)
     folder = hub.cached(model, cache_dir)
     if folder is not None:
         return folder
+    if is_offline():
+        raise _missing_error(model, cache_dir, "HF_HUB_OFFLINE=1 keeps raytune_ft from downloading it")
     with _locked(hub.lock_file(model, cache_dir)):
         folder = hub.cached(model, cache_dir)  # another worker of this node may have fetched it meanwhile
         if folder is not None:
             return folder
-        if is_offline():
-            raise _missing_error(model, cache_dir, "HF_HUB_OFFLINE=1 keeps raytune_ft from downloading it")
         return hub.download(model, cache_dir)
 
 
@@ -151,7 +160,8 @@ class Hub(Protocol):
     def pin(self, model: HubModel, cache_dir: str | None) -> HubModel: ...
 
     def cached(self, model: HubModel, cache_dir: str | None) -> Path | None:
-        """The complete cached snapshot of a pinned ``model``, without touching the network."""
+        """The complete cached snapshot of a pinned ``model``, without touching the network or writing; None
+        for a missing or unfinished one."""
         ...
 
     def download(self, model: HubModel, cache_dir: str | None) -> Path: ...
@@ -219,8 +229,9 @@ class HuggingFace:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
+        cache = self.cache_root(cache_dir)
         try:  # also checks the snapshot against the cached file listing, so a half download does not count
-            folder = snapshot_download(model.repo, revision=model.revision, cache_dir=cache_dir, local_files_only=True)
+            folder = snapshot_download(model.repo, revision=model.revision, cache_dir=cache, local_files_only=True)
         except LocalEntryNotFoundError:
             return None
         return Path(folder)
@@ -229,7 +240,7 @@ class HuggingFace:
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(snapshot_download(model.repo, revision=model.revision, cache_dir=cache_dir))
+            return Path(snapshot_download(model.repo, revision=model.revision, cache_dir=self.cache_root(cache_dir)))
         except Exception as err:
             raise _missing_error(model, cache_dir, f"downloading it failed ({type(err).__name__}: {err})") from None
 
@@ -238,9 +249,17 @@ class HuggingFace:
         return self.cache_root(cache_dir) / ".locks" / f"{self._folder_name(model)}.raytune_ft.lock"
 
     def cache_root(self, cache_dir: str | None) -> Path:
+        """``cache_dir``, else the cache the environment names now: huggingface_hub reads ``HF_HUB_CACHE`` and
+        ``HF_HOME`` once, at import, which is too early for a worker whose environment is set later."""
+        if cache_dir:
+            return Path(cache_dir).expanduser()
+        if os.environ.get("HF_HUB_CACHE"):
+            return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+        if os.environ.get("HF_HOME"):
+            return Path(os.environ["HF_HOME"]).expanduser() / "hub"
         from huggingface_hub import constants
 
-        return Path(cache_dir or constants.HF_HUB_CACHE).expanduser()
+        return Path(constants.HF_HUB_CACHE).expanduser()
 
     def command(self, model: HubModel, cache_dir: str | None) -> str:
         revision = model.revision or self.default_revision
@@ -257,7 +276,15 @@ class HuggingFace:
 
 class ModelScope:
     """The ``modelscope`` package's cache: ``models/org--name/snapshots/<revision>/`` (and the layouts of
-    its older releases, which it still finds). It keys snapshots by revision name, not commit."""
+    its older releases, which it still finds). It keys snapshots by revision name, not commit.
+
+    modelscope downloads into the very folder its offline lookup returns as soon as it holds any file, and
+    keeps no listing to check it against, so a download of ours is marked complete when it ends (``COMPLETE``
+    in the snapshot). An unmarked folder (``modelscope download`` put it there, or a download stopped) is
+    trusted where nothing of ours can be writing it, offline or in a cache this process cannot write, once no
+    partial file of modelscope's is left in it; online it is downloaded again under the lock, which checks
+    every file against the hub's listing, fetches what is missing, and marks it.
+    """
 
     title = "ModelScope"
     default_revision = "master"
@@ -267,6 +294,14 @@ class ModelScope:
         return replace(model, revision=model.revision or self.default_revision)
 
     def cached(self, model: HubModel, cache_dir: str | None) -> Path | None:
+        folder = self._folder(model, cache_dir)
+        if folder is None or (folder / COMPLETE).is_file():
+            return folder
+        trusted = is_offline() or not os.access(folder, os.W_OK)
+        return folder if trusted and not _partial_files(folder) else None
+
+    def _folder(self, model: HubModel, cache_dir: str | None) -> Path | None:
+        """The folder modelscope's offline lookup gives (complete or not), or None."""
         snapshot_download = _modelscope_download()
         from modelscope_hub.errors import CacheError
 
@@ -280,11 +315,13 @@ class ModelScope:
     def download(self, model: HubModel, cache_dir: str | None) -> Path:
         snapshot_download = _modelscope_download()
         try:
-            return Path(
+            folder = Path(
                 snapshot_download(model.repo, revision=model.revision, cache_dir=str(self.cache_root(cache_dir)))
             )
         except Exception as err:
             raise _missing_error(model, cache_dir, f"downloading it failed ({type(err).__name__}: {err})") from None
+        (folder / COMPLETE).touch()  # modelscope returns only once every file is there
+        return folder
 
     def lock_file(self, model: HubModel, cache_dir: str | None) -> Path:
         # modelscope keeps its own lock files in <cache>/.lock, a folder its cache scans skip.
@@ -298,6 +335,11 @@ class ModelScope:
         revision = model.revision or self.default_revision
         where = f" --cache-dir {cache_dir}" if cache_dir else ""
         return f"modelscope download {model.repo} --revision {revision}{where}"
+
+
+def _partial_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a file modelscope is still writing, or left behind when its download stopped."""
+    return any(next(folder.rglob(pattern), None) is not None for pattern in _PARTIAL)
 
 
 def _modelscope_download() -> Any:

@@ -110,32 +110,60 @@ def pin_init_from(adapter: AdapterConfig, cache_dir: str | None = None) -> Adapt
     set others)."""
     if not adapter.init_from:
         return adapter
-    entries = [_pinned(entry, cache_dir) for entry in adapter.init_from]
-    folders = [adapter_folder(entry, cache_dir) for entry in entries]
-    pinned = adapter.model_copy(update={"init_from": entries})
+    pinned = adapter.model_copy(update={"init_from": [_pinned(entry, cache_dir) for entry in adapter.init_from]})
     last = continued_adapter(pinned)
     merged = len(merged_adapters(pinned))
     kept = f"continuing {last}" if last else "training a new adapter on top"
     print(f"raytune_ft: adapter.init_from: {merged} adapter(s) merged into the base, {kept}", file=sys.stderr)
     if last is None:
         return pinned
-    return pinned.model_copy(update=_own_settings(adapter, folders[-1]))
+    # Only the continued adapter's settings are read here; workers fetch the Hub ones on their own nodes.
+    return pinned.model_copy(update=_own_settings(adapter, adapter_folder(last, cache_dir)))
 
 
-def pin_sources(cfg: JobConfig) -> JobConfig:
+def pin_sources(cfg: JobConfig, resumed: JobConfig | None = None) -> JobConfig:
     """What the driver hands every worker, replica and checkpoint: ``model.source`` pinned to one
-    revision and ``adapter.init_from`` fixed to folders (``pin_model_source``, ``pin_init_from``)."""
-    model = pin_model_source(cfg.model)
-    adapter = pin_init_from(cfg.adapter, model.cache_dir)
+    revision and ``adapter.init_from`` fixed to folders (``pin_model_source``, ``pin_init_from``).
+
+    ``resumed``: the config of the checkpoints a restarted run resumes. Where ``cfg`` names the same Hub
+    repository without a commit (a branch, a tag or nothing), the revision those checkpoints were trained
+    on is kept, though the branch may have moved since: the run goes on with the weights it started on.
+    """
+    model, adapter = cfg.model, cfg.adapter
+    if resumed is not None:
+        model = model.model_copy(update={"source": _resumed_pin("model.source", model.source, resumed.model.source)})
+        if len(adapter.init_from) == len(resumed.adapter.init_from):
+            entries = zip(adapter.init_from, resumed.adapter.init_from, strict=True)
+            kept = [_resumed_pin("adapter.init_from", entry, saved) for entry, saved in entries]
+            adapter = adapter.model_copy(update={"init_from": kept})
+    model = pin_model_source(model)
+    adapter = pin_init_from(adapter, model.cache_dir)
     return cfg.model_copy(update={"model": model, "adapter": adapter})
 
 
+def _resumed_pin(key: str, source: str, saved: str) -> str:
+    """``saved`` (a pinned Hub id a run's checkpoints hold) where ``source`` names its repository without a
+    commit; else ``source``."""
+    now, before = hub_model(source), hub_model(saved)
+    if now is None or before is None or now.pinned or not before.pinned:
+        return source
+    if (now.hub, now.repo) != (before.hub, before.repo):
+        return source
+    if source != saved:
+        held = "the revision the run's checkpoints were trained on"
+        print(f"raytune_ft: {key} {source}: resuming on {saved}, {held}", file=sys.stderr)
+    return saved
+
+
 def _pinned(entry: str, cache_dir: str | None) -> str:
+    """A folder entry as the absolute adapter folder it names, a Hub id pinned (fetched later, where it loads)."""
     path = Path(entry).expanduser()
     if path.is_dir():
         return str(adapter_folder(path, cache_dir))
     hub = hub_model(entry)
-    return pin(hub, cache_dir).source if hub is not None else entry
+    if hub is None:
+        raise ModelSourceError(f"adapter.init_from {entry!r}: no such folder, and not a Hub id (org/name)")
+    return pin(hub, cache_dir).source
 
 
 def _own_settings(adapter: AdapterConfig, folder: Path) -> dict[str, Any]:

@@ -26,6 +26,8 @@ __all__ = [
     "load_row_tokenizer",
     "load_tokenizer",
     "row_tokenizer_from_folder",
+    "tokenizer_folder",
+    "trained_base",
 ]
 
 
@@ -46,12 +48,15 @@ def load_tokenizer(path: Path, require_chat_template: bool = True, trust_remote_
     return tokenizer
 
 
-def load_row_tokenizer(source: str | ModelConfig) -> Any:
+def load_row_tokenizer(source: str | ModelConfig, adapter: str | None = None) -> Any:
     """What the data workers tokenize with: a ``RowTokenizer`` (no transformers import; the same token
     rows) when the model folder allows it, else its transformers tokenizer as it ships (no template check).
-    ``source``: a model source, or a ``model`` section (its cache and ``trust_remote_code`` then apply)."""
+    ``source``: a model source, or a ``model`` section (its cache and ``trust_remote_code`` then apply),
+    resolved on the node this runs on. ``adapter``: an adapter (folder or pinned Hub id) whose own tokenizer,
+    when it has one, is used instead (``tokenizer_folder``)."""
     model = source if isinstance(source, ModelConfig) else ModelConfig(source=source)
-    return row_tokenizer_from_folder(resolve_model(model), model.trust_remote_code)
+    folder = adapter_folder(adapter, model.cache_dir, key="adapter") if adapter is not None else None
+    return row_tokenizer_from_folder(tokenizer_folder(folder, model), model.trust_remote_code)
 
 
 def row_tokenizer_from_folder(path: Path, trust_remote_code: bool = False) -> Any:
@@ -164,7 +169,7 @@ def load_for_inference(
     given = config.model if config is not None else ModelConfig()
     if adapter is not None:
         folder = adapter_folder(adapter, given.cache_dir, key="adapter")
-        model, merged = _trained_base(folder, model_source, config)
+        model, merged = trained_base(folder, model_source, config)
         return _with_adapter(_merged_base(model, merged), model, folder)
     if model_source is None and config is None:
         raise ModelSourceError("give a model source (--model) or an adapter checkpoint (--adapter)")
@@ -186,12 +191,23 @@ def _with_adapter(base: torch.nn.Module, model: ModelConfig, folder: Path) -> tu
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(base, folder)  # type: ignore[arg-type]
-    tokenizer_dir = folder if _has_tokenizer(folder) else resolve_model(model)
-    return peft_model.eval(), load_tokenizer(tokenizer_dir, trust_remote_code=model.trust_remote_code)
+    tokenizer = load_tokenizer(tokenizer_folder(folder, model), trust_remote_code=model.trust_remote_code)
+    return peft_model.eval(), tokenizer
 
 
-def _trained_base(folder: Path, model_source: str | None, config: JobConfig | None) -> tuple[ModelConfig, list[str]]:
-    """(the model section, the adapters to merge into it) an adapter was trained on."""
+def tokenizer_folder(adapter: Path | None, base: Path | ModelConfig) -> Path:
+    """Where the tokenizer (and chat template) of an adapter on ``base`` is: the adapter's folder when it
+    holds one (our checkpoints do), else the base model's (``base`` a folder, or a ``model`` section resolved
+    here only when needed)."""
+    if adapter is not None and any((adapter / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json")):
+        return adapter
+    return base if isinstance(base, Path) else resolve_model(base)
+
+
+def trained_base(folder: Path, model_source: str | None, config: JobConfig | None) -> tuple[ModelConfig, list[str]]:
+    """(the model section, pinned, and the adapters to merge into it) that the adapter in ``folder`` was trained
+    on: its raytune_ft config's, ``model_source`` replacing the source when given; a PEFT folder without our
+    config takes ``model_source`` or ``config``'s model. ``config``'s ``trust_remote_code`` adds to the saved one."""
     saved_file = folder / CONFIG_FILE
     if saved_file.is_file():
         saved = load_config(saved_file)
@@ -214,14 +230,14 @@ def inference_model(model: ModelConfig, source: str | None = None) -> ModelConfi
     return pin_model_source(loaded)
 
 
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-
-
 def _maybe_checkpoint(source: str) -> Path | None:
-    """The newest full-weights checkpoint when ``source`` is a checkpoint or run folder."""
+    """The newest full-weights checkpoint when ``source`` is one of our checkpoints or a run folder."""
     path = Path(source).expanduser()
-    if source.startswith("builtin:") or not path.is_dir() or (path / "config.json").is_file():
+    if source.startswith("builtin:") or not path.is_dir():
+        return None
+    if (path / CONFIG_FILE).is_file():  # a checkpoint: its config says whether its code may run
+        return path
+    if (path / "config.json").is_file():
         return None
     try:
         return latest_checkpoint(path)

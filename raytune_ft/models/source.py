@@ -89,13 +89,16 @@ def resolve_model(cfg: ModelConfig) -> Path:
 
 def pin_model_source(cfg: ModelConfig) -> ModelConfig:
     """The ``model`` section a driver hands to workers, replicas and checkpoints: a Hub id pinned to one
-    revision (``org/name@<commit>``; other sources as they are). Warns once when the model's own code
-    will run (``trust_remote_code``)."""
+    revision (``org/name@<commit>``), an existing local folder as an absolute path (workers run in other
+    folders, where a relative ``org/name`` would read as a Hub id), ``builtin:`` as it is. Warns once when
+    the model's own code will run (``trust_remote_code``)."""
     hub = hub_model(cfg.source)
     if cfg.trust_remote_code:
         _warn_remote_code(hub.repo if hub is not None else cfg.source)
     if hub is None:
-        return cfg
+        folder = Path(cfg.source).expanduser()
+        local = not cfg.source.startswith("builtin:") and folder.is_dir()
+        return cfg.model_copy(update={"source": str(folder.resolve())}) if local else cfg
     try:
         pinned = pin(hub, cfg.cache_dir).source
     except ModelSourceError as err:

@@ -9,15 +9,16 @@ base that needs adapters merged into it is refused with the way out: export the 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import InputError, JobConfig, ModelConfig, load_config
+from raytune_ft.config import InputError, JobConfig, ModelConfig
 
-from .checkpoint import CONFIG_FILE, adapter_rank, vllm_lora_rank
-from .init_from import adapter_folder, merged_adapters
-from .loading import inference_model, load_tokenizer
+from .checkpoint import adapter_rank, vllm_lora_rank
+from .init_from import adapter_folder
+from .loading import inference_model, load_tokenizer, tokenizer_folder, trained_base
 from .source import resolve_model
 
 __all__ = ["VllmEngine", "start_vllm", "vllm_target"]
@@ -32,10 +33,10 @@ def vllm_target(
     given = config.model if config is not None else ModelConfig()
     if adapter is not None:
         folder = adapter_folder(adapter, given.cache_dir, key="adapter")
-        saved = load_config(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
-        if saved is not None and merged_adapters(saved.adapter):
+        model, merged = trained_base(folder, model_source, config)
+        if merged:
             raise InputError(f"vLLM: {folder} sits on a base with adapters merged in; {EXPORT_FIRST}")
-        return inference_model(saved.model if saved is not None else given, model_source), folder
+        return model, folder
     if config is not None and config.adapter.init_from:
         adapters = config.adapter.init_from
         if len(adapters) > 1:
@@ -55,11 +56,22 @@ class VllmEngine:
     name: str
     """``vllm VERSION``, for reports."""
 
+    def close(self) -> None:
+        """Stop the engine's core process now rather than at interpreter exit."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
 
 def start_vllm(
-    base_model: ModelConfig, adapter: Path | None, max_model_len: int = 2048, kv_cache_gib: float = 1.0
+    base_model: ModelConfig,
+    adapter: Path | None,
+    max_model_len: int = 2048,
+    kv_cache_gib: float = 1.0,
+    engine_kwargs: Mapping[str, Any] | None = None,
 ) -> VllmEngine:
-    """Start vLLM on ``base_model`` (float32, eager: starts fastest on CPU) with ``adapter`` enabled."""
+    """Start vLLM on ``base_model`` with ``adapter`` enabled: float32 and eager (it starts fastest on CPU)
+    unless ``engine_kwargs`` (vLLM's own arguments) say otherwise."""
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     # vLLM logs to stdout by default, where chat prints its replies; warnings and errors go to stderr instead.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -73,10 +85,9 @@ def start_vllm(
     lora: dict[str, Any] = (
         {"enable_lora": True, "max_lora_rank": vllm_lora_rank(adapter_rank(adapter))} if adapter else {}
     )
-    llm = vllm.LLM(model=str(base), dtype="float32", enforce_eager=True, max_model_len=max_model_len, seed=0,
-                   trust_remote_code=trust, **lora)  # fmt: skip
-    tokenizer_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(tokenizer_dir, require_chat_template=False, trust_remote_code=trust)
+    settings = {"dtype": "float32", "enforce_eager": True, "max_model_len": max_model_len, "seed": 0, **lora}
+    llm = vllm.LLM(model=str(base), trust_remote_code=trust, **{**settings, **(engine_kwargs or {})})
+    tokenizer = load_tokenizer(tokenizer_folder(adapter, base), require_chat_template=False, trust_remote_code=trust)
     request = None
     if adapter is not None:
         from vllm.lora.request import LoRARequest

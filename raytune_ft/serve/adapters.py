@@ -11,15 +11,17 @@ after the app started is servable at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytune_ft.config import SERVED_NAME
+from raytune_ft.data.templates import STOP_WORDS_KEY
 from raytune_ft.models.checkpoint import STATE_FILE, checkpoint_step, is_adapter_checkpoint
 
-__all__ = ["AdapterCatalog", "InvalidModelName", "UnknownModel", "chat_template"]
+__all__ = ["AdapterCatalog", "InvalidModelName", "UnknownModel", "chat_template", "saved_stop_ids"]
 
 _NAME = re.compile(SERVED_NAME)
 
@@ -126,3 +128,18 @@ def chat_template(folder: Path) -> str | None:
         template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
         return template if isinstance(template, str) else None
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def saved_stop_ids(folder: Path) -> tuple[int, ...]:
+    """Token ids of the stop words a named template recorded in a tokenizer folder (``STOP_WORDS_KEY``), each
+    one vocabulary token: where its answers end besides the eos (a ``yi`` answer ends with ``<|im_end|>``).
+    Read from the files once per folder; checkpoint folders do not change once written."""
+    config, vocabulary = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    words = json.loads(config.read_text(encoding="utf-8")).get(STOP_WORDS_KEY) if config.is_file() else None
+    if not words or not vocabulary.is_file():
+        return ()
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(vocabulary))
+    return tuple(sorted({i for i in (backend.token_to_id(word) for word in words) if i is not None}))

@@ -192,7 +192,7 @@ def start_server(plan: ServePlan, address: str | None = None, log: Callable[[str
     engine = engine_name(plan)
     if engine == "hf" and cfg.engine == "auto":
         log("raytune_ft: vLLM is not installed: serving with the Hugging Face engine (one request at a time)")
-    log(f"raytune_ft: starting {replicas} {engine} replica(s) of {plan.model_id} from {plan.model_dir}"
+    log(f"raytune_ft: starting {replicas} {engine} replica(s) of {plan.model_id} from {plan.model.source}"
         + (" (about a minute on CPU)" if engine == "vllm" else ""))  # fmt: skip
     started = time.monotonic()
     serve.run(build_application(plan), name=APP_NAME, route_prefix="/")

@@ -14,6 +14,8 @@ from typing import Any, Protocol, TextIO
 
 import torch
 
+from raytune_ft.data.templates import saved_stop_token_ids
+
 __all__ = ["Chatter", "HFChatter", "VllmChatter", "generate_reply", "interactive_chat"]
 
 
@@ -23,6 +25,9 @@ class Chatter(Protocol):
     def reply(
         self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, on_text: Callable[[str], None]
     ) -> str: ...
+
+    def close(self) -> None:
+        """Stop what the engine started (processes), so a caller that goes on is not left holding them."""
 
 
 class HFChatter:
@@ -35,6 +40,9 @@ class HFChatter:
         self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, on_text: Callable[[str], None]
     ) -> str:
         return generate_reply(self.model, self.tokenizer, messages, max_new_tokens, temperature, on_text)
+
+    def close(self) -> None:
+        pass  # nothing outside this process
 
 
 class VllmChatter:
@@ -50,13 +58,16 @@ class VllmChatter:
 
         tokenizer = self.engine.tokenizer
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0,
-                                  stop_token_ids=[tokenizer.eos_token_id])  # fmt: skip
+        stops = sorted({tokenizer.eos_token_id, *saved_stop_token_ids(tokenizer)} - {None})
+        sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0, stop_token_ids=stops)
         output = self.engine.llm.generate([{"prompt_token_ids": list(ids)}], sampling, lora_request=self.engine.lora,
                                           use_tqdm=False)  # fmt: skip
         text = str(tokenizer.decode(output[0].outputs[0].token_ids, skip_special_tokens=True)).strip()
         on_text(text)
         return text
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def generate_reply(
@@ -124,9 +135,11 @@ def _writer(stream: TextIO) -> Callable[[str], None]:
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The model's own eos ids, the tokenizer's eos, and its template's stop words (a ``yi`` answer ends
+    with ``<|im_end|>``, never with the eos)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
-    return sorted({*ids, tokenizer.eos_token_id} - {None})
+    return sorted({*ids, tokenizer.eos_token_id, *saved_stop_token_ids(tokenizer)} - {None})
 
 
 class _CallbackStreamer:

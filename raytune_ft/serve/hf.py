@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.deployment import Application
 
-from .adapters import chat_template
+from raytune_ft.models.source import resolve_model
+
+from .adapters import chat_template, saved_stop_ids
 from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
 from .plan import ServePlan, replica_options
 
@@ -80,9 +82,11 @@ class HFServer:
         self.plan = plan
         self.gate = RequestGate(plan.catalog, plan.serve.max_tokens_limit)
         trust = plan.trust_remote_code
-        self.tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir, trust_remote_code=trust)
+        folder = resolve_model(plan.model)  # this node's copy, from its own cache (fetched once per node)
+        self.tokenizer_dir = Path(plan.tokenizer_dir) if plan.tokenizer_dir else folder
+        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir, trust_remote_code=trust)
         model: Any = AutoModelForCausalLM.from_pretrained(
-            plan.model_dir, dtype=dtype[plan.serve.dtype], trust_remote_code=trust
+            folder, dtype=dtype[plan.serve.dtype], trust_remote_code=trust
         )
         self.model: Any = model.to("cuda" if plan.serve.use_gpu else "cpu").eval()
         self.adapters: OrderedDict[str, str] = OrderedDict()  # model id -> peft adapter name, oldest first
@@ -154,7 +158,8 @@ class HFServer:
         if self.plan.serve.max_model_len is not None:
             budget = min(budget, self.plan.serve.max_model_len - len(prompt_ids))
         sampling = {"do_sample": True, "temperature": body.temperature, "top_p": body.top_p} if body.temperature else {}
-        stop_ids = sorted({self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)} - {None})
+        ends = {self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)}
+        stop_ids = sorted(ends.union(saved_stop_ids(folder or self.tokenizer_dir)) - {None})
         inputs = torch.tensor([prompt_ids], device=self.model.device)
         with torch.inference_mode(), self._adapter(folder):
             output = self.model.generate(

@@ -19,6 +19,7 @@ streamed token. Adapters load on whichever replica a request reaches (each holds
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -55,16 +56,29 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig
 from starlette.responses import Response, StreamingResponse
 
-from .adapters import AdapterCatalog, chat_template
+from raytune_ft.config import ModelConfig
+from raytune_ft.models.source import resolve_model
+
+from .adapters import AdapterCatalog, chat_template, saved_stop_ids
 from .cpus import keep_off_engine_cores
 from .gate import BearerKeyMiddleware, RequestGate, RequestRejected
 from .plan import ServePlan, replica_options
 
-__all__ = ["ENGINE_ENV", "ROUTES", "CheckpointAdapterLoader", "OpenAIServer", "build_application", "llm_config"]
+__all__ = [
+    "ENGINE_ENV",
+    "ROUTES",
+    "CheckpointAdapterLoader",
+    "OpenAIServer",
+    "build_application",
+    "llm_config",
+    "on_node",
+]
 
 _log = logging.getLogger("ray.serve")
 
-ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+ENGINE_ENV = {"VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+"""Set in every replica; ``HF_HUB_OFFLINE`` is passed on from the driver when set there (else each node
+decides: a replica whose node lacks the pinned Hub model fetches it). vLLM itself only ever sees folders."""
 
 
 ROUTES: dict[str, Callable[[FastAPI], Callable[..., Any]]] = {
@@ -84,19 +98,20 @@ def build_application(plan: ServePlan) -> Application:
         app.add_middleware(BearerKeyMiddleware, digest=plan.api_key_digest)
     server = make_fastapi_ingress(OpenAIServer, endpoint_map=ROUTES, app=app)
     loader = functools.partial(CheckpointAdapterLoader, plan.catalog)
-    bind = {"catalog": plan.catalog, "max_tokens_limit": plan.serve.max_tokens_limit,
-            "tokenizer_dir": str(plan.tokenizer_dir), "model_downloader": loader,
+    tokenizer_dir = str(plan.tokenizer_dir) if plan.tokenizer_dir is not None else None
+    bind = {"catalog": plan.catalog, "max_tokens_limit": plan.serve.max_tokens_limit, "model": plan.model,
+            "tokenizer_dir": tokenizer_dir, "model_downloader": loader,
             "isolate_engine_cores": plan.serve.isolates_cpu_engine}  # fmt: skip
     return build_llm_deployment(config, name_prefix="OpenAIServer:", bind_kwargs=bind, deployment_cls=server)
 
 
 def llm_config(plan: ServePlan) -> LLMConfig:
-    """Ray Serve LLM's config for ``plan``'s engine replicas."""
+    """Ray Serve LLM's config for ``plan``'s engine replicas. Its ``model_source`` is the pinned model source;
+    each replica puts its own node's folders in its place before the engine starts (``on_node``)."""
     serve_cfg = plan.serve
     engine: dict[str, Any] = {
         "dtype": serve_cfg.dtype,
         "enforce_eager": serve_cfg.enforce_eager,
-        "tokenizer": str(plan.tokenizer_dir),  # the chat template the checkpoint was trained with
         # A request without max_tokens generates at most the limit (vLLM's generation-config default).
         "override_generation_config": {"max_new_tokens": serve_cfg.max_tokens_limit},
     }
@@ -113,12 +128,14 @@ def llm_config(plan: ServePlan) -> LLMConfig:
             "trust_request_chat_template": True,
         }
     env = dict(ENGINE_ENV)
+    if "HF_HUB_OFFLINE" in os.environ:
+        env["HF_HUB_OFFLINE"] = os.environ["HF_HUB_OFFLINE"]
     if not serve_cfg.use_gpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{serve_cfg.kv_cache_gib:g}"
     # Ray adds a replica's own CPUs to its placement bundle: 0 here keeps the bundle at cpus_per_replica.
     deployment = {**replica_options(serve_cfg), "ray_actor_options": {"num_cpus": 0}}
     return LLMConfig(
-        model_loading_config={"model_id": plan.model_id, "model_source": str(plan.model_dir)},
+        model_loading_config={"model_id": plan.model_id, "model_source": plan.model.source},
         engine_kwargs=engine | serve_cfg.engine_kwargs,
         lora_config={"max_num_adapters_per_replica": serve_cfg.max_adapters_per_replica}
         if plan.max_lora_rank is not None
@@ -129,6 +146,15 @@ def llm_config(plan: ServePlan) -> LLMConfig:
         experimental_configs={"stream_batching_interval_ms": serve_cfg.stream_batch_ms},
         runtime_env={"env_vars": env},
     )
+
+
+def on_node(config: LLMConfig, model_dir: Path, tokenizer_dir: Path) -> LLMConfig:
+    """``config`` with the weights read from ``model_dir`` and the tokenizer (the chat template the checkpoint
+    was trained with) from ``tokenizer_dir``: folders of the node the replica runs on."""
+    fields = config.model_dump()  # a new config: the driver's copy caches an engine config naming its source
+    fields["model_loading_config"]["model_source"] = str(model_dir)
+    fields["engine_kwargs"].setdefault("tokenizer", str(tokenizer_dir))  # serve.engine_kwargs may name another
+    return LLMConfig.model_validate(fields)
 
 
 class CheckpointAdapterLoader(LoraModelLoader):  # type: ignore[misc]
@@ -163,13 +189,18 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         *,
         catalog: AdapterCatalog,
         max_tokens_limit: int,
-        tokenizer_dir: str,
+        model: ModelConfig,
+        tokenizer_dir: str | None,
         model_downloader: Any = None,
         isolate_engine_cores: bool = False,
     ) -> None:
         self._catalog = catalog
         self._gate = RequestGate(catalog, max_tokens_limit)
-        self._template = chat_template(Path(tokenizer_dir))
+        folder = await asyncio.to_thread(resolve_model, model)  # this node's copy (fetched once per node)
+        tokenizer = Path(tokenizer_dir) if tokenizer_dir is not None else folder
+        llm_config = on_node(llm_config, folder, tokenizer)
+        self._tokenizer_dir = tokenizer
+        self._template = chat_template(tokenizer)
         self._card = to_model_metadata(llm_config.model_id, llm_config)
         await super().__init__(llm_config, model_downloader=model_downloader)
         if isolate_engine_cores:  # this replica and its engine's scheduler, now that the engine has started
@@ -185,12 +216,14 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         body.model, folder = self._check(self._gate.resolve, body.model)
         template = chat_template(folder) if folder is not None else None
         body.chat_template = template if template != self._template else None
+        self._add_stops(body, folder)
         await self._use_adapter(body.model, folder)
         return await _respond(await self.chat(_sanitize_chat_completion_request(body), _raw(request)))
 
     async def completions_route(self, body: CompletionRequest, request: Request) -> Response:
         self._check(self._gate.check_limit, body.max_tokens)
         body.model, folder = self._check(self._gate.resolve, body.model)
+        self._add_stops(body, folder)
         await self._use_adapter(body.model, folder)
         return await _respond(await self.completions(body, _raw(request)))
 
@@ -211,6 +244,12 @@ class OpenAIServer(LLMServer):  # type: ignore[misc]
         except Exception as err:
             return JSONResponse({"status": "unhealthy", "error": str(err)[:500]}, status.HTTP_503_SERVICE_UNAVAILABLE)
         return JSONResponse({"status": "ok", "models": [self._card.id]})
+
+    def _add_stops(self, body: ChatCompletionRequest | CompletionRequest, folder: Path | None) -> None:
+        """Stop also where the template of the model's (or adapter's) training ends answers, besides the eos."""
+        saved = saved_stop_ids(folder or self._tokenizer_dir)
+        if saved:
+            body.stop_token_ids = sorted({*(body.stop_token_ids or []), *saved})
 
     async def _use_adapter(self, model: str | None, folder: Path | None) -> None:
         """Load the request's adapter into the engine (once; the least recently used one is evicted)."""

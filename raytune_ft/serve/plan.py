@@ -2,7 +2,8 @@
 
 ``plan_serving`` turns a job config (and optionally a run directory, ``--checkpoint``) into a
 ``ServePlan``. Every path and adapter is checked here, so a typo is one clear error instead of a
-replica that fails a minute into engine start.
+replica that fails a minute into engine start. The model itself travels pinned, not as a folder: each
+replica resolves it from its own node's cache (fetched there once per node), as training workers do.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ API_KEY_ENV = "RAYTUNE_FT_API_KEY"
 class ServePlan:
     model_id: str
     """The base model's name in the API."""
-    model_dir: Path
-    """Local Hugging Face folder of the served weights (base, merged export or full fine-tune)."""
-    tokenizer_dir: Path
-    """Folder whose tokenizer and chat template requests are rendered with."""
+    model: ModelConfig
+    """The served weights (base, merged export or full fine-tune), pinned: a Hub id at one revision, an absolute
+    folder or a builtin model. Each replica resolves it on its own node (``resolve_model``)."""
+    tokenizer_dir: Path | None
+    """Folder whose tokenizer and chat template requests are rendered with (a checkpoint's); None: the model's."""
     catalog: AdapterCatalog
     """The LoRA adapters on top of the base (empty when none are configured)."""
     max_lora_rank: int | None
@@ -51,8 +53,11 @@ class ServePlan:
     """SHA-256 of the API key (the key itself never leaves the driver); None leaves the endpoint open."""
     serve: ServeConfig
     """The ``serve`` section it was planned from."""
-    trust_remote_code: bool = False
-    """Whether the engines may run the model's own code (``model.trust_remote_code``)."""
+
+    @property
+    def trust_remote_code(self) -> bool:
+        """Whether the engines may run the model's own code (``model.trust_remote_code``)."""
+        return self.model.trust_remote_code
 
 
 def plan_serving(cfg: JobConfig, checkpoint: str | None = None) -> ServePlan:
@@ -75,21 +80,21 @@ def plan_serving(cfg: JobConfig, checkpoint: str | None = None) -> ServePlan:
     elif cfg.adapter.init_from:
         name, folder = _init_from_adapter(cfg)
         runs.setdefault(name, str(folder))
-    model = pin_model_source(model)
-    model_dir = resolve_model(model)  # replicas get this folder: they never need the network
+    model = pin_model_source(model)  # a Hub id is checked by pinning; replicas fetch it on their nodes
+    if hub_model(model.source) is None:
+        resolve_model(model)  # a local folder checked here (a builtin model converted once)
     model_id = serve.model_name or full_run or _default_name(model.source)
     runs = {name: str(Path(path).expanduser().absolute()) for name, path in runs.items()}
     catalog = AdapterCatalog(model_id, runs, _checked_root(serve.adapter_root))
-    _check_adapters(catalog, model_dir)
+    _check_adapters(catalog, model)
     return ServePlan(
         model_id=model_id,
-        model_dir=model_dir,
-        tokenizer_dir=tokenizer_dir or model_dir,
+        model=model,
+        tokenizer_dir=tokenizer_dir,
         catalog=catalog,
         max_lora_rank=_lora_rank(serve, catalog),
         api_key_digest=key_digest(serve.api_key or os.environ.get(API_KEY_ENV) or None),
         serve=serve,
-        trust_remote_code=model.trust_remote_code,
     )
 
 
@@ -153,7 +158,7 @@ def _checked_root(root: str | None) -> str | None:
     return str(folder)
 
 
-def _check_adapters(catalog: AdapterCatalog, model_dir: Path) -> None:
+def _check_adapters(catalog: AdapterCatalog, model: ModelConfig) -> None:
     for name, path in catalog.runs.items():
         versions = catalog.versions(name)
         if not versions:
@@ -171,10 +176,11 @@ def _check_adapters(catalog: AdapterCatalog, model_dir: Path) -> None:
                 "adapter.init_from merged into it; an endpoint serves adapters on the plain base model. Export the "
                 f"merged model (raytune-ft export --checkpoint {newest}) and serve that"
             )
-        if resolve_model(trained.model).resolve() != model_dir.resolve():
+        base = ModelConfig(source=trained.model.source, cache_dir=trained.model.cache_dir)
+        if pin_model_source(base).source != model.source:  # both pinned: the same revision or folder
             raise InputError(
                 f"serve.adapters.{name}: trained on {trained.model.source!r}, but the served base model is "
-                f"{str(model_dir)!r}; an adapter only works on its own base (serve it from an app with that "
+                f"{model.source!r}; an adapter only works on its own base (serve it from an app with that "
                 "model.source)"
             )
 

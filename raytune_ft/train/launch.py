@@ -70,15 +70,16 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, init: Map
 
     The local instance keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner
     queries the State API it serves, and people like watching the run there. ``init`` holds more
-    ``ray.init`` arguments (``scaling.ray_init``); its ``runtime_env`` env vars win over ours.
+    ``ray.init`` arguments (``scaling.ray_init``); its ``runtime_env`` env vars win over ours, and its
+    ``address`` is used when neither ``address`` nor ``RAY_ADDRESS`` names one.
     """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    target = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(init or {})
+    target = address or kwargs.pop("address", None) or os.environ.get("RAY_ADDRESS")
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     if target:
         # Under `ray job submit` the job's runtime_env already sets some of these (cluster/runtime_env.yaml
@@ -122,9 +123,11 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     """Train ``cfg`` on Ray and return where the run and its newest checkpoint are."""
     import ray
 
-    cfg = pin_sources(cfg)  # one Hub commit and fixed init_from folders for every worker, restart and checkpoint
     storage = absolute_storage(cfg.train.storage_path)
     run_dir = f"{storage.rstrip('/')}/{cfg.train.run_name}"
+    # One Hub commit and fixed init_from folders for every worker, restart and checkpoint; a restarted run keeps
+    # the revision its checkpoints hold where the config names a branch, which may have moved since.
+    cfg = pin_sources(cfg, resumed=_resumed_config(run_dir))
     check_resume_compatible(cfg, run_dir)
     start_ray(address, init=cfg.scaling.ray_init)
     # Convert a builtin model once, before workers race for it, and fail here on a missing template.
@@ -242,13 +245,9 @@ def _data_config(cfg: JobConfig) -> Any:
 def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
     """Refuse to resume a run whose checkpoints hold another model, adapter or objective, or were
     written by another strategy."""
-    if "://" in run_dir:
-        return
-    try:
-        checkpoint = latest_checkpoint(run_dir)
-    except CheckpointError:
+    saved = _resumed_config(run_dir)
+    if saved is None:
         return  # a new run
-    saved = load_config(checkpoint / CONFIG_FILE)
     changed = [
         f"{section}.{key}: {old!r} -> {new!r}"
         for section in _RESUME_SECTIONS
@@ -265,6 +264,17 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
             f"({'; '.join(changed)}). Resuming would mix them: choose a new train.run_name, or restore "
             "those settings to continue the run."
         )
+
+
+def _resumed_config(run_dir: str) -> JobConfig | None:
+    """The config of the newest checkpoint a restarted run resumes from; None for a new run (or remote storage)."""
+    if "://" in run_dir:
+        return None
+    try:
+        checkpoint = latest_checkpoint(run_dir)
+    except CheckpointError:
+        return None
+    return load_config(checkpoint / CONFIG_FILE)
 
 
 def prepare_data(cfg: JobConfig, tokenizer: Any, concurrency: int) -> PreparedData:

@@ -91,6 +91,24 @@ def test_hub_subset_split_and_num_samples_stream_through_the_pipeline(
     assert len(capped) == len(set(capped)) == 3
 
 
+def test_preview_reads_the_sources_it_is_given_as_training_does(
+    local_ray: None, tiny_model_dir: Path, hub_registry: Path
+) -> None:
+    from raytune_ft.data.pipeline import checked_sources
+    from raytune_ft.data.preview import build_preview
+    from raytune_ft.models import load_row_tokenizer
+
+    cfg = DataConfig(dataset=["fr_drawn"], dataset_dir=str(hub_registry), cutoff_len=128)
+    sources = checked_sources(cfg.dataset, cfg.dataset_dir, "sft")  # as the CLI does before Ray starts
+    # Given the checked sources, the preview looks nothing up again: a registry broken since is not read.
+    (hub_registry / "dataset_info.json").write_text("{not json")
+    load = functools.partial(load_row_tokenizer, str(tiny_model_dir))
+    report = build_preview(cfg, load, concurrency=1, sources=sources)
+    assert (report.rows, report.bad, len(report.lengths)) == (12, 0, 12)  # the num_samples draw, as training reads it
+    with pytest.raises(DataError, match=r"dataset_info\.json: not valid JSON"):
+        build_preview(cfg, load, concurrency=1)
+
+
 def test_txt_file_trains_pt_rows_one_per_line(
     local_ray: None, tiny_model_dir: Path, tokenizer: Any, tmp_path: Path
 ) -> None:

@@ -54,3 +54,8 @@ def test_chat_takes_an_inference_yaml_and_answers_on_vllm_as_on_transformers(
         replies[backend] = capsys.readouterr().out.strip()
     # Greedy float32 on both engines, the adapter applied as a LoRA request on vLLM: the same opening words.
     assert replies["vllm"] and replies["vllm"].split()[:4] == replies["huggingface"].split()[:4], replies
+    # The chat stopped its engine: no vLLM process is left behind in this (test) process.
+    import psutil
+
+    left = [p.name() for p in psutil.Process().children(recursive=True) if "VLLM" in p.name()]
+    assert not left, left

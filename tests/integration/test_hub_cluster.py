@@ -4,7 +4,8 @@ every worker loads that commit from its own node's cache.
 
 The caches are built so that anything else fails: in the node caches ``main`` has moved on to a commit that
 does not load (a worker resolving ``main`` by itself would fail), and the driver's cache holds the pinned
-commit's tokenizer and config but no weights (a worker reading the driver's cache would fail).
+commit's tokenizer and config but no weights (a worker reading the driver's cache would fail). When ``main``
+moves in the driver's cache too, the run started again resumes on the commit its checkpoints were trained on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_cache import hf_cache_entry
+from hub_cache import hf_cache_entry, hf_storage
 
 from raytune_ft.config import load_config
 from raytune_ft.models import CONFIG_FILE, checkpoint_step, latest_checkpoint
@@ -71,20 +72,25 @@ def cluster(caches: dict[str, Path]) -> Iterator[Any]:
 def test_every_node_loads_the_pinned_commit_from_its_own_cache(
     cluster: Any, caches: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from huggingface_hub import constants
     from ray.util.state import list_actors
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(caches["driver"]))  # the driver process's own cache
-    cfg = load_config(None, [
+    monkeypatch.setenv("HF_HUB_CACHE", str(caches["driver"]))  # the driver process's own cache
+    args = [
         f"model.source={REPO}", "data.dataset=identity", "data.cutoff_len=64", "scaling.num_workers=2",
-        "scaling.placement_strategy=SPREAD", "train.per_device_batch_size=2", "train.max_steps=3",
-        "train.save_steps=3", "train.logging_steps=1", f"train.storage_path={tmp_path}", "train.run_name=hub",
-    ])  # fmt: skip
-    outcome = run_training(cfg)
+        "scaling.placement_strategy=SPREAD", "train.per_device_batch_size=2", "train.save_steps=3",
+        "train.logging_steps=1", f"train.storage_path={tmp_path}", "train.run_name=hub",
+    ]  # fmt: skip
+    outcome = run_training(load_config(None, [*args, "train.max_steps=3"]))
 
     checkpoint = latest_checkpoint(outcome.run_dir)
     assert checkpoint_step(checkpoint) == 3
     assert load_config(checkpoint / CONFIG_FILE).model.source == f"{REPO}@{PINNED}"
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], raise_on_missing_output=False)
     assert len({w.node_id for w in workers}) == 2, "the two workers ran on two nodes, each with its own cache"
+
+    (hf_storage(caches["driver"], REPO) / "refs" / "main").write_text(MOVED)  # main moves on before the restart
+    outcome = run_training(load_config(None, [*args, "train.max_steps=4"]))
+    checkpoint = latest_checkpoint(outcome.run_dir)
+    assert checkpoint_step(checkpoint) == 4, "the run resumed instead of being refused as another model"
+    assert load_config(checkpoint / CONFIG_FILE).model.source == f"{REPO}@{PINNED}"
     shutil.rmtree(tmp_path / "hub", ignore_errors=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from raytune_ft.config import ConfigError, JobConfig, dump_config, load_config
+from raytune_ft.config import ConfigError, JobConfig, dump_config, load_config, with_values
+from raytune_ft.config.template_names import TEMPLATE_NAMES, closest_name
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -87,3 +88,24 @@ def test_every_field_is_documented() -> None:
         assert model is not None
         for name, field in model.model_fields.items():  # type: ignore[union-attr]
             assert field.description, f"{section_name}.{name} has no docstring"
+
+
+def test_unknown_template_names_fail_at_load_with_the_closest_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data:\n  template: qwen3_no_think\n  tool_format: qwen35\n"))
+    message = str(err.value)
+    assert "data.template" in message and "unknown chat template 'qwen3_no_think'" in message
+    assert "(did you mean 'qwen3_nothink'?)" in message
+    assert "data.tool_format" in message and "unknown tool format 'qwen35' (did you mean 'qwen3_5'?)" in message
+    # A sweep's trial config is checked the same way.
+    with pytest.raises(ConfigError, match=r"unknown chat template 'lama3' \(did you mean 'llama3'\?\)"):
+        with_values(load_config(None), {"data.template": "lama3"})
+    cfg = load_config(None, ["data.template=qwen3_nothink", "data.tool_format=llama3"])
+    assert (cfg.data.template, cfg.data.tool_format) == ("qwen3_nothink", "llama3")
+
+
+def test_closest_name_prefers_the_fewest_edits() -> None:
+    # difflib ranks 'chatglm3' first for 'chatlm'; a swap of two letters ('chatml') is one edit.
+    assert closest_name("chatlm", TEMPLATE_NAMES) == "chatml"
+    assert closest_name("qwen3_no_think", TEMPLATE_NAMES) == "qwen3_nothink"
+    assert closest_name("zzzz", TEMPLATE_NAMES) is None

@@ -4,7 +4,9 @@ rules, ``num_samples`` draws, .txt/.arrow files, and empty data refused before a
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 
 from raytune_ft.config import DataConfig
 from raytune_ft.data import DataError, build_datasets, resolve_datasets
+from raytune_ft.data.hub import is_offline
 from raytune_ft.data.layout import split_patterns
 from raytune_ft.data.records import (
     RecordSelection,
@@ -197,6 +200,43 @@ def test_a_dataset_missing_from_the_cache_names_repo_revision_and_the_command(hf
     message = str(err.value)
     assert "entry 'gone'" in message and "'org/absent' (revision v1.0)" in message and str(hf_cache) in message
     assert "HF_HUB_OFFLINE=1" in message and "hf download org/absent --repo-type dataset --revision v1.0" in message
+
+
+def test_environment_switches_read_as_model_sources_read_them(
+    hf_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raytune_ft.models import hub as model_hub
+
+    values = (None, "", "1", "0", "true", "YES", "On", "y", "off")
+    for hf_offline, transformers_offline in itertools.product(values, values):
+        for name, value in (("HF_HUB_OFFLINE", hf_offline), ("TRANSFORMERS_OFFLINE", transformers_offline)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        assert is_offline() == model_hub.is_offline(), (hf_offline, transformers_offline)
+    for value in values:
+        monkeypatch.setenv("USE_MODELSCOPE_HUB", value or "")
+        on_modelscope = model_hub.hub_model("org/model").hub == "modelscope"  # type: ignore[union-attr]
+        assert (load_from({"hf_hub_url": "o/h", "ms_hub_url": "o/m"}, "e") == "ms_hub") == on_modelscope, value
+    # TRANSFORMERS_OFFLINE alone keeps hub datasets offline too: a missing one is not fetched.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    folder = registry(tmp_path / "data", {"gone": {"hf_hub_url": "org/absent"}})
+    with pytest.raises(DataError, match=_re("offline mode (HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1) forbids")):
+        resolve_datasets(["gone"], folder)
+
+
+def test_a_missing_modelscope_client_names_the_package_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "modelscope_hub", None)  # as if not installed: importing it fails
+    monkeypatch.setitem(sys.modules, "modelscope_hub.compat", None)
+    folder = registry(tmp_path / "data", {"ms": {"ms_hub_url": "org/ms-demo"}})
+    with pytest.raises(
+        DataError, match=_re("entry 'ms'") + ".*" + _re("reading ModelScope datasets needs `pip install modelscope`")
+    ):
+        resolve_datasets(["ms"], folder)
 
 
 def test_a_revision_reads_that_commit_of_the_cache(hf_cache: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ and what training saves loads again in chat, export, eval and serve exactly as r
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from raytune_ft.models import (
     load_for_inference,
     merged_adapters,
     pin_sources,
+    tokenizer_folder,
 )
 from raytune_ft.train import TrainState, build_training, save_checkpoint
 
@@ -203,8 +205,20 @@ def test_export_and_eval_take_init_from_from_a_config(
     model, _ = load_for_inference(str(out))
     assert torch.allclose(logits(model, IDS), reference, atol=1e-5)
     target = eval_target(None, None, cfg)
-    assert target.tokenizer_dir == tiny_model_dir.resolve()  # the last adapter has no tokenizer
+    assert target.adapter == str(plain) and target.tokenizer.source == str(tiny_model_dir.resolve())
+    assert tokenizer_folder(plain, target.tokenizer) == tiny_model_dir.resolve()  # the last adapter has no tokenizer
     assert torch.equal(logits(target.model.load()[0], IDS), reference)
+
+
+def test_an_adapters_own_tokenizer_wins_in_every_loader(tiny_model_dir: Path, plain: Path, tmp_path: Path) -> None:
+    """A tokenizer.json alone (no tokenizer_config.json) is the adapter's tokenizer too."""
+    from raytune_ft.config import ModelConfig
+
+    own = tmp_path / "own-tokenizer"
+    shutil.copytree(plain, own)
+    shutil.copy(tiny_model_dir / "tokenizer.json", own)
+    assert tokenizer_folder(own, tiny_model_dir) == own and tokenizer_folder(None, tiny_model_dir) == tiny_model_dir
+    assert tokenizer_folder(plain, ModelConfig(source=str(tiny_model_dir))) == tiny_model_dir.resolve()
 
 
 def test_what_init_from_accepts_and_refuses(tiny_model_dir: Path, ours: Path, tmp_path: Path) -> None:
@@ -232,6 +246,17 @@ def test_a_hub_adapter_is_pinned_and_read_from_the_models_cache(
         job(tiny_model_dir, "adapter.init_from=someone/mlp-adapter", f"model.cache_dir={tmp_path / 'hf'}")
     )
     assert cfg.adapter.init_from == [f"someone/mlp-adapter@{snapshot.name}"]
+    # The driver pins every Hub adapter but fetches only the continued one, whose settings it reads: the merged
+    # ones are fetched by the workers, on their nodes (here the driver's cache has none of the first's files).
+    merged = hf_cache_entry(tmp_path / "hf", "someone/merged", plain)
+    shutil.rmtree(merged.parent)
+    two = pin_sources(
+        job(
+            tiny_model_dir, "adapter.init_from=someone/merged,someone/mlp-adapter", f"model.cache_dir={tmp_path / 'hf'}"
+        )
+    )
+    assert two.adapter.init_from == [f"someone/merged@{merged.name}", f"someone/mlp-adapter@{snapshot.name}"]
+    assert two.adapter.rank == 4  # the continued adapter's own
     assert adapter_folder(cfg.adapter.init_from[0], cfg.model.cache_dir) == snapshot
     model, _ = load_for_inference(None, config=cfg)
     assert torch.equal(logits(model, IDS), logits(by_hand(tiny_model_dir, [], plain), IDS))

@@ -83,6 +83,13 @@ def test_data_engine_keys_map(tmp_path: Path) -> None:
     assert (cfg.data.tokenized_path, cfg.train.eval_steps) == ("cache/tok", 50)
 
 
+def test_template_names_are_checked_as_the_file_loads(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "model_name_or_path: x\ntemplate: qwen3_nothink\ntool_format: qwen\n"))
+    assert (cfg.data.template, cfg.data.tool_format) == ("qwen3_nothink", "qwen")
+    with pytest.raises(ConfigError, match=r"unknown chat template 'qwen3_no_think' \(did you mean 'qwen3_nothink'\?\)"):
+        load_config(write(tmp_path, "model_name_or_path: x\ntemplate: qwen3_no_think\n"))
+
+
 def test_unsupported_values_fail_in_our_terms(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"stage: 'ppo': PPO is not available yet"):
         load_config(write(tmp_path, "model_name_or_path: x\nstage: ppo\n"))
@@ -203,3 +210,13 @@ def test_the_key_table_in_the_docs_is_current() -> None:
         "docs/llamafactory.md's key table is stale: replace it with the output of "
         '`python -c "from raytune_ft.config.llamafactory import key_table; print(key_table())"`'
     )
+
+
+def test_model_revision_applies_to_hub_ids_only(tmp_path: Path) -> None:
+    local = tmp_path / "model"
+    local.mkdir()
+    assert load_config(write(tmp_path, f"model_name_or_path: {local}\nmodel_revision: main\n")).model.source == str(
+        local
+    )
+    with pytest.raises(ConfigError, match=r"model_revision: 'v2'.* is not a Hub id"):
+        load_config(write(tmp_path, f"model_name_or_path: {local}\nmodel_revision: v2\n"))

@@ -5,6 +5,7 @@ and a model missing from the cache is one error that says how to fetch it."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import warnings
@@ -15,7 +16,7 @@ from hub_cache import hf_cache_entry, hf_storage, modelscope_cache_entry
 
 from raytune_ft.config import ConfigWarning, ModelConfig
 from raytune_ft.models import ModelSourceError, hub_model, pin_model_source, resolve_model, resolve_model_source
-from raytune_ft.models.hub import HUBS, HubModel
+from raytune_ft.models.hub import COMPLETE, HUBS, HubModel
 
 REPO = "tiny-org/tiny-llama"
 OLD, NEW = "a" * 40, "b" * 40
@@ -99,11 +100,16 @@ def test_a_half_downloaded_snapshot_does_not_count(tmp_path: Path, tiny_model_di
         resolve_model_source(f"{REPO}@{NEW}", str(cache))
 
 
-def test_the_default_cache_is_huggingface_hubs(hf_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
+def test_the_default_cache_is_the_one_the_environment_names_now(
+    hf_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface_hub reads HF_HUB_CACHE and HF_HOME once, at import; a worker's environment may name another."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
     assert resolve_model_source(REPO) == hf_storage(hf_cache, REPO) / "snapshots" / NEW
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    shutil.copytree(hf_cache, tmp_path / "home" / "hub", symlinks=True)
+    assert resolve_model_source(REPO) == tmp_path / "home" / "hub" / hf_storage(Path(), REPO) / "snapshots" / NEW
 
 
 def test_a_local_folder_wins_over_an_id_of_the_same_spelling(
@@ -114,7 +120,14 @@ def test_a_local_folder_wins_over_an_id_of_the_same_spelling(
     local.mkdir(parents=True)
     (local / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     assert resolve_model_source(REPO, str(hf_cache)) == local
-    assert pin_model_source(ModelConfig(source=REPO, cache_dir=str(hf_cache))).source == REPO  # nothing to pin
+    # Pinned as an absolute folder: a worker runs elsewhere, where REPO would name the Hub model.
+    pinned = pin_model_source(ModelConfig(source=REPO, cache_dir=str(hf_cache)))
+    assert pinned.source == str(local.resolve())
+    monkeypatch.chdir(tmp_path.parent)
+    assert resolve_model(pinned) == local.resolve()
+    assert (
+        pin_model_source(ModelConfig(source="builtin:smollm2-135m-instruct")).source == "builtin:smollm2-135m-instruct"
+    )
 
 
 def test_modelscope_ids_resolve_offline_from_its_cache(
@@ -141,9 +154,12 @@ def test_modelscope_reads_its_default_cache(
     assert resolve_model_source(f"modelscope:{REPO}@v1") == snapshot
 
 
-def test_workers_of_a_node_wait_for_the_one_that_fetches(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_workers_of_a_node_wait_for_the_one_that_fetches(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While one process holds the repository's lock (as a downloading worker does), the others wait, then
-    find the snapshot on their second look instead of fetching it again (offline, a fetch would fail)."""
+    find the snapshot on their second look instead of fetching it again (a fetch would fail: no network)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # offline, nothing waits: a missing model is an error at once
     cache = tmp_path / "hf"
     lock_file = HUBS["huggingface"].lock_file(HubModel("huggingface", REPO, NEW), str(cache))
     lock_file.parent.mkdir(parents=True)
@@ -179,3 +195,84 @@ def test_trust_remote_code_warns_once_naming_the_repository(hf_cache: Path) -> N
         pin_model_source(cfg)
         pin_model_source(ModelConfig(source=REPO, cache_dir=str(hf_cache)))
     assert not seen
+
+
+def test_offline_a_missing_model_is_the_clear_error_before_anything_is_written(tmp_path: Path) -> None:
+    """A shared cache is often read-only: offline, nothing (not even a lock file) is written into it."""
+    for hub, source in [("hf", f"{REPO}@{NEW}"), ("ms", f"modelscope:{REPO}")]:
+        cache = tmp_path / hub
+        cache.mkdir()
+        with pytest.raises(ModelSourceError, match="HF_HUB_OFFLINE=1 keeps raytune_ft from downloading it"):
+            resolve_model_source(source, str(cache))
+        assert not any(cache.rglob("*")), f"{source}: wrote {sorted(cache.rglob('*'))}"
+
+
+@pytest.fixture
+def modelscope_downloads(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, threading.Event]:
+    """ModelScope online, its network download replaced by one that writes the model into the snapshot folder as
+    modelscope does (``config.json`` first, the rest once ``finish`` is set); lookups are modelscope's own."""
+    from raytune_ft.models import hub
+
+    real = hub._modelscope_download()
+    events = {"started": threading.Event(), "finish": threading.Event()}
+
+    def snapshot_download(repo: str, revision: str, cache_dir: str, local_files_only: bool = False) -> str:
+        if local_files_only:
+            return str(real(repo, revision=revision, cache_dir=cache_dir, local_files_only=True))
+        folder = Path(cache_dir) / "models" / repo.replace("/", "--") / "snapshots" / revision
+        folder.mkdir(parents=True)
+        shutil.copy(tiny_model_dir / "config.json", folder)
+        events["started"].set()
+        assert events["finish"].wait(30)
+        shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+        return str(folder)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hub, "_modelscope_download", lambda: snapshot_download)
+    return events
+
+
+def test_a_modelscope_download_under_way_is_waited_for_not_loaded(
+    tmp_path: Path, tiny_model_dir: Path, modelscope_downloads: dict[str, threading.Event]
+) -> None:
+    """modelscope's offline lookup returns a snapshot folder as soon as it holds one file, and downloads write into
+    that folder: a second worker of the node waits for the first one's download instead of loading half a model."""
+    cache, source = tmp_path / "ms", f"modelscope:{REPO}"
+    results: dict[str, Path] = {}
+
+    def resolve(name: str) -> None:
+        results[name] = resolve_model_source(source, str(cache))
+
+    first = threading.Thread(target=resolve, args=("first",))
+    first.start()
+    assert modelscope_downloads["started"].wait(30)
+    second = threading.Thread(target=resolve, args=("second",))
+    second.start()
+    second.join(timeout=1.5)
+    assert second.is_alive() and not results, "the second worker returned the folder while it was being written"
+    modelscope_downloads["finish"].set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    snapshot = cache / "models" / REPO.replace("/", "--") / "snapshots" / "master"
+    assert results == {"first": snapshot, "second": snapshot}
+    assert (snapshot / "model.safetensors").is_file() and (snapshot / COMPLETE).is_file()
+
+
+def test_an_unmarked_modelscope_folder_counts_only_where_nothing_can_be_writing_it(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder without our completion mark (``modelscope download`` made it, or a download stopped): online it is
+    fetched again (modelscope checks each file); offline it is used unless modelscope's partial files are in it."""
+    hub, model = HUBS["modelscope"], HubModel("modelscope", REPO, "master")
+    snapshot = modelscope_cache_entry(tmp_path / "ms", REPO, tiny_model_dir)
+    assert hub.cached(model, str(tmp_path / "ms")) == snapshot  # offline (tests set HF_HUB_OFFLINE=1)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub.cached(model, str(tmp_path / "ms")) is None
+    (snapshot / COMPLETE).touch()
+    assert hub.cached(model, str(tmp_path / "ms")) == snapshot
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (snapshot / COMPLETE).unlink()
+    (snapshot / "model.safetensors").rename(snapshot / "model.safetensors.incomplete")  # a download that stopped
+    assert hub.cached(model, str(tmp_path / "ms")) is None
+    with pytest.raises(ModelSourceError, match="not in the ModelScope cache"):
+        resolve_model_source(f"modelscope:{REPO}", str(tmp_path / "ms"))

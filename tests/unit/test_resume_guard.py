@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hub_cache import hf_cache_entry
 
 from raytune_ft.config import ConfigError, dump_config, load_config
+from raytune_ft.models import pin_sources
 from raytune_ft.train import check_resume_compatible
 
 
@@ -45,3 +47,27 @@ def test_changed_strategy_is_refused_but_compile_is_free(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"scaling\.strategy: 'fsdp2' -> 'ddp'"):
         check_resume_compatible(load_config(None), str(run))
     check_resume_compatible(load_config(None, ["scaling.strategy=fsdp2", "model.compile=true"]), str(run))
+
+
+def test_a_restart_keeps_the_hub_revision_its_checkpoints_hold(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run trained on ``main`` at commit OLD; ``main`` has moved to NEW since. Started again, it resumes on OLD
+    (and says so) where the config names no commit; a config naming another commit or repository is refused."""
+    repo, old, new, cache = "tiny-org/tiny-llama", "a" * 40, "b" * 40, tmp_path / "hf"
+    hf_cache_entry(cache, repo, tiny_model_dir, commit=old)
+    run = fake_run(tmp_path, f"model.source={repo}@{old}", f"model.cache_dir={cache}")
+    saved = load_config(run / "checkpoint-000003" / "raytune_ft.yaml")
+    hf_cache_entry(cache, repo, tiny_model_dir, commit=new)  # refs/main -> NEW
+
+    for source in (repo, f"{repo}@main"):
+        cfg = pin_sources(load_config(None, [f"model.source={source}", f"model.cache_dir={cache}"]), resumed=saved)
+        assert cfg.model.source == f"{repo}@{old}"
+        check_resume_compatible(cfg, str(run))
+        assert f"model.source {source}: resuming on {repo}@{old}" in capsys.readouterr().err
+    fresh = pin_sources(load_config(None, [f"model.source={repo}", f"model.cache_dir={cache}"]))
+    assert fresh.model.source == f"{repo}@{new}"  # a new run takes the branch as it is now
+    for source in (f"{repo}@{new}", f"other-org/tiny-llama@{new}"):
+        cfg = pin_sources(load_config(None, [f"model.source={source}", f"model.cache_dir={cache}"]), resumed=saved)
+        with pytest.raises(ConfigError, match=rf"model\.source: '{repo}@{old}' -> '{source}'"):
+            check_resume_compatible(cfg, str(run))

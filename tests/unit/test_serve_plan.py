@@ -84,7 +84,7 @@ def test_plan_for_an_adapter_run(builtin_dir: Path, tmp_path: Path, monkeypatch:
     newest = fake_checkpoint(run, 2, rank=40)
     monkeypatch.setenv("RAYTUNE_FT_API_KEY", "from-env")
     plan = load_plan(None, str(run), ["serve.port=8123"])
-    assert (plan.model_id, plan.model_dir, plan.tokenizer_dir) == ("smollm2-135m-instruct", builtin_dir, newest)
+    assert (plan.model_id, plan.model.source, plan.tokenizer_dir) == ("smollm2-135m-instruct", BUILTIN, newest)
     assert plan.catalog.model_ids() == ["smollm2-135m-instruct:qs", "smollm2-135m-instruct:qs:1",
                                         "smollm2-135m-instruct:qs:2"]  # fmt: skip
     assert plan.max_lora_rank == 64  # rank 40 rounded up to a size vLLM accepts
@@ -96,14 +96,15 @@ def test_plan_for_an_adapter_run(builtin_dir: Path, tmp_path: Path, monkeypatch:
 def test_plan_for_a_full_fine_tune_serves_the_checkpoint(tmp_path: Path) -> None:
     newest = fake_checkpoint(tmp_path / "full-run", 5, adapter=False)
     plan = plan_serving(load_config(None), str(tmp_path / "full-run"))
-    assert (plan.model_id, plan.model_dir, plan.tokenizer_dir) == ("full-run", newest.resolve(), newest)
+    assert (plan.model_id, plan.model.source, plan.tokenizer_dir) == ("full-run", str(newest.resolve()), newest)
     assert plan.max_lora_rank is None and plan.catalog.model_ids() == []
 
 
 def test_plan_for_a_plain_model_serves_it_without_adapters(builtin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAYTUNE_FT_API_KEY", raising=False)
     plan = plan_serving(load_config(None, ["serve.model_name=smol"]))
-    assert (plan.model_id, plan.model_dir, plan.max_lora_rank, plan.api_key_digest) == ("smol", builtin_dir, None, None)
+    assert (plan.model_id, plan.model.source, plan.max_lora_rank, plan.api_key_digest) == ("smol", BUILTIN, None, None)
+    assert plan.tokenizer_dir is None  # the model's own, from the folder each replica resolves
 
 
 def test_plan_errors_name_the_key(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -176,3 +177,16 @@ def test_ingress_environment_for_a_local_ray(request: pytest.FixtureRequest) -> 
             sock.bind(("127.0.0.1", port))  # free, not Ray's fixed 8404 / 9101
     with pytest.raises(ConfigError, match=r"serve\.ingress"):
         load_config(None, ["serve.ingress=nginx"])
+
+
+def test_served_stop_ids_come_from_the_template_saved_with_the_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from raytune_ft.data.templates import apply_template
+    from raytune_ft.serve.adapters import saved_stop_ids
+
+    assert saved_stop_ids(tiny_model_dir) == ()  # no named template: the eos alone ends answers
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.eos_token = "<|endoftext|>"
+    apply_template(tokenizer, "yi").save_pretrained(tmp_path / "yi")  # answers end with <|im_end|>
+    assert saved_stop_ids(tmp_path / "yi") == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)

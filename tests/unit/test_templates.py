@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from raytune_ft.config import template_names
 from raytune_ft.data import IGNORE_INDEX, encode_full
 from raytune_ft.data.sources import DataError
 from raytune_ft.data.templates import (
+    STOP_WORDS_KEY,
     TEMPLATE_NAMES,
     TEMPLATES,
     TOOL_FORMAT_NAMES,
@@ -24,10 +26,14 @@ from raytune_ft.data.templates import (
     check_template_name,
     check_tool_format,
     prompt_answer_segments,
+    saved_stop_token_ids,
+    saved_stop_words,
+    stop_token_ids,
     template_jinja,
     template_segments,
 )
 from raytune_ft.models import load_tokenizer
+from raytune_ft.models.fast_tokenizer import RowTokenizer
 
 BPE = Path(__file__).parents[1] / "fixtures" / "templates" / "bpe"
 HI = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
@@ -64,6 +70,14 @@ def test_config_name_lists_match_the_registry() -> None:
     named = {"qwen3", "qwen3_nothink", "qwen", "llama3", "llama2", "mistral", "gemma", "gemma3", "phi4", "deepseek3",
              "glm4", "yi", "baichuan2", "chatglm3", "alpaca", "vicuna", "empty", "default", "chatml"}  # fmt: skip
     assert named <= set(TEMPLATE_NAMES)
+
+
+def test_slots_fill_only_content() -> None:
+    # The engine fills {{content}} alone (LLaMA-Factory also passes idx to user slots; no template uses it).
+    slots = ("prefix", "user", "assistant", "system", "function", "observation")
+    for template in TEMPLATES.values():
+        for element in (e for slot in slots for e in getattr(template, slot) if isinstance(e, str)):
+            assert set(re.findall(r"\{\{(\w+)\}\}", element)) <= {"content"}, (template.name, element)
 
 
 def test_unknown_names_suggest_the_closest() -> None:
@@ -209,6 +223,41 @@ def test_stop_words_become_special_but_missing_ones_are_not_added(tokenizer: Any
     assert tok("x \n###", add_special_tokens=False)["input_ids"] != before
     apply_template(tok, "falcon_h1")  # stop words <|im_end|> and <|end_of_text|>, which SmolLM2 lacks
     assert len(tok) == len(tokenizer) and tok.convert_tokens_to_ids("<|end_of_text|>") == tok.unk_token_id
+
+
+def test_stop_token_ids_hold_the_stop_words_answers_end_with(bpe: Any, tmp_path: Path) -> None:
+    tok = copy.deepcopy(bpe)
+    eos, im_end = tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")
+    # yi keeps the tokenizer's eos, and a trained answer ends with <|im_end|> (then "\n"), never with the eos.
+    [(ids, labels)] = encode_full(tok, [template_segments(tok, "yi", HI)])
+    learned = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+    assert im_end in learned and eos not in ids
+    apply_template(tok, "yi")
+    assert stop_token_ids(tok, "yi") == [eos, im_end]
+    # The stop words travel with the tokenizer a checkpoint saves; loaded again, it still stops at <|im_end|>.
+    tok.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())[STOP_WORDS_KEY] == ["<|im_end|>"]
+    loaded = load_tokenizer(tmp_path)
+    assert saved_stop_words(loaded) == ("<|im_end|>",)
+    assert saved_stop_token_ids(loaded) == [eos, im_end]
+    # A template whose stop word replaces the eos: that one token (and its other stop words).
+    eot, eom = (tok.convert_tokens_to_ids(word) for word in ("<|eot_id|>", "<|eom_id|>"))
+    assert stop_token_ids(bpe, "llama3") == [eot, eom]
+    assert saved_stop_token_ids(apply_template(tok, "llama3")) == [eot, eom]
+    # No stop words: the eos alone, and installing such a template clears the record of the last one.
+    apply_template(tok, "default")
+    assert (saved_stop_words(tok), saved_stop_token_ids(tok)) == ((), [tok.eos_token_id])
+    assert saved_stop_words(load_tokenizer(BPE, require_chat_template=False)) == ()
+
+
+def test_stop_token_ids_on_the_workers_tokenizer_and_a_vocabulary_without_them(tokenizer: Any) -> None:
+    rows = apply_template(RowTokenizer.from_folder(BPE), "yi")  # the data workers' tokenizer (never saved)
+    assert stop_token_ids(rows, "yi") == stop_token_ids(load_tokenizer(BPE, require_chat_template=False), "yi")
+    assert saved_stop_words(rows) == ()
+    # SmolLM2 lacks glm4's stop words <|user|> and <|observation|>: they are not stop tokens there.
+    tok = apply_template(copy.deepcopy(tokenizer), "glm4")
+    assert stop_token_ids(tok, "glm4") == saved_stop_token_ids(tok) == [tok.eos_token_id]
+    assert saved_stop_words(tok) == ("<|user|>", "<|observation|>")
 
 
 def test_templates_ending_answers_with_eos_need_one(tokenizer: Any) -> None:
