@@ -52,7 +52,7 @@ browser:
 		(apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)
 
 test: lint typecheck browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

@@ -59,8 +59,14 @@ class VllmEngine:
     def close(self) -> None:
         """Stop the engine's core process now rather than at interpreter exit."""
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
+        if core is None:
+            return
+        core.shutdown()
+        # vLLM kills a core that outlives its shutdown grace (a busy machine) without waiting for it, which
+        # leaves a zombie child in this process until it exits; reap it here.
+        manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+        for process in getattr(manager, "processes", ()):
+            process.join(timeout=30)
 
 
 def start_vllm(

@@ -75,11 +75,19 @@ def chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]] = QUE
     )
 
 
+def live(process: psutil.Process) -> bool:
+    """Whether ``process`` still runs (not exited, not a zombie an earlier module's engine left unreaped)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to keep apart")
 def test_the_endpoint_keeps_off_the_cores_the_engines_compute_on(app: App) -> None:
     """``serve.isolate_engine_cores`` (the default): vLLM binds its workers to all cores but one, and the
     replicas, their engine schedulers, Serve's controller and proxy and Ray's GCS run on the rest."""
-    tree = psutil.Process().children(recursive=True)  # this module's local Ray and everything it started
+    tree = [p for p in psutil.Process().children(recursive=True) if live(p)]  # this module's Ray and its children
     titles = {p.pid: (p.cmdline() or [p.name()])[0] for p in tree}
     workers = [p for p in tree if titles[p.pid].startswith("VLLM::Worker")]
     assert len(workers) == 2  # one engine per replica
