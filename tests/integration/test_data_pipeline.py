@@ -61,9 +61,11 @@ def test_validation_split_holds_out_rows_seen_nowhere_else(
     prepared = prepare(tiny_model_dir, dataset=[str(data)], val_size=0.25)
     train, held_out = answers(prepared.train, tokenizer), answers(prepared.eval, tokenizer)
     assert set(train).isdisjoint(held_out) and len(train) + len(held_out) == 60
-    assert 5 <= len(held_out) <= 25
+    # Each row is held out by a seeded hash of its file path and number, so the count varies with the
+    # (temporary) path: binomial(60, 0.25) and binomial(60, 1/6). The bounds fail about once in 30,000 runs.
+    assert 3 <= len(held_out) <= 31
     by_count = prepare(tiny_model_dir, dataset=[str(data)], val_size=10)
-    assert 3 <= by_count.eval.count() <= 20 and by_count.eval.count() + by_count.train.count() == 60
+    assert 1 <= by_count.eval.count() <= 25 and by_count.eval.count() + by_count.train.count() == 60
 
 
 def test_interleave_follows_probabilities_and_globs_pick_files(
