@@ -276,7 +276,7 @@ KEYS: dict[str, Rule] = {
     "quantization_method": _refused("quantized bases come from bitsandbytes (bnb) only", "bnb", "bitsandbytes"),
     "quantization_type": _refused("4-bit bases use NF4", "nf4"),
     "double_quantization": _refused("4-bit bases always use double quantization", True),
-    "quantization_device_map": _ignored("each worker loads its quantized base onto its own GPU"),
+    "quantization_device_map": _ignored("each worker loads its quantized base onto its own device (GPU or CPU)"),
     "model_max_length": _ignored("cutoff_len bounds the samples"),
     "block_diag_attn": _ignored("packed samples never attend to each other"),
     "vllm_maxlen": _to("serve.max_model_len"),

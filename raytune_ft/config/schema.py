@@ -94,8 +94,9 @@ class ModelConfig(Section):
 
     quantization_bit: Literal[4, 8] | None = None
     """QLoRA: load the frozen base in 4-bit (NF4 with double quantization, computing in ``dtype``) or
-    8-bit through bitsandbytes, and train a LoRA adapter on it. Needs CUDA GPUs (``scaling.use_gpu``)
-    and the bitsandbytes package; ``adapter.type: lora`` and ``scaling.strategy: ddp``."""
+    8-bit through bitsandbytes, and train a LoRA adapter on it, on CUDA GPUs or on CPU (bitsandbytes' CPU
+    backend). Needs ``adapter.type: lora`` and ``scaling.strategy: ddp``. Chat, serve and export of the run
+    load the full-precision base with the adapter (export merges into it)."""
 
     compile: bool = False
     """Compile the model's forward with ``torch.compile`` (inductor) at its first step: faster steps
@@ -1078,12 +1079,6 @@ class JobConfig(Section):
         bits = self.model.quantization_bit
         if bits is None:
             return self
-        if not self.scaling.use_gpu:
-            raise ValueError(
-                f"model.quantization_bit {bits} (QLoRA) needs CUDA GPUs: bitsandbytes' {bits}-bit kernels do not "
-                "train on CPU. Set scaling.use_gpu: true on a GPU machine, or remove quantization_bit to train "
-                "LoRA on the full-precision model"
-            )
         if self.adapter.type != "lora":
             raise ValueError(f"model.quantization_bit needs adapter.type lora (QLoRA), not {self.adapter.type!r}")
         if self.adapter.init_from:
