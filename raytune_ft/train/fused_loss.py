@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHUNK_POSITIONS", "chunked_linear_cross_entropy", "hidden_states_instead_of_logits"]
+__all__ = ["LOGITS_PER_CHUNK", "chunked_linear_cross_entropy", "hidden_states_instead_of_logits"]
 
-CHUNK_POSITIONS = 1024
-"""Positions per chunk: at a 152k vocabulary one chunk's float32 logits are 0.6 GiB."""
+LOGITS_PER_CHUNK = 2**24
+"""Logits made at once (64 MiB in float32): 341 positions at a 49k vocabulary, 110 at 152k. Smaller chunks
+hold less; each chunk is one matrix multiply, so much smaller ones cost speed."""
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -69,15 +70,19 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 def chunked_linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-    chunk: int = CHUNK_POSITIONS,
+    chunk: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Summed next-token NLL of ``targets`` (N,) under logits ``hidden`` (N, H) @ ``weight`` (V, H).T, in float32,
-    never holding more than ``chunk`` positions' logits."""
-    loss: torch.Tensor = _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk)
+    never holding more than ``chunk`` positions' logits (default: ``LOGITS_PER_CHUNK`` logits)."""
+    positions = chunk or max(1, LOGITS_PER_CHUNK // weight.size(0))
+    loss: torch.Tensor = _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, positions)
     return loss
 
 
-_SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+_SCALED_LOGITS = (
+    "final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier",
+    "output_multiplier_scale",
+)  # fmt: skip
 """Config attributes of models whose logits are more than ``lm_head(hidden)`` (softcapping, scaling)."""
 
 
