@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python bench/tune_asha.py
 	$(BIN)/python bench/serve_throughput.py
 	$(BIN)/python bench/export_fidelity.py
+	$(BIN)/python bench/optimizer_state.py
 
 clean:
 	rm -rf saves .pytest_cache .mypy_cache .ruff_cache

@@ -140,6 +140,37 @@ def _warmup_steps(value: Any) -> dict[str, Any]:
     return {"train.warmup_steps": value} if value else {}  # HF: 0 means "use warmup_ratio"
 
 
+_OPTIM = {
+    "adamw_torch": "adamw",
+    "adamw_hf": "adamw",
+    "adamw_torch_fused": "adamw_fused",
+    "adamw_bnb_8bit": "adamw_8bit",
+    "adamw_8bit": "adamw_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "adafactor": "adafactor",
+    "galore_adamw": "galore_adamw",
+    "apollo_adamw": "apollo_adamw",
+    "sgd": "sgd",
+}
+
+
+def _optim(value: Any) -> dict[str, Any]:
+    if value not in _OPTIM:
+        raise Refused(f"use one of {', '.join(_OPTIM)} (or use_galore, use_apollo, use_muon)")
+    return {"train.optimizer": _OPTIM[value]}
+
+
+def _switch(optimizer: str) -> Setter:
+    """``use_galore`` / ``use_apollo`` / ``use_muon``: checked against ``optim`` in ``_combine``."""
+    return lambda value: {f"train.use.{optimizer}": True} if value else {}
+
+
+_LAYERWISE = (
+    "the optimizer steps once after the whole backward pass (layer-wise stepping inside the backward would skip "
+    "gradient clipping and DDP's all-reduce); the optimizer state is the same size"
+)
+
+
 def _infer_backend(value: Any) -> dict[str, Any]:
     engines = {"huggingface": "hf", "hf": "hf", "vllm": "vllm"}
     if value not in engines:
@@ -195,7 +226,6 @@ def _resize_vocab(value: Any) -> dict[str, Any]:
 
 
 _MULTIMODAL = "text-only training here: no image, video or audio column is read"
-_OPTIMIZER = "raytune_ft trains with AdamW; this optimizer is not available yet"
 _ENGINE = "attention and kernels are chosen by model.attn_implementation; this one is not available yet"
 _TOKEN = (
     "tokens do not belong in a config file (it is saved with every checkpoint): set {} in the environment "
@@ -246,7 +276,7 @@ KEYS: dict[str, Rule] = {
     "quantization_method": _refused("quantized bases come from bitsandbytes (bnb) only", "bnb", "bitsandbytes"),
     "quantization_type": _refused("4-bit bases use NF4", "nf4"),
     "double_quantization": _refused("4-bit bases always use double quantization", True),
-    "quantization_device_map": _ignored("each worker loads its quantized base onto its own GPU"),
+    "quantization_device_map": _ignored("each worker loads its quantized base onto its own device (GPU or CPU)"),
     "model_max_length": _ignored("cutoff_len bounds the samples"),
     "block_diag_attn": _ignored("packed samples never attend to each other"),
     "vllm_maxlen": _to("serve.max_model_len"),
@@ -334,8 +364,8 @@ KEYS: dict[str, Rule] = {
     "freeze_extra_modules": _to("adapter.freeze_extra_modules"),
     "additional_target": _refused("training extra full modules beside LoRA is not supported", None),
     "create_new_adapter": _to("adapter.new_adapter", bool),
-    "loraplus_lr_ratio": _refused("LoRA+ learning rates are not supported", None),
-    "loraplus_lr_embedding": _ignored("only used by LoRA+"),
+    "loraplus_lr_ratio": _to("train.loraplus_lr_ratio"),
+    "loraplus_lr_embedding": _to("train.loraplus_lr_embedding", float),
     "module_dropout": _ignored("only used by OFT"),
     "oft_rank": _ignored("only used by OFT"),
     "oft_block_size": _ignored("only used by OFT"),
@@ -364,28 +394,29 @@ KEYS: dict[str, Rule] = {
         "ppo_target",
         "ppo_whiten_rewards",
     ),
-    **_same(
-        _refused(_OPTIMIZER, False),
-        "use_galore",
-        "use_apollo",
-        "use_badam",
-        "use_adam_mini",
-        "use_muon",
-        "use_llama_pro",
+    "use_galore": _map(_switch("galore_adamw"), "train.optimizer: galore_adamw"),
+    "use_apollo": _map(_switch("apollo_adamw"), "train.optimizer: apollo_adamw"),
+    "use_muon": _map(_switch("muon"), "train.optimizer: muon"),
+    "use_badam": _refused(
+        "BAdam (training one block of layers at a time) is not supported: use finetuning_type freeze, or "
+        "optim adamw_8bit / use_galore to save optimizer memory",
+        False,
     ),
-    **_family("galore", "target", "rank", "update_interval", "scale", "proj_type", "layerwise"),
-    **_family(
-        "apollo",
-        "target",
-        "rank",
-        "update_interval",
-        "scale",
-        "proj",
-        "proj_type",
-        "scale_type",
-        "layerwise",
-        "scale_front",
+    "use_adam_mini": _refused(
+        "Adam-mini is not supported: use optim adamw_8bit (8-bit moments) or use_apollo to save optimizer memory",
+        False,
     ),
+    "use_llama_pro": _refused("LLaMA Pro block expansion is not supported", False),
+    **{
+        f"galore_{name}": _to(f"train.galore.{name}")
+        for name in ("target", "rank", "update_interval", "scale", "proj_type")
+    },
+    "galore_layerwise": _ignored(_LAYERWISE),
+    **{
+        f"apollo_{name}": _to(f"train.apollo.{name}")
+        for name in ("target", "rank", "update_interval", "scale", "proj", "proj_type", "scale_type", "scale_front")
+    },
+    "apollo_layerwise": _ignored(_LAYERWISE),
     **_family("badam", "mode", "start_block", "switch_mode", "switch_interval", "update_ratio", "mask_mode", "verbose"),
     "use_mca": _refused("Megatron-Core training is not supported", False),
     "use_hyper_parallel": _refused("hyper-parallel training is not supported", False),
@@ -435,10 +466,14 @@ KEYS: dict[str, Rule] = {
     "fp16": _map(_precision("float16"), "model.dtype: float16 (GPU only)"),
     "pure_bf16": _map(_precision("bfloat16"), "model.dtype: bfloat16"),
     "tf32": _ignored("TF32 matmuls are a GPU setting torch chooses"),
-    "optim": _refused(_OPTIMIZER, "adamw_torch", "adamw_torch_fused", "adamw_hf"),
-    "adam_beta1": _refused("AdamW runs with betas (0.9, 0.999)", 0.9),
-    "adam_beta2": _refused("AdamW runs with betas (0.9, 0.999)", 0.999),
-    "adam_epsilon": _refused("AdamW runs with eps 1e-8", 1e-8),
+    "optim": _map(
+        _optim,
+        "train.optimizer (adamw_torch -> adamw, adamw_torch_fused -> adamw_fused, adamw_bnb_8bit -> "
+        "adamw_8bit, paged_adamw_8bit, adafactor, galore_adamw, apollo_adamw, sgd)",
+    ),
+    "adam_beta1": _to("train.adam_beta1", float),
+    "adam_beta2": _to("train.adam_beta2", float),
+    "adam_epsilon": _to("train.adam_epsilon", float),
     "eval_strategy": _ignored("eval_loss is computed every eval_steps whenever val_size or eval_dataset is set"),
     "evaluation_strategy": _ignored("eval_loss is computed every eval_steps whenever val_size or eval_dataset is set"),
     "save_strategy": _refused("checkpoints are written every save_steps", "steps"),
@@ -629,6 +664,7 @@ def _combine(flat: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"model_revision: {revision!r}: model_name_or_path {source!r} already names a revision")
         else:
             flat["model.source"] = f"{source}@{revision}"
+    _combine_optimizer(flat, problems)
     filesystem = flat.pop("train.storage_filesystem", None)
     if filesystem:
         scheme = _FILESYSTEMS.get(str(filesystem).lower())
@@ -657,9 +693,25 @@ def _trainer_arguments() -> set[str]:
     return {field.name for field in dataclasses.fields(Seq2SeqTrainingArguments)}
 
 
+def _combine_optimizer(flat: dict[str, Any], problems: list[str]) -> None:
+    """``use_galore`` / ``use_apollo`` / ``use_muon`` choose the optimizer; LLaMA-Factory runs GaLore and APOLLO
+    with ``optim``'s AdamW, and one of them at a time."""
+    switches = [name for name in ("galore_adamw", "apollo_adamw", "muon") if flat.pop(f"train.use.{name}", False)]
+    if len(switches) > 1:
+        problems.append(f"use_galore, use_apollo and use_muon exclude each other; this file turns on {switches}")
+    elif switches:
+        given = flat.get("train.optimizer", "adamw")
+        if given != "adamw" and given != switches[0]:
+            problems.append(f"use_{switches[0].split('_')[0]}: True runs with optim adamw_torch, not {given!r} here")
+        flat["train.optimizer"] = switches[0]
+
+
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for dotted, value in flat.items():
-        section, key = dotted.split(".", 1)
-        nested.setdefault(section, {})[key] = value
+        *sections, key = dotted.split(".")
+        place = nested
+        for section in sections:
+            place = place.setdefault(section, {})
+        place[key] = value
     return nested

@@ -24,9 +24,11 @@ __all__ = [
     "SWEEP_DATA_KEYS",
     "SWEEP_FROZEN",
     "AdapterConfig",
+    "ApolloConfig",
     "AutoscalingConfig",
     "DataConfig",
     "ExportConfig",
+    "GaLoreConfig",
     "JobConfig",
     "MethodConfig",
     "ModelConfig",
@@ -92,8 +94,9 @@ class ModelConfig(Section):
 
     quantization_bit: Literal[4, 8] | None = None
     """QLoRA: load the frozen base in 4-bit (NF4 with double quantization, computing in ``dtype``) or
-    8-bit through bitsandbytes, and train a LoRA adapter on it. Needs CUDA GPUs (``scaling.use_gpu``)
-    and the bitsandbytes package; ``adapter.type: lora`` and ``scaling.strategy: ddp``."""
+    8-bit through bitsandbytes, and train a LoRA adapter on it, on CUDA GPUs or on CPU (bitsandbytes' CPU
+    backend). Needs ``adapter.type: lora`` and ``scaling.strategy: ddp``. Chat, serve and export of the run
+    load the full-precision base with the adapter (export merges into it)."""
 
     compile: bool = False
     """Compile the model's forward with ``torch.compile`` (inductor) at its first step: faster steps
@@ -366,6 +369,56 @@ class AdapterConfig(Section):
         return self
 
 
+class GaLoreConfig(Section):
+    """GaLore (Zhao et al. 2024): AdamW on gradients projected to a low rank, refreshed every few steps."""
+
+    target: CommaList = Field(default_factory=lambda: ["all"])
+    """Linear modules whose weight matrices get projected gradients: ``all`` (every linear layer but the LM
+    head) or names such as ``mlp,self_attn``; the other trainable weights get plain AdamW."""
+
+    rank: int = Field(default=16, ge=1)
+    """Rank of the projected gradients."""
+
+    update_interval: int = Field(default=200, ge=1)
+    """Optimizer steps between refreshes of the projection (an SVD of the current gradient)."""
+
+    scale: float = Field(default=2.0, gt=0)
+    """Scale of the projected-back update."""
+
+    proj_type: Literal["std", "reverse_std", "right", "left", "full"] = "std"
+    """Which side of each matrix is projected (``std``: the smaller one)."""
+
+
+class ApolloConfig(Section):
+    """APOLLO (Zhu et al. 2025): AdamW moments kept for a low-rank projection, used to scale the full gradient
+    per channel or per tensor; SGD-like memory with AdamW-like steps."""
+
+    target: CommaList = Field(default_factory=lambda: ["all"])
+    """Linear modules whose weight matrices use APOLLO: ``all`` (every linear layer but the LM head) or names;
+    the other trainable weights get plain AdamW."""
+
+    rank: int = Field(default=16, ge=1)
+    """Rank of the auxiliary projection."""
+
+    update_interval: int = Field(default=200, ge=1)
+    """Optimizer steps between refreshes of the projection."""
+
+    scale: float = Field(default=32.0, gt=0)
+    """Scale of the update (APOLLO's alpha)."""
+
+    proj: Literal["svd", "random"] = "random"
+    """How the projection is made: a seeded random matrix, or the gradient's SVD."""
+
+    proj_type: Literal["std", "right", "left"] = "std"
+    """Which side of each matrix is projected (``std``: the smaller one)."""
+
+    scale_type: Literal["channel", "tensor"] = "channel"
+    """Gradient scaling per channel (APOLLO) or per tensor (APOLLO-Mini)."""
+
+    scale_front: bool = False
+    """Apply the norm-growth limiter before scaling the gradient instead of after."""
+
+
 class TrainConfig(Section):
     run_name: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Name of the run; checkpoints go to ``storage_path/run_name``. Starting a run with the same
@@ -375,10 +428,43 @@ class TrainConfig(Section):
     """Directory (or pyarrow/fsspec URI) that holds runs. Must be reachable by every node."""
 
     learning_rate: float = Field(default=1e-4, gt=0)
-    """Peak learning rate of AdamW."""
+    """Peak learning rate."""
 
     weight_decay: float = Field(default=0.0, ge=0)
-    """AdamW weight decay."""
+    """Decoupled weight decay (not used by ``sgd``, which has none; ``muon`` applies it to its matrices too)."""
+
+    optimizer: Literal[
+        "adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "galore_adamw", "apollo_adamw",
+        "muon", "sgd",
+    ] = "adamw"  # fmt: skip
+    """The optimizer (see docs/optimizers.md): ``adamw`` (torch, foreach), ``adamw_fused`` (torch's fused
+    kernel), ``adamw_8bit`` / ``paged_adamw_8bit`` (bitsandbytes, moments in 8 bits; paged spills them to CPU
+    memory on CUDA), ``adafactor`` (factored second moments), ``galore_adamw`` / ``apollo_adamw`` (low-rank
+    gradient projection for full or freeze tuning, settings in ``galore`` / ``apollo``), ``muon`` (orthogonalised
+    momentum for 2-D hidden weights, AdamW for the rest) or ``sgd``. LLaMA-Factory's ``optim``, ``use_galore``,
+    ``use_apollo`` and ``use_muon`` map here."""
+
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1)
+    """First-moment decay of the Adam family (``muon``'s momentum too)."""
+
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1)
+    """Second-moment decay of the Adam family."""
+
+    adam_epsilon: float = Field(default=1e-8, gt=0)
+    """Denominator epsilon of the Adam family."""
+
+    loraplus_lr_ratio: float | None = Field(default=None, gt=0)
+    """LoRA+ (Hayou et al. 2024): the LoRA B matrices learn at ``learning_rate`` x this ratio (16 is the paper's
+    choice), the A matrices at ``learning_rate``. Needs ``adapter.type: lora``."""
+
+    loraplus_lr_embedding: float = Field(default=1e-6, gt=0)
+    """With ``loraplus_lr_ratio``: the learning rate of LoRA embedding B matrices."""
+
+    galore: GaLoreConfig = Field(default_factory=GaLoreConfig)
+    """Settings of ``optimizer: galore_adamw``."""
+
+    apollo: ApolloConfig = Field(default_factory=ApolloConfig)
+    """Settings of ``optimizer: apollo_adamw``."""
 
     per_device_batch_size: int = Field(default=4, ge=1)
     """Samples per worker per micro-batch."""
@@ -971,16 +1057,28 @@ class JobConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_optimizer(self) -> JobConfig:
+        name, adapter, strategy = self.train.optimizer, self.adapter.type, self.scaling.strategy
+        if name in ("galore_adamw", "apollo_adamw") and adapter == "lora":
+            raise ValueError(
+                f"train.optimizer {name} projects the gradients of whole weight matrices: it needs adapter.type full "
+                "or freeze (LoRA is already low-rank; use adamw)"
+            )
+        if self.train.loraplus_lr_ratio is not None and adapter != "lora":
+            raise ValueError("train.loraplus_lr_ratio sets the LoRA B learning rate: it needs adapter.type lora")
+        if strategy in _SHARDED_OPTIMIZERS and name not in _SHARDED_OPTIMIZERS[strategy][0]:
+            takes, why = _SHARDED_OPTIMIZERS[strategy]
+            raise ValueError(
+                f"train.optimizer {name} runs with scaling.strategy ddp, not {strategy!r}: {why}; "
+                f"use {' or '.join(takes)} there"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_quantization(self) -> JobConfig:
         bits = self.model.quantization_bit
         if bits is None:
             return self
-        if not self.scaling.use_gpu:
-            raise ValueError(
-                f"model.quantization_bit {bits} (QLoRA) needs CUDA GPUs: bitsandbytes' {bits}-bit kernels do not "
-                "train on CPU. Set scaling.use_gpu: true on a GPU machine, or remove quantization_bit to train "
-                "LoRA on the full-precision model"
-            )
         if self.adapter.type != "lora":
             raise ValueError(f"model.quantization_bit needs adapter.type lora (QLoRA), not {self.adapter.type!r}")
         if self.adapter.init_from:
@@ -991,6 +1089,20 @@ class JobConfig(Section):
         if self.scaling.strategy != "ddp":
             raise ValueError(f"model.quantization_bit runs with scaling.strategy ddp, not {self.scaling.strategy!r}")
         return self
+
+
+_SHARDED_OPTIMIZERS = {
+    "fsdp2": (
+        ("adamw", "adamw_fused", "sgd"),
+        "FSDP2 gives each worker a slice of every weight, and only element-wise optimizers step slices as they "
+        "would step the whole",
+    ),
+    "deepspeed": (
+        ("adamw", "adamw_fused"),
+        "DeepSpeed ZeRO flattens the weights into one-dimensional partitions and steps them with the AdamW family",
+    ),
+}
+"""Sharded strategy -> (the optimizers it runs, why only those)."""
 
 
 def _check_swept_key(key: str) -> None:

@@ -27,6 +27,7 @@ from raytune_ft.models import (
     save_weights,
 )
 
+from .optimizers import group_learning_rate
 from .step import StepCore
 
 __all__ = ["TrainState", "load_weights_into", "restore_state", "save_checkpoint"]
@@ -100,10 +101,11 @@ def restore_state(folder: Path, core: StepCore, train: TrainConfig | None = None
 
 def _retarget(core: StepCore, train: TrainConfig) -> None:
     scheduler: Any = core.scheduler
-    scheduler.base_lrs = [train.learning_rate] * len(scheduler.base_lrs)
-    for group, factor in zip(core.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-        group["initial_lr"] = train.learning_rate
-        group["lr"] = train.learning_rate * factor(scheduler.last_epoch)
+    groups = core.optimizer.param_groups
+    scheduler.base_lrs = [group_learning_rate(group, train.learning_rate) for group in groups]
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
         group["weight_decay"] = train.weight_decay
     scheduler._last_lr = [group["lr"] for group in core.optimizer.param_groups]
 

@@ -272,13 +272,18 @@ def _trim_metrics(run_dir: str, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
+def _loraplus(cfg: JobConfig) -> str:
+    ratio = cfg.train.loraplus_lr_ratio
+    return f" (LoRA+: B matrices at {ratio:g}x the learning rate)" if ratio else ""
+
+
 def _announce(core: StepCore, cfg: JobConfig, plan: RunPlan, state: TrainState) -> None:
     trainable, total = trainable_parameters(core.model)
     resumed = f", resuming at step {state.global_step}" if state.global_step else ""
     print(
         f"raytune_ft: {cfg.adapter.type} {cfg.method.stage} on {cfg.model.source}: "
         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%); "
-        f"{plan.total_steps} steps{resumed}",
+        f"{plan.total_steps} steps of {cfg.train.optimizer}{_loraplus(cfg)}{resumed}",
         flush=True,
     )
     model = core.strategy.unwrap(core.model)

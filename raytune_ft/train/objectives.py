@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from raytune_ft.config import MethodConfig
 from raytune_ft.data import IGNORE_INDEX
 
+from .fused_loss import chunked_linear_cross_entropy, hidden_states_instead_of_logits
 from .losses import PairLoss, dpo_loss, hinge_loss, ipo_loss, kto_loss, orpo_loss, pairwise_reward_loss, simpo_loss
 from .reference import Reference, sequence_logps
 
@@ -80,7 +81,9 @@ class SFTObjective:
 
     The LM head runs only at positions whose next token is learned (``logits_to_keep``): with a
     49k vocabulary the head and its softmax are a large share of a small model's step, and prompt
-    and padding positions need neither. The loss equals ``causal_lm_loss_sum`` on full logits.
+    and padding positions need neither. Where the head is a plain linear layer held whole, it runs
+    with the loss in chunks (``fused_loss``), so those positions' logits are never held at once. The
+    loss equals ``causal_lm_loss_sum`` on full logits.
     """
 
     def terms(self, batch: dict[str, torch.Tensor]) -> int:
@@ -88,10 +91,13 @@ class SFTObjective:
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         keep = learned_positions(batch["labels"])
-        logits = model(**model_inputs(batch), logits_to_keep=keep).logits  # (batch, len(keep), vocab)
-        targets = batch["labels"][:, 1:][:, keep]
+        targets = batch["labels"][:, 1:][:, keep].reshape(-1)
+        with hidden_states_instead_of_logits(model) as head:
+            out = model(**model_inputs(batch), logits_to_keep=keep).logits  # (batch, len(keep), hidden or vocab)
+        if head is not None:  # the head and the loss in chunks: the logits are never held whole
+            return chunked_linear_cross_entropy(out.reshape(-1, out.size(-1)), head.weight, targets, IGNORE_INDEX)
         return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            out.reshape(-1, out.size(-1)).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"
         )
 
     def metrics(self) -> MetricSums:

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from raytune_ft.config import ConfigError, TrainConfig
+from raytune_ft.config import TrainConfig
 
 from .objectives import MetricSums, Objective
+from .optimizers import build_optimizer
 from .strategies import Strategy
 
 __all__ = ["StepCore", "StepStats", "build_optimizer", "build_scheduler", "move_batch"]
@@ -99,14 +100,6 @@ class StepCore:
         self.objective.metrics()  # the idle batches' metrics are not counted
         model.train()
         return loss_sum, terms, metrics
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the model has no trainable parameters; check adapter.type and adapter.target")
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(

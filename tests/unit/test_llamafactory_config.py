@@ -49,13 +49,13 @@ def test_overrides_use_our_keys_after_translation(tmp_path: Path) -> None:
 
 def test_keys_we_cannot_honour_are_listed_together(tmp_path: Path) -> None:
     text = (
-        "model_name_or_path: x\nuse_galore: true\nadditional_target: embed_tokens\ndo_eval: true\nlora_rnak: 8\n"
+        "model_name_or_path: x\nuse_badam: true\nadditional_target: embed_tokens\ndo_eval: true\nlora_rnak: 8\n"
         "hf_hub_token: hf_secret\nlr_scheduler_type: polynomial\nlogging_nan_inf_filter: true\n"
     )
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     message = str(err.value)
-    for piece in ("use_galore: True: raytune_ft trains with AdamW",
+    for piece in ("use_badam: True: BAdam (training one block of layers at a time) is not supported",
                   "additional_target: 'embed_tokens': training extra full modules",
                   "do_eval: True asks for evaluation without a validation split",
                   "unknown LLaMA-Factory key 'lora_rnak'; did you mean 'lora_rank'",
@@ -66,8 +66,39 @@ def test_keys_we_cannot_honour_are_listed_together(tmp_path: Path) -> None:
 
 
 def test_switched_off_features_are_fine(tmp_path: Path) -> None:
-    with pytest.warns(ConfigWarning, match=r"use_galore \(switched off, as here\)"):
-        load_config(write(tmp_path, "model_name_or_path: x\nuse_galore: false\ndo_eval: false\ndeepspeed: null\n"))
+    with pytest.warns(ConfigWarning, match=r"use_badam \(switched off, as here\)"):
+        load_config(write(tmp_path, "model_name_or_path: x\nuse_badam: false\ndo_eval: false\ndeepspeed: null\n"))
+
+
+def test_optimizer_keys_map(tmp_path: Path) -> None:
+    galore = (  # the keys of LLaMA-Factory's GaLore example (layer-wise stepping is not used here)
+        "model_name_or_path: x\nstage: sft\ndo_train: true\nfinetuning_type: full\nuse_galore: true\n"
+        "galore_layerwise: true\ngalore_target: all\ngalore_rank: 128\ngalore_scale: 2.0\ndataset: identity\n"
+    )
+    with pytest.warns(ConfigWarning, match="galore_layerwise"):
+        cfg = load_config(write(tmp_path, galore))
+    assert cfg.train.optimizer == "galore_adamw" and cfg.train.galore.rank == 128 and cfg.train.galore.target == ["all"]
+    apollo = (
+        "model_name_or_path: x\nfinetuning_type: full\nuse_apollo: true\napollo_rank: 64\napollo_scale_type: tensor\n"
+    )
+    cfg = load_config(write(tmp_path, apollo))
+    assert cfg.train.optimizer == "apollo_adamw" and (cfg.train.apollo.rank, cfg.train.apollo.scale_type) == (
+        64,
+        "tensor",
+    )
+    cfg = load_config(write(tmp_path, "model_name_or_path: x\nfinetuning_type: full\nuse_muon: true\n"))
+    assert cfg.train.optimizer == "muon"
+    text = "model_name_or_path: x\noptim: adamw_bnb_8bit\nadam_beta2: 0.95\nadam_epsilon: 1e-6\nloraplus_lr_ratio: 16\n"
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.train.optimizer, cfg.train.adam_beta2, cfg.train.adam_epsilon) == ("adamw_8bit", 0.95, 1e-6)
+    assert cfg.train.loraplus_lr_ratio == 16.0
+    bad = "model_name_or_path: x\nfinetuning_type: full\nuse_galore: true\nuse_apollo: true\noptim: lion_32bit\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, bad))
+    assert "use_galore, use_apollo and use_muon exclude each other" in str(err.value)
+    assert "optim: 'lion_32bit': use one of adamw_torch" in str(err.value)
+    with pytest.raises(ConfigError, match="use_galore: True runs with optim adamw_torch, not 'sgd'"):
+        load_config(write(tmp_path, "model_name_or_path: x\nfinetuning_type: full\nuse_galore: true\noptim: sgd\n"))
 
 
 def test_data_engine_keys_map(tmp_path: Path) -> None:
