@@ -37,6 +37,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        head = weight.to(hidden.dtype)  # the hidden states' gradient is made in their dtype; cast once
         for start in range(0, hidden.size(0), chunk):
             h, y = hidden[start : start + chunk], targets[start : start + chunk]
             logits = (h @ weight.T).float()
@@ -51,7 +52,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad *= valid[:, None]
             grad = grad.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk] = grad @ weight.to(hidden.dtype)
+                grad_hidden[start : start + chunk] = grad @ head
             if grad_weight is not None:
                 grad_weight += (grad.T @ h).float()
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))

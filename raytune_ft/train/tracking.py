@@ -86,7 +86,7 @@ class _Mlflow:
         tracking = run.cfg.tracking
         uri = tracking.mlflow_uri or (run.run_dir.parent / "mlruns").as_uri()
         if uri.startswith("file:"):
-            # MLflow 3 refuses its file store unless told otherwise; the default is a local file store
+            # MLflow 3 refuses its file store unless told otherwise; the default here is a local file store
             # (mlflow-skinny has no SQL store), readable by `mlflow ui --backend-store-uri <uri>`.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = mlflow.MlflowClient(tracking_uri=uri)
