@@ -68,9 +68,9 @@ def grace_steps(cfg: JobConfig, total_steps: int) -> int:
 
 
 def _asha(cfg: JobConfig, total_steps: int) -> Any:
-    from ray.tune.schedulers import ASHAScheduler
+    from raytune_ft.tune.asha import ResumableASHA
 
-    return ASHAScheduler(
+    return ResumableASHA(
         time_attr="step",
         max_t=total_steps,
         grace_period=grace_steps(cfg, total_steps),

@@ -142,6 +142,44 @@ def test_schedulers_registry(tmp_path: Path) -> None:
     assert isinstance(SCHEDULERS["fifo"](cfg, 40), FIFOScheduler)
 
 
+def restored_trial(storage_path: Path, trial_id: str, losses: dict[int, float]) -> Any:
+    """A Tune trial as ``Tuner.restore`` re-adds it: its ``result.json`` holds what it reported before."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+    from ray.tune.registry import register_trainable
+
+    register_trainable("run_trial", lambda config: None)
+    storage = StorageContext(storage_path=str(storage_path), experiment_dir_name="sweep", trial_dir_name=trial_id)
+    folder = Path(storage.trial_fs_path)
+    if losses:
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [{"step": step, "eval_loss": loss} for step, loss in losses.items()]
+        (folder / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Trial("run_trial", config={}, trial_id=trial_id, storage=storage)
+
+
+@pytest.mark.parametrize("scheduler", ["ours", "ray's"])
+def test_asha_rungs_survive_a_restored_sweep(tmp_path: Path, scheduler: str) -> None:
+    """Two trials finished before the interruption; the hopeless one starting after it is still stopped."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    cfg = sweep(tmp_path, {"space": {"train.learning_rate": {"grid": [1e-2, 3e-3, 1e-6]}}, "reduction_factor": 2},
+                train={"eval_steps": 2, "save_steps": 4}, data={"val_size": 0.2})  # fmt: skip
+    ray_asha = ASHAScheduler(time_attr="step", max_t=8, grace_period=2, reduction_factor=2)
+    asha = SCHEDULERS["asha"](cfg, 8) if scheduler == "ours" else ray_asha
+    asha.set_search_properties("eval_loss", "min")
+    done = [
+        restored_trial(tmp_path, "a", {2: 1.0, 4: 0.6, 6: 0.4, 8: 0.3}),
+        restored_trial(tmp_path, "b", {2: 1.2, 4: 0.9}),
+    ]
+    late = restored_trial(tmp_path, "c", {})
+    for trial in [*done, late]:
+        asha.on_trial_add(None, trial)
+    action = asha.on_trial_result(None, late, {"step": 2, "eval_loss": 2.5})
+    expected = TrialScheduler.STOP if scheduler == "ours" else TrialScheduler.CONTINUE  # Ray's forgets the rungs
+    assert action == expected
+
+
 def test_pbt_trial_continues_another_trials_checkpoint_as_a_new_run(tmp_path: Path) -> None:
     from ray import tune
 
