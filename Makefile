@@ -54,6 +54,10 @@ browser:
 test: lint typecheck browser
 	$(BIN)/python -m pytest -q --durations=30
 
+# The tests that need no Ray cluster (a few spawn two gloo processes), for fast iteration.
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
 bench: install
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/tokenize_throughput.py

@@ -78,17 +78,22 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict[
     from raytune_ft.config import load_config
     from raytune_ft.models import apply_adapter
     from raytune_ft.train.objectives import SFTObjective
+    from raytune_ft.train.precision import build_precision, cast_trainable, compute_precision
     from raytune_ft.train.step import StepCore, build_optimizer, build_scheduler
     from raytune_ft.train.strategies import DDPStrategy
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gpu = device.type == "cuda"  # on GPU: a bf16 base, bf16 autocast, float32 trainable weights (train.precision)
+    dtype = torch.bfloat16 if gpu else torch.float32
     model = build_model(args.shape, device, dtype)
     n_forward = forward_params(model)
-    cfg = load_config(None, [f"adapter.type={mode}", "adapter.rank=16", "adapter.target=all"])
+    cfg = load_config(None, [f"adapter.type={mode}", "adapter.rank=16", "adapter.target=all",
+                             f"model.dtype={str(dtype).split('.')[1]}", f"scaling.use_gpu={gpu}"])  # fmt: skip
     model = apply_adapter(model, cfg.adapter)
+    cast_trainable(model, compute_precision(cfg))
     strategy = DDPStrategy(device, cfg)
     model, optimizer = strategy.prepare(model, lambda m: build_optimizer(m, cfg.train))
-    core = StepCore(model, SFTObjective(), strategy, optimizer, build_scheduler(optimizer, cfg.train, 10**6), 1.0)
+    scheduler = build_scheduler(optimizer, cfg.train, 10**6)
+    core = StepCore(model, SFTObjective(), strategy, optimizer, scheduler, 1.0, build_precision(cfg, device))
     generator = torch.Generator().manual_seed(0)
     vocab = SHAPES[args.shape]["vocab_size"]
     batches = [packed_batch(args.batch, args.seq, vocab, generator) for _ in range(4)]

@@ -118,8 +118,8 @@ def _fsdp(value: Any) -> dict[str, Any]:
     return {"scaling.strategy": "fsdp2"} if value else {}
 
 
-def _precision(dtype: str) -> Setter:
-    return lambda value: {"model.dtype": dtype} if value else {}
+def _precision(dtype: str, precision: str) -> Setter:
+    return lambda value: {"model.dtype": dtype, "train.precision": precision} if value else {}
 
 
 def _attention(value: Any) -> dict[str, Any]:
@@ -461,10 +461,14 @@ KEYS: dict[str, Rule] = {
     "eval_steps": _to("train.eval_steps"),
     "seed": _to("train.seed"),
     "bf16": _map(
-        _precision("bfloat16"), "model.dtype: bfloat16 (weights and compute in bf16; the LoRA weights stay float32)"
+        _precision("bfloat16", "bf16"),
+        "model.dtype: bfloat16, train.precision: bf16 (autocast; trainable weights and optimizer state float32)",
     ),
-    "fp16": _map(_precision("float16"), "model.dtype: float16 (GPU only)"),
-    "pure_bf16": _map(_precision("bfloat16"), "model.dtype: bfloat16"),
+    "fp16": _map(_precision("float16", "fp16"), "model.dtype: float16, train.precision: fp16 (GPU only)"),
+    "pure_bf16": _map(
+        lambda value: {"train.use.pure_bf16": True} if value else {},
+        "model.dtype: bfloat16, train.precision: pure_bf16 (wins over bf16)",
+    ),
     "tf32": _ignored("TF32 matmuls are a GPU setting torch chooses"),
     "optim": _map(
         _optim,
@@ -665,6 +669,8 @@ def _combine(flat: dict[str, Any], problems: list[str]) -> None:
         else:
             flat["model.source"] = f"{source}@{revision}"
     _combine_optimizer(flat, problems)
+    if flat.pop("train.use.pure_bf16", False):  # LLaMA-Factory turns mixed precision off under pure_bf16
+        flat.update({"model.dtype": "bfloat16", "train.precision": "pure_bf16"})
     filesystem = flat.pop("train.storage_filesystem", None)
     if filesystem:
         scheme = _FILESYSTEMS.get(str(filesystem).lower())

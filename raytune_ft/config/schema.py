@@ -82,7 +82,9 @@ class ModelConfig(Section):
     model once."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype for training. float32 is fastest on CPUs without bf16 units."""
+    """Storage dtype of the base weights in training (trainable weights stay float32 unless
+    ``train.precision`` is pure_bf16) and of a full-tuning checkpoint. float32 is fastest on CPUs
+    without bf16 units; bfloat16 halves a frozen base's memory."""
 
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel passed to transformers."""
@@ -432,6 +434,14 @@ class TrainConfig(Section):
 
     weight_decay: float = Field(default=0.0, ge=0)
     """Decoupled weight decay (not used by ``sgd``, which has none; ``muon`` applies it to its matrices too)."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16", "pure_bf16"] = "auto"
+    """Compute precision, apart from the storage dtype ``model.dtype`` (docs/training.md#precision). ``bf16`` /
+    ``fp16``: the forward pass runs under autocast while the trainable weights (LoRA matrices, or the whole
+    model in full tuning) and the optimizer state stay float32; ``fp16`` adds dynamic loss scaling and skips a
+    step whose gradients overflow. ``pure_bf16``: weights, gradients and optimizer state all in bf16 without
+    autocast (least memory; small updates round away). ``fp32``: no autocast. ``auto``: the precision of a
+    half-precision ``model.dtype``; for float32, bf16 on GPUs and fp32 on CPUs (faster there)."""
 
     optimizer: Literal[
         "adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "galore_adamw", "apollo_adamw",
@@ -1021,6 +1031,23 @@ class JobConfig(Section):
     def _check_gpu_dtype(self) -> JobConfig:
         if self.model.dtype == "float16" and not self.scaling.use_gpu:
             raise ValueError("model.dtype float16 needs scaling.use_gpu: true; use float32 on CPU")
+        return self
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> JobConfig:
+        precision, dtype = self.train.precision, self.model.dtype
+        fits = {"fp32": ("float32",), "bf16": ("float32", "bfloat16"), "fp16": ("float32", "float16"),
+                "pure_bf16": ("bfloat16",)}  # fmt: skip
+        if precision != "auto" and dtype not in fits[precision]:
+            raise ValueError(
+                f"train.precision {precision} does not compute on model.dtype {dtype} weights: use model.dtype "
+                f"{' or '.join(fits[precision])}, or train.precision auto (the precision of model.dtype)"
+            )
+        if precision == "pure_bf16" and self.scaling.strategy == "deepspeed":
+            raise ValueError(
+                "train.precision pure_bf16 does not apply under scaling.strategy deepspeed: its bf16 section "
+                "always keeps float32 master weights; use train.precision bf16"
+            )
         return self
 
     @model_validator(mode="after")

@@ -55,13 +55,36 @@ def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(), folder / _rng_file(_rank()))
     if weights is not None:
-        save_weights(core.strategy.unwrap(core.model), folder, weights)
+        model = core.strategy.unwrap(core.model)
+        save_weights(model, folder, _in_storage_dtype(weights, model, cfg))
+        _record_storage_dtype(folder, model, cfg)
         tokenizer.save_pretrained(folder)
         (folder / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
-        saved = {**resume_state, "scheduler": core.scheduler.state_dict()}
+        saved = {**resume_state, "scheduler": core.scheduler.state_dict(), "precision": core.precision.state_dict()}
         torch.save(saved, folder / OPTIMIZER_FILE)
         (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
     return folder.is_dir() and any(folder.iterdir())
+
+
+def _in_storage_dtype(weights: dict[str, torch.Tensor], model: Any, cfg: JobConfig) -> dict[str, torch.Tensor]:
+    """A whole model's weights in ``model.dtype`` (its float32 masters are cast; the strategy's resume state keeps
+    them); an adapter stays float32, the dtype it trains in."""
+    if hasattr(model, "peft_config"):
+        return weights
+    dtype = getattr(torch, cfg.model.dtype)
+    return {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
+
+
+def _record_storage_dtype(folder: Path, model: Any, cfg: JobConfig) -> None:
+    """transformers writes the dtype of the model in memory (the float32 masters) into config.json; a whole
+    model's checkpoint says the dtype its weights were saved in."""
+    path = folder / "config.json"
+    if hasattr(model, "peft_config") or not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("dtype") != cfg.model.dtype:
+        config["dtype"] = cfg.model.dtype
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
@@ -93,6 +116,7 @@ def restore_state(folder: Path, core: StepCore, train: TrainConfig | None = None
     saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
     core.strategy.load_state(folder, core.model, core.optimizer, saved)
     core.scheduler.load_state_dict(saved["scheduler"])
+    core.precision.load_state_dict(saved.get("precision", {}))
     if train is not None:
         _retarget(core, train)
     _restore_rng(folder, saved.get("rng"))

@@ -33,10 +33,11 @@ from raytune_ft.models import (
 
 from .checkpoint import TrainState, load_weights_into, restore_state, save_checkpoint
 from .objectives import OBJECTIVES
+from .precision import build_precision, cast_trainable, compute_precision
 from .progress import Meter, reduce_metrics
 from .reference import build_reference
 from .step import StepCore, build_optimizer, build_scheduler, move_batch
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, is_distributed
 from .tokenizer import job_tokenizer
 from .tracking import Trackers, open_trackers, plot_loss
 
@@ -75,6 +76,7 @@ def build_training(
     if checkpoint is not None and not full_resume:
         load_weights_into(model, checkpoint)
     model = attach_head(model, cfg.method.stage, checkpoint)
+    cast_trainable(model, compute_precision(cfg))
     strategy = STRATEGIES[cfg.scaling.strategy](device, cfg)
     model, optimizer = strategy.prepare(model, functools.partial(build_optimizer, cfg=cfg.train))
     reference = build_reference(cfg, strategy.unwrap(model), device)
@@ -85,6 +87,7 @@ def build_training(
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train, total_steps),
         max_grad_norm=cfg.train.max_grad_norm,
+        precision=build_precision(cfg, device, sharded=cfg.scaling.strategy == "fsdp2" and is_distributed()),
     )
     return core, tokenizer
 
@@ -145,8 +148,15 @@ def _run(
     meter = Meter(total_steps=plan.total_steps)
     while state.global_step < plan.total_steps:
         window = [move_batch(next(batches), device) for _ in range(cfg.train.gradient_accumulation_steps)]
-        meter.add(core.step(window))
+        stats = core.step(window)
+        meter.add(stats)
         state.global_step += 1
+        if stats.skipped and rank == 0:
+            print(
+                f"raytune_ft: step {state.global_step}: fp16 gradients overflowed (inf/nan), update skipped; "
+                f"loss scale now {stats.loss_scale:g}",
+                flush=True,
+            )
         done = state.global_step == plan.total_steps
         log = done or state.global_step % cfg.train.logging_steps == 0
         save = done or state.global_step % cfg.train.save_steps == 0
@@ -277,13 +287,21 @@ def _loraplus(cfg: JobConfig) -> str:
     return f" (LoRA+: B matrices at {ratio:g}x the learning rate)" if ratio else ""
 
 
+def _precision(cfg: JobConfig) -> str:
+    precision = compute_precision(cfg)
+    if precision in ("bf16", "fp16"):
+        scaling = ", dynamic loss scale" if precision == "fp16" else ""
+        return f"{precision} (autocast over {cfg.model.dtype} weights, float32 trainable weights{scaling})"
+    return f"{precision} ({cfg.model.dtype} weights)"
+
+
 def _announce(core: StepCore, cfg: JobConfig, plan: RunPlan, state: TrainState) -> None:
     trainable, total = trainable_parameters(core.model)
     resumed = f", resuming at step {state.global_step}" if state.global_step else ""
     print(
         f"raytune_ft: {cfg.adapter.type} {cfg.method.stage} on {cfg.model.source}: "
         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%); "
-        f"{plan.total_steps} steps of {cfg.train.optimizer}{_loraplus(cfg)}{resumed}",
+        f"{plan.total_steps} steps of {cfg.train.optimizer}{_loraplus(cfg)} in {_precision(cfg)}{resumed}",
         flush=True,
     )
     model = core.strategy.unwrap(core.model)

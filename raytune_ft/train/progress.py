@@ -33,12 +33,14 @@ class Meter:
     def _reset(self) -> None:
         self._window_start = time.perf_counter()
         self._steps = 0
+        self._skipped = 0
         self._sums = [0.0, 0.0, 0.0, 0.0]  # loss_sum, terms, tokens, padded tokens
         self._metrics: MetricSums = {}
         self._last: StepStats | None = None
 
     def add(self, stats: StepStats) -> None:
         self._steps += 1
+        self._skipped += stats.skipped
         for i, value in enumerate((stats.loss_sum, stats.terms, stats.tokens, stats.padded_tokens)):
             self._sums[i] += value
         for name, (total, count) in stats.metrics.items():
@@ -63,6 +65,8 @@ class Meter:
             "eta_s": seconds_per_step * (self.total_steps - step),
             **reduce_metrics(strategy, self._metrics),
         }
+        if last is not None and last.loss_scale is not None:  # fp16: every worker holds the same scale
+            metrics.update(loss_scale=last.loss_scale, skipped_steps=self._skipped)
         self._reset()
         return metrics
 
@@ -72,6 +76,7 @@ class Meter:
             f"step {m['step']}/{self.total_steps} ({pct:3.0f}%) | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
             f"{m['tokens_per_s']:,.0f} tok/s | {m['s_per_step']:.2f} s/step | ETA {_format_duration(m['eta_s'])}"
             + "".join(f" | {label} {m[key]:.3f}" for key, label in _SHOWN.items() if key in m)
+            + (f" | {m['skipped_steps']} step(s) skipped (fp16 overflow)" if m.get("skipped_steps") else "")
         )
 
 

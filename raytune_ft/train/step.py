@@ -20,6 +20,7 @@ from raytune_ft.config import TrainConfig
 
 from .objectives import MetricSums, Objective
 from .optimizers import build_optimizer
+from .precision import Precision
 from .strategies import Strategy
 
 __all__ = ["StepCore", "StepStats", "build_optimizer", "build_scheduler", "move_batch"]
@@ -39,6 +40,10 @@ class StepStats:
     lr: float
     metrics: MetricSums = field(default_factory=dict)
     """The objective's own metrics over the window, as (sum, count)."""
+    skipped: bool = False
+    """The window's update was not applied: its fp16 gradients overflowed."""
+    loss_scale: float | None = None
+    """fp16's dynamic loss scale after the window; None without loss scaling."""
 
 
 @dataclass
@@ -49,6 +54,7 @@ class StepCore:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     max_grad_norm: float | None
+    precision: Precision = field(default_factory=lambda: Precision("fp32"))
 
     def step(self, micro_batches: Sequence[dict[str, torch.Tensor]]) -> StepStats:
         """Forward/backward every micro-batch, then clip, step and advance the schedule."""
@@ -61,12 +67,17 @@ class StepCore:
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.strategy.no_sync(self.model):
-                loss = self.objective.loss_sum(self.model, batch)
-                self.strategy.backward(self.model, loss * scale)
+                with self.precision.autocast():
+                    loss = self.objective.loss_sum(self.model, batch)
+                self.strategy.backward(self.model, self.precision.scale(loss * scale))
             loss_total += float(loss.detach())
         lr = float(self.scheduler.get_last_lr()[0])
-        grad_norm = self.strategy.optimizer_step(self.model, self.optimizer, self.max_grad_norm)
-        self.scheduler.step()
+        self.precision.unscale(self.optimizer)
+        overflow_check = self.precision.scaler is not None
+        grad_norm = self.strategy.optimizer_step(self.model, self.optimizer, self.max_grad_norm, overflow_check)
+        applied = self.precision.update(grad_norm)
+        if applied:  # as transformers' Trainer: a skipped fp16 step does not advance the schedule
+            self.scheduler.step()
         return StepStats(
             loss_sum=loss_total,
             terms=terms,
@@ -75,6 +86,8 @@ class StepCore:
             grad_norm=grad_norm,
             lr=lr,
             metrics=self.objective.metrics(),
+            skipped=not applied,
+            loss_scale=self.precision.loss_scale,
         )
 
     @torch.no_grad()
@@ -91,12 +104,13 @@ class StepCore:
         model = self.strategy.unwrap(self.model)
         model.eval()
         loss_sum, terms = 0.0, 0
-        for batch in batches:
-            loss_sum += float(self.objective.loss_sum(model, batch))
-            terms += self.objective.terms(batch)
-        metrics = self.objective.metrics()
-        for batch in idle:
-            self.objective.loss_sum(model, batch)
+        with self.precision.autocast():
+            for batch in batches:
+                loss_sum += float(self.objective.loss_sum(model, batch))
+                terms += self.objective.terms(batch)
+            metrics = self.objective.metrics()
+            for batch in idle:
+                self.objective.loss_sum(model, batch)
         self.objective.metrics()  # the idle batches' metrics are not counted
         model.train()
         return loss_sum, terms, metrics

@@ -23,6 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 from raytune_ft.config import JobConfig
 from raytune_ft.models import CheckpointError
 
+from .precision import AUTOCAST_DTYPES, compute_precision
+
 __all__ = [
     "SHARDED_DIR",
     "STRATEGIES",
@@ -65,9 +67,14 @@ class Strategy(Protocol):
     def backward(self, model: torch.nn.Module, loss: torch.Tensor) -> None: ...
 
     def optimizer_step(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        max_grad_norm: float | None,
+        skip_nonfinite: bool = False,
     ) -> float:
-        """Clip the window's gradients, update the weights and clear the gradients; returns the norm."""
+        """Clip the window's gradients, update the weights and clear the gradients; returns the norm.
+        ``skip_nonfinite``: leave the weights as they are when the norm is inf or nan (fp16 overflow)."""
         ...
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]: ...
@@ -95,6 +102,7 @@ class _Collectives:
 
     def __init__(self, device: torch.device, cfg: JobConfig) -> None:
         self.device = device
+        self.cfg = cfg
 
     def prepare(
         self, model: torch.nn.Module, make_optimizer: OptimizerFactory
@@ -109,13 +117,19 @@ class _Collectives:
         loss.backward()  # type: ignore[no-untyped-call]
 
     def optimizer_step(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        max_grad_norm: float | None,
+        skip_nonfinite: bool = False,
     ) -> float:
         params = [p for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
-        optimizer.step()
+        value = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
+        if not (skip_nonfinite and not math.isfinite(value)):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
+        return value
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         if not is_distributed():
@@ -153,20 +167,40 @@ class DDPStrategy(_Collectives):
         return self.unwrap(model).state_dict() if _rank() == 0 else None
 
     def save_state(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return {"optimizer": optimizer.state_dict()} if _rank() == 0 else {}
+        if _rank() != 0:
+            return {}
+        return {"optimizer": optimizer.state_dict(), "masters": self._masters(model)}
 
     def load_state(
         self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]
     ) -> None:
         optimizer.load_state_dict(saved["optimizer"])
+        masters = saved.get("masters") or {}
+        with torch.no_grad():
+            for name, parameter in self.unwrap(model).named_parameters():
+                if name in masters:
+                    parameter.copy_(masters[name])
+
+    def _masters(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Trainable float32 weights of a whole model exported in a half-precision ``model.dtype``: the
+        checkpoint's weights are rounded, so resuming exactly needs these."""
+        unwrapped = self.unwrap(model)
+        if hasattr(unwrapped, "peft_config") or self.cfg.model.dtype == "float32":
+            return {}
+        return {
+            name: p.detach().to("cpu", copy=True)
+            for name, p in unwrapped.named_parameters()
+            if p.requires_grad and p.dtype == torch.float32
+        }
 
 
 class FSDP2Strategy(_Collectives):
     """Shard parameters, gradients and optimizer state across workers (torch FSDP2 ``fully_shard``).
 
     Each decoder layer is one FSDP unit (gathered for its forward and backward, then freed), and the
-    root holds the rest (embeddings, norm, head). Mixed precision: parameters compute in the dtype
-    they were loaded in (``model.dtype``) and gradients are reduced in float32. Checkpoints gather
+    root holds the rest (embeddings, norm, head). Mixed precision (``MixedPrecisionPolicy``): the
+    sharded parameters keep their dtype (float32 masters for the trainable ones), are gathered in the
+    compute dtype of ``train.precision``, and gradients are reduced in float32. Checkpoints gather
     the full weights on rank 0 for export and write model + optimizer shards with
     torch.distributed.checkpoint (``SHARDED_DIR``), each worker its own, for resume.
     """
@@ -181,8 +215,9 @@ class FSDP2Strategy(_Collectives):
         if not is_distributed():
             return model
         mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
-        dtype = next(model.parameters()).dtype
-        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(
+            param_dtype=AUTOCAST_DTYPES.get(compute_precision(self.cfg)), reduce_dtype=torch.float32
+        )
         for layer in decoder_layers(model):
             fully_shard(layer, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -272,9 +307,13 @@ class DeepSpeedStrategy(_Collectives):
         model.backward(loss, scale_wrt_gas=False)  # type: ignore[operator]  # the loss is already scaled
 
     def optimizer_step(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        max_grad_norm: float | None,
+        skip_nonfinite: bool = False,
     ) -> float:
-        model.step()  # type: ignore[operator]
+        model.step()  # type: ignore[operator]  # DeepSpeed's fp16 loss scaler skips an overflowing step itself
         norm = model.get_global_grad_norm()  # type: ignore[operator]
         return float(norm) if norm is not None else math.nan
 
@@ -327,8 +366,9 @@ def deepspeed_config(cfg: JobConfig, world_size: int, hidden_size: int | None = 
         "gradient_clipping": cfg.train.max_grad_norm or 0.0,
     }
     config.update(ours)
-    config["bf16"] = {**config.get("bf16", {}), "enabled": cfg.model.dtype == "bfloat16"}
-    config["fp16"] = {**config.get("fp16", {}), "enabled": cfg.model.dtype == "float16"}
+    precision = compute_precision(cfg)  # DeepSpeed's sections: cast, fp32 masters, and fp16 loss scaling
+    config["bf16"] = {**config.get("bf16", {}), "enabled": precision == "bf16"}
+    config["fp16"] = {**config.get("fp16", {}), "enabled": precision == "fp16"}
     config["managed_gradient_accumulation"] = False
     config["zero_force_ds_cpu_optimizer"] = False  # our torch AdamW, also with optimizer offload
     config.setdefault("steps_per_print", 2**31 - 1)
