@@ -123,9 +123,10 @@ def _precision(dtype: str, precision: str) -> Setter:
 
 
 def _attention(value: Any) -> dict[str, Any]:
-    kernels = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "eager": "eager"}
+    kernels = {"auto": "auto", "sdpa": "sdpa", "disabled": "eager", "eager": "eager", "fa2": "flash_attention_2",
+               "fa3": "flash_attention_3", "flex_attention": "flex_attention"}  # fmt: skip
     if value not in kernels:
-        raise Refused("use auto, sdpa or disabled (eager); other attention kernels are not available yet")
+        raise Refused(f"use one of {', '.join(kernels)}")
     return {"model.attn_implementation": kernels[value]}
 
 
@@ -252,7 +253,9 @@ KEYS: dict[str, Rule] = {
     "init_special_tokens": _ignored("no tokens are added, so none are initialised"),
     "low_cpu_mem_usage": _ignored("transformers loads weights lazily"),
     "rope_scaling": _refused("RoPE scaling is not supported; the model's context length applies", None),
-    "flash_attn": _map(_attention, "model.attn_implementation (auto, sdpa -> sdpa; disabled -> eager)"),
+    "flash_attn": _map(
+        _attention, "model.attn_implementation (auto, sdpa; disabled -> eager; fa2, fa3 -> flash_attention_2, _3)"
+    ),
     "shift_attn": _refused("shift short attention (LongLoRA) is not supported", False),
     "mixture_of_depths": _refused("mixture of depths is not supported", None),
     "use_unsloth": _refused("Unsloth is not supported", False),

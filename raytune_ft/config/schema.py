@@ -86,8 +86,14 @@ class ModelConfig(Section):
     ``train.precision`` is pure_bf16) and of a full-tuning checkpoint. float32 is fastest on CPUs
     without bf16 units; bfloat16 halves a frozen base's memory."""
 
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    """Attention kernel passed to transformers."""
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] = "auto"
+    """Attention kernel (docs/training.md#attention). ``sdpa``: PyTorch's fused attention, run on each sample of a
+    packed row, so no seq x seq mask is built; ``flash_attention_2`` / ``flash_attention_3``: the FlashAttention
+    packages' varlen kernels (CUDA); ``flex_attention``: torch's block-sparse kernel (trains on CUDA only);
+    ``eager``: plain matmuls with a dense mask. ``auto``: on CUDA FlashAttention-3 (Hopper), then -2 when
+    installed, else sdpa; on CPU sdpa."""
 
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them:
@@ -1031,6 +1037,20 @@ class JobConfig(Section):
     def _check_gpu_dtype(self) -> JobConfig:
         if self.model.dtype == "float16" and not self.scaling.use_gpu:
             raise ValueError("model.dtype float16 needs scaling.use_gpu: true; use float32 on CPU")
+        return self
+
+    @model_validator(mode="after")
+    def _check_attention(self) -> JobConfig:
+        kernel = self.model.attn_implementation
+        if kernel.startswith("flash_attention") and not self.scaling.use_gpu:
+            raise ValueError(
+                f"model.attn_implementation {kernel} runs on CUDA only: set scaling.use_gpu: true, or use auto or sdpa"
+            )
+        if kernel == "flex_attention" and not self.scaling.use_gpu:
+            raise ValueError(
+                "model.attn_implementation flex_attention has no backward pass on CPU in torch: set "
+                "scaling.use_gpu: true, or use auto or sdpa (which keeps packed samples apart without a mask)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from raytune_ft.config import AdapterConfig, JobConfig, ModelConfig, load_config
 
+from .attention import PACKED_SDPA, transformers_attention
 from .checkpoint import CONFIG_FILE, CheckpointError, latest_checkpoint
 from .init_from import adapter_folder, merge_adapters, merged_adapters
 from .source import ModelSourceError, pin_model_source, resolve_model
@@ -83,27 +84,29 @@ def _from_pretrained(path: Path, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
-    """The base model from a local HF folder in ``cfg.dtype`` (quantized on the current GPU, or the CPU, for QLoRA)."""
+def load_causal_lm(cfg: ModelConfig, path: Path, device_type: str = "cpu") -> torch.nn.Module:
+    """The base model from a local HF folder in ``cfg.dtype`` (quantized on the current GPU, or the CPU, for QLoRA),
+    with the attention kernel ``cfg.attn_implementation`` resolves to on a ``device_type`` worker."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, cfg.dtype)
+    kernel = transformers_attention(cfg.attn_implementation, device_type)
     try:
-        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype,
-            attn_implementation=cfg.attn_implementation,
-            trust_remote_code=cfg.trust_remote_code,
-            **_quantization(cfg, dtype),
-        )
+        model = _load_lm(cfg, path, dtype, kernel)
     except ValueError as err:
-        if "trust_remote_code" not in str(err) or cfg.trust_remote_code:
+        if "trust_remote_code" in str(err) and not cfg.trust_remote_code:
+            raise ModelSourceError(
+                f"{path}: the model ships its own Python code (auto_map in its config.json), which runs only with "
+                "model.trust_remote_code: true; set it if you trust that code"
+            ) from None
+        if kernel == PACKED_SDPA or "attention" not in str(err).lower():
             raise
-        raise ModelSourceError(
-            f"{path}: the model ships its own Python code (auto_map in its config.json), which runs only with "
-            "model.trust_remote_code: true; set it if you trust that code"
-        ) from None
+        if cfg.attn_implementation != "auto":
+            raise ModelSourceError(
+                f"{path}: this architecture does not run model.attn_implementation {kernel} in transformers "
+                f"({err}); use sdpa or auto"
+            ) from None
+        model = _load_lm(cfg, path, dtype, transformers_attention("sdpa", device_type))
     if cfg.quantization_bit:
         from peft import prepare_model_for_kbit_training
 
@@ -113,6 +116,19 @@ def load_causal_lm(cfg: ModelConfig, path: Path) -> torch.nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
     if cfg.compile:
         model.compile()  # in place: the module (and its checkpoints) stay as they are; traced at the first step
+    return model
+
+
+def _load_lm(cfg: ModelConfig, path: Path, dtype: torch.dtype, kernel: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        attn_implementation=kernel,
+        trust_remote_code=cfg.trust_remote_code,
+        **_quantization(cfg, dtype),
+    )
     return model
 
 

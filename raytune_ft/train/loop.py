@@ -71,7 +71,7 @@ def build_training(
     model_dir = resolve_model(cfg.model)
     tokenizer = job_tokenizer(cfg)
     full_resume = checkpoint is not None and not is_adapter_checkpoint(checkpoint)
-    model = load_causal_lm(cfg.model, checkpoint if full_resume and checkpoint else model_dir)
+    model = load_causal_lm(cfg.model, checkpoint if full_resume and checkpoint else model_dir, device.type)
     model = apply_adapter(model, cfg.adapter, cfg.model.cache_dir)
     if checkpoint is not None and not full_resume:
         load_weights_into(model, checkpoint)

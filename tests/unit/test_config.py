@@ -109,3 +109,25 @@ def test_closest_name_prefers_the_fewest_edits() -> None:
     assert closest_name("chatlm", TEMPLATE_NAMES) == "chatml"
     assert closest_name("qwen3_no_think", TEMPLATE_NAMES) == "qwen3_nothink"
     assert closest_name("zzzz", TEMPLATE_NAMES) is None
+
+
+@pytest.mark.parametrize(
+    ("kernel", "message"),
+    [("flash_attention_2", "runs on CUDA only"), ("flash_attention_3", "runs on CUDA only"),
+     ("flex_attention", "no backward pass on CPU")],
+)  # fmt: skip
+def test_cuda_only_attention_kernels_are_refused_on_cpu(kernel: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"model.attn_implementation={kernel}"])
+    assert load_config(None, [f"model.attn_implementation={kernel}", "scaling.use_gpu=true"])
+
+
+@pytest.mark.parametrize(
+    ("value", "kernel"),
+    [("auto", "auto"), ("sdpa", "sdpa"), ("disabled", "eager"), ("fa2", "flash_attention_2"),
+     ("fa3", "flash_attention_3")],
+)  # fmt: skip
+def test_llamafactory_flash_attn_maps(tmp_path: Path, value: str, kernel: str) -> None:
+    path = write(tmp_path, f"model_name_or_path: x\nflash_attn: {value}\n")
+    overrides = [] if kernel in ("auto", "sdpa", "eager") else ["scaling.use_gpu=true"]
+    assert load_config(path, overrides).model.attn_implementation == kernel

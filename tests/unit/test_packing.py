@@ -23,6 +23,7 @@ from raytune_ft.data import (
     render_segments,
 )
 from raytune_ft.models import PACKED_ATTENTION
+from raytune_ft.models.attention import transformers_attention
 from raytune_ft.train import SFTObjective, collator
 
 NAMES = {"name": "Raytune", "author": "the raytune_ft team"}
@@ -51,19 +52,32 @@ def test_padding_efficiency_counts_padding_of_each_batch() -> None:
     assert padding_efficiency([4, 2, 3, 3], batch_size=2) == pytest.approx(12 / 14)
 
 
-def tiny(kind: str, vocab: int) -> torch.nn.Module:
+def tiny(kind: str, vocab: int, kernel: str = "sdpa", device: str = "cpu", **overrides: Any) -> torch.nn.Module:
+    """A random 2-layer model of ``kind`` with ``model.attn_implementation: kernel`` (ours for sdpa)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     shapes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-    config = AutoConfig.for_model(kind, vocab_size=vocab, num_key_value_heads=2, **shapes)
+    config = AutoConfig.for_model(kind, vocab_size=vocab, num_key_value_heads=2, **shapes, **overrides)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    implementation = transformers_attention(kernel, device)
+    dtype = torch.bfloat16 if kernel.startswith("flash") else torch.float32  # FlashAttention runs in half precision
+    return AutoModelForCausalLM.from_config(config, attn_implementation=implementation, dtype=dtype).to(device).eval()
 
 
+NO_FLEX = {"stablelm"}
+"""Model types transformers does not run with flex_attention (it refuses them when the model is built)."""
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "flex_attention"])
 @pytest.mark.parametrize("kind", sorted(PACKED_ATTENTION))
-def test_packed_loss_equals_unpacked_loss(tokenizer: Any, kind: str) -> None:
+def test_packed_loss_equals_unpacked_loss(tokenizer: Any, kind: str, kernel: str) -> None:
+    """Forward only for flex_attention: torch has no flex backward pass on CPU."""
     data = samples(tokenizer, 6)
-    model = tiny(kind, len(tokenizer))
+    if kernel == "flex_attention" and kind in NO_FLEX:
+        with pytest.raises(ValueError, match=r"(?i)flex"):
+            tiny(kind, len(tokenizer), kernel)
+        return
+    model = tiny(kind, len(tokenizer), kernel)
     objective = SFTObjective()
     plain = pad_batch([ids for ids, _ in data], [labels for _, labels in data], tokenizer.pad_token_id)
     rows = pack_samples(data, block_len=256)
@@ -79,6 +93,45 @@ def test_packed_loss_equals_unpacked_loss(tokenizer: Any, kind: str) -> None:
     crossed = {k: v for k, v in packed.items() if k != "position_ids"}
     with torch.no_grad():
         assert abs(objective.loss_sum(model, crossed).item() - plain_loss.item()) > 1e-2
+
+
+def packed_and_plain(tokenizer: Any, n: int, block_len: int = 256) -> tuple[dict[str, Any], dict[str, Any]]:
+    data = samples(tokenizer, n)
+    plain = pad_batch([ids for ids, _ in data], [labels for _, labels in data], tokenizer.pad_token_id)
+    rows = pack_samples(data, block_len=block_len)
+    packed = pad_batch(*zip(*[(i, lab) for i, lab, _ in rows], strict=True), tokenizer.pad_token_id,
+                       position_ids=[pos for _, _, pos in rows])  # fmt: skip
+    return packed, plain
+
+
+def test_sdpa_keeps_the_sliding_window_inside_each_sample(tokenizer: Any) -> None:
+    """A window shorter than the samples: our sdpa masks it per sample, as transformers' mask does on padded rows."""
+    packed, plain = packed_and_plain(tokenizer, 6)
+    model, objective = tiny("mistral", len(tokenizer), sliding_window=16), SFTObjective()
+    wide = tiny("mistral", len(tokenizer), sliding_window=4096)
+    with torch.no_grad():
+        windowed = objective.loss_sum(model, packed).item()
+        assert windowed == pytest.approx(objective.loss_sum(model, plain).item(), abs=2e-3)
+        assert abs(windowed - objective.loss_sum(wide, packed).item()) > 1e-2, "the window must matter here"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3", "flex_attention"])
+def test_cuda_kernels_keep_packed_samples_apart_and_train(tokenizer: Any, kernel: str) -> None:
+    """On CUDA: packed loss equals the padded loss (bf16 tolerance) and the backward pass runs."""
+    from raytune_ft.models.attention import _flash_available
+
+    if kernel.startswith("flash") and not _flash_available(kernel):
+        pytest.skip(f"{kernel}: its package is not installed here")
+    packed, plain = packed_and_plain(tokenizer, 6)
+    packed, plain = ({k: v.cuda() for k, v in batch.items()} for batch in (packed, plain))
+    model, objective = tiny("llama", len(tokenizer), kernel, device="cuda"), SFTObjective()
+    with torch.no_grad():
+        per_token = (objective.loss_sum(model, packed) - objective.loss_sum(model, plain)) / objective.terms(plain)
+    assert abs(per_token.item()) < 2e-2
+    model.train()
+    objective.loss_sum(model, packed).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma", "phi3"])
