@@ -9,7 +9,7 @@
 # What travels (bench/README.md#gpu-check): the GPU machine has torch (CUDA), transformers, peft, numpy and
 # pytest but no network, so `prepare` downloads the cp312 wheels of what our package imports beyond those
 # (pydantic and its core, annotated-types, typing-inspection, pyyaml: 3 MB; bitsandbytes for the CUDA QLoRA
-# test: 43 MB), plus the builtin model's tokenizer and config (4 MB; the tests build tiny random models around
+# test: 43 MB; liger-kernel: 1 MB), plus the builtin model's tokenizer and config (4 MB; the tests build tiny random models around
 # that tokenizer, no weights travel). With the repository (2.3 MB) that is about 52 MB of the 64 MiB a call takes.
 # Without a GPU the pytest step skips every test and gpu_step.py refuses to run: the script says so and fails.
 set -euo pipefail
@@ -18,6 +18,7 @@ CARRY=bench/gpu_carry
 RESULTS=${OUT:-bench/results}
 PYTHON=${PYTHON:-python}
 WHEELS=(pydantic pydantic-core annotated-types typing-inspection pyyaml bitsandbytes)  # at the versions of .venv
+GPU_WHEELS=(liger-kernel==0.8.5)  # the `gpu` extra: not installable here (it needs triton)
 
 prepare() {
     local builtin
@@ -27,7 +28,7 @@ for name in sys.argv[1:]: print(f"{name}=={version(name)}")' "${WHEELS[@]}")
     .venv/bin/pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 \
         --platform manylinux_2_17_x86_64 \
-        --dest "$CARRY/wheels" "${pinned[@]}"
+        --dest "$CARRY/wheels" "${pinned[@]}" "${GPU_WHEELS[@]}"
     builtin=$(.venv/bin/python -c 'from raytune_ft.models import resolve_model_source as r; print(r("builtin:smollm2-135m-instruct"))')
     mkdir -p "$CARRY/cache/models/smollm2-135m-instruct"
     cp "$builtin"/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} \
@@ -38,7 +39,7 @@ for name in sys.argv[1:]: print(f"{name}=={version(name)}")' "${WHEELS[@]}")
 run() {
     local status=0 started=$SECONDS
     mkdir -p "$RESULTS"
-    if ! "$PYTHON" -c "import pydantic, yaml, bitsandbytes" 2>/dev/null && compgen -G "$CARRY/wheels/*.whl" >/dev/null; then
+    if ! "$PYTHON" -c "import pydantic, yaml, bitsandbytes, liger_kernel" 2>/dev/null && compgen -G "$CARRY/wheels/*.whl" >/dev/null; then
         "$PYTHON" -m pip install --quiet --no-index --no-deps "$CARRY"/wheels/*.whl
     fi
     export RAYTUNE_FT_CACHE=$PWD/$CARRY/cache HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$PWD

@@ -227,7 +227,6 @@ def _resize_vocab(value: Any) -> dict[str, Any]:
 
 
 _MULTIMODAL = "text-only training here: no image, video or audio column is read"
-_ENGINE = "attention and kernels are chosen by model.attn_implementation; this one is not available yet"
 _TOKEN = (
     "tokens do not belong in a config file (it is saved with every checkpoint): set {} in the environment "
     "(on a cluster: runtime_env env_vars)"
@@ -260,7 +259,7 @@ KEYS: dict[str, Rule] = {
     "mixture_of_depths": _refused("mixture of depths is not supported", None),
     "use_unsloth": _refused("Unsloth is not supported", False),
     "use_unsloth_gc": _refused("Unsloth gradient checkpointing is not supported", False),
-    "enable_liger_kernel": _refused(_ENGINE, False),
+    "enable_liger_kernel": _to("model.liger_kernel"),
     "moe_aux_loss_coef": _ignored("MoE models keep their own router loss coefficient"),
     "disable_gradient_checkpointing": _map(
         lambda value: {"model.gradient_checkpointing": not value}, "model.gradient_checkpointing (negated)"

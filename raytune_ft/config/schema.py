@@ -110,6 +110,11 @@ class ModelConfig(Section):
     """Compile the model's forward with ``torch.compile`` (inductor) at its first step: faster steps
     after a compile of a minute or more (longer on CPU, which also needs a C++ compiler). Opt-in."""
 
+    liger_kernel: bool = False
+    """On CUDA workers, patch Liger's Triton kernels (RMSNorm, RoPE, SwiGLU/GeGLU) into the model for training
+    (the ``liger-kernel`` package, extra ``gpu``). The LM head and loss stay our chunked loss, which already never
+    holds the whole logits. Needs ``scaling.use_gpu``; a model type Liger does not cover trains unpatched."""
+
 
 class DataConfig(Section):
     dataset: CommaList = Field(default_factory=lambda: ["identity"])
@@ -1037,6 +1042,14 @@ class JobConfig(Section):
     def _check_gpu_dtype(self) -> JobConfig:
         if self.model.dtype == "float16" and not self.scaling.use_gpu:
             raise ValueError("model.dtype float16 needs scaling.use_gpu: true; use float32 on CPU")
+        return self
+
+    @model_validator(mode="after")
+    def _check_liger(self) -> JobConfig:
+        if self.model.liger_kernel and not self.scaling.use_gpu:
+            raise ValueError(
+                "model.liger_kernel patches Triton kernels, which run on CUDA only: set scaling.use_gpu: true"
+            )
         return self
 
     @model_validator(mode="after")

@@ -107,6 +107,8 @@ def load_causal_lm(cfg: ModelConfig, path: Path, device_type: str = "cpu") -> to
                 f"({err}); use sdpa or auto"
             ) from None
         model = _load_lm(cfg, path, dtype, transformers_attention("sdpa", device_type))
+    if cfg.liger_kernel and device_type == "cuda":
+        _apply_liger(model)
     if cfg.quantization_bit:
         from peft import prepare_model_for_kbit_training
 
@@ -117,6 +119,22 @@ def load_causal_lm(cfg: ModelConfig, path: Path, device_type: str = "cpu") -> to
     if cfg.compile:
         model.compile()  # in place: the module (and its checkpoints) stay as they are; traced at the first step
     return model
+
+
+def _apply_liger(model: torch.nn.Module) -> None:
+    """Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels in place of the model's own (the loss stays ours)."""
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+    except ImportError as err:
+        raise ModelSourceError(
+            f"model.liger_kernel needs the liger-kernel package on the GPU workers ({err}): pip install "
+            "'raytune-ft[gpu]' there, or set model.liger_kernel: false"
+        ) from None
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        print(f"raytune_ft: Liger has no kernels for model type {model_type!r}; it trains unpatched", flush=True)
+        return
+    _apply_liger_kernel_to_instance(model, fused_linear_cross_entropy=False, cross_entropy=False)
 
 
 def _load_lm(cfg: ModelConfig, path: Path, dtype: torch.dtype, kernel: str) -> torch.nn.Module:
