@@ -130,6 +130,16 @@ def _attention(value: Any) -> dict[str, Any]:
     return {"model.attn_implementation": kernels[value]}
 
 
+def _quantization_method(value: Any) -> dict[str, Any]:
+    methods = {"bnb": "bnb", "bitsandbytes": "bnb", "torchao": "torchao"}
+    if value not in methods:
+        raise Refused(
+            "quantizing while loading uses bnb or torchao; a GPTQ, AWQ, HQQ or EETQ base that is already quantized "
+            "loads as it is (point model_name_or_path at it and drop quantization_bit)"
+        )
+    return {"model.quantization_method": methods[value]}
+
+
 def _lr_scheduler(value: Any) -> dict[str, Any]:
     names = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
     if value not in names:
@@ -275,7 +285,10 @@ KEYS: dict[str, Rule] = {
     "use_kv_cache": _ignored("generation always uses the KV cache"),
     "print_param_status": _ignored("the number of trainable parameters is always printed"),
     "quantization_bit": _to("model.quantization_bit"),
-    "quantization_method": _refused("quantized bases come from bitsandbytes (bnb) only", "bnb", "bitsandbytes"),
+    "quantization_method": _map(
+        _quantization_method,
+        "model.quantization_method (bnb, bitsandbytes -> bnb; torchao); pre-quantized bases load as they are",
+    ),
     "quantization_type": _refused("4-bit bases use NF4", "nf4"),
     "double_quantization": _refused("4-bit bases always use double quantization", True),
     "quantization_device_map": _ignored("each worker loads its quantized base onto its own device (GPU or CPU)"),

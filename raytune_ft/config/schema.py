@@ -101,10 +101,15 @@ class ModelConfig(Section):
     ``disable_gradient_checkpointing``.)"""
 
     quantization_bit: Literal[4, 8] | None = None
-    """QLoRA: load the frozen base in 4-bit (NF4 with double quantization, computing in ``dtype``) or
-    8-bit through bitsandbytes, and train a LoRA adapter on it, on CUDA GPUs or on CPU (bitsandbytes' CPU
-    backend). Needs ``adapter.type: lora`` and ``scaling.strategy: ddp``. Chat, serve and export of the run
-    load the full-precision base with the adapter (export merges into it)."""
+    """QLoRA: quantize the frozen base to 4 or 8 bits while it loads (``quantization_method``) and train a
+    LoRA adapter on it. Needs ``adapter.type: lora`` and ``scaling.strategy: ddp``. Chat, serve and export of
+    the run load the full-precision base with the adapter (export merges into it). A base that is already
+    quantized (GPTQ, AWQ, torchao... in its config.json) loads as it is, without this key."""
+
+    quantization_method: Literal["bnb", "torchao"] = "bnb"
+    """How ``quantization_bit`` quantizes: ``bnb`` (bitsandbytes: NF4 with double quantization computing in
+    ``dtype``, or LLM.int8; CUDA, and CPU through its CPU backend) or ``torchao`` (weight-only int8, CPU and
+    CUDA; weight-only int4, CUDA)."""
 
     compile: bool = False
     """Compile the model's forward with ``torch.compile`` (inductor) at its first step: faster steps
@@ -1148,6 +1153,11 @@ class JobConfig(Section):
             )
         if self.scaling.strategy != "ddp":
             raise ValueError(f"model.quantization_bit runs with scaling.strategy ddp, not {self.scaling.strategy!r}")
+        if self.model.quantization_method == "torchao" and bits == 4 and not self.scaling.use_gpu:
+            raise ValueError(
+                "model.quantization_method torchao with quantization_bit 4 (int4 weight-only) runs on CUDA only: "
+                "use quantization_bit 8, or quantization_method bnb, on CPU"
+            )
         return self
 
 

@@ -25,6 +25,7 @@ from raytune_ft.models import (
     load_tokenizer,
     merge_adapters,
     merged_adapters,
+    quantized_base,
     resolve_model,
     tokenizer_folder,
 )
@@ -68,6 +69,7 @@ def merge_checkpoint(path: str | Path, base: str | None = None) -> MergedModel:
         weights = load_causal_lm(model, checkpoint)
         return MergedModel(weights.eval(), tokenizer, checkpoint, model.source, merged_adapter=False)
     base_dir, merged = resolve_model(model), merged_adapters(saved.adapter)
+    _refuse_quantized(base_dir, model.source)
     lm = merge_adapters(load_causal_lm(model, base_dir), [*merged, str(checkpoint)], model.cache_dir)
     return MergedModel(lm.eval(), tokenizer, checkpoint, model.source, True, base_dir, merged)
 
@@ -83,11 +85,23 @@ def merge_init_from(cfg: JobConfig) -> MergedModel:
     model = inference_model(cfg.model)
     folders = [adapter_folder(entry, model.cache_dir) for entry in cfg.adapter.init_from]
     base_dir, last = resolve_model(model), folders[-1]
+    _refuse_quantized(base_dir, model.source)
     tokenizer = load_tokenizer(
         tokenizer_folder(last, base_dir), require_chat_template=False, trust_remote_code=model.trust_remote_code
     )
     lm = merge_adapters(load_causal_lm(model, base_dir), [str(f) for f in folders], model.cache_dir)
     return MergedModel(lm.eval(), tokenizer, last, model.source, True, base_dir, [str(f) for f in folders[:-1]])
+
+
+def _refuse_quantized(base_dir: Path, source: str) -> None:
+    """Merging LoRA into quantized weights would round the update away (and most formats cannot be re-saved)."""
+    method = quantized_base(base_dir)
+    if method:
+        raise ExportError(
+            f"{source} is a quantized model ({method}): an adapter is not merged into quantized weights. Merge "
+            "into the full-precision model instead: raytune-ft export --checkpoint RUN --base FULL_PRECISION_MODEL "
+            "(or set model.source to it), then quantize the merged model for its runtime (--format gguf)"
+        )
 
 
 def export_dtype(merged: MergedModel, cfg: ExportConfig) -> Any:

@@ -26,6 +26,7 @@ from .loading import (
     load_for_inference,
     load_row_tokenizer,
     load_tokenizer,
+    quantized_base,
     tokenizer_folder,
     trained_base,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "pin_init_from",
     "pin_model_source",
     "pin_sources",
+    "quantized_base",
     "resolve_model",
     "resolve_model_source",
     "restore_from_plain_lora",

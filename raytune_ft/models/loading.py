@@ -91,6 +91,12 @@ def load_causal_lm(cfg: ModelConfig, path: Path, device_type: str = "cpu") -> to
 
     dtype = getattr(torch, cfg.dtype)
     kernel = transformers_attention(cfg.attn_implementation, device_type)
+    already = quantized_base(path)
+    if already and cfg.quantization_bit:
+        raise ModelSourceError(
+            f"{path}: the model is already quantized ({already}), so model.quantization_bit cannot quantize it "
+            "again: remove quantization_bit; LoRA trains on the quantized base as it is"
+        )
     try:
         model = _load_lm(cfg, path, dtype, kernel)
     except ValueError as err:
@@ -151,28 +157,58 @@ def _load_lm(cfg: ModelConfig, path: Path, dtype: torch.dtype, kernel: str) -> t
 
 
 def _quantization(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """``from_pretrained`` arguments for QLoRA: a bitsandbytes config and the current GPU (else the CPU)."""
+    """``from_pretrained`` arguments for QLoRA: the ``quantization_method`` config and the current GPU (else the
+    CPU)."""
     if cfg.quantization_bit is None:
         return {}
     import importlib.util
 
     import torch
 
-    if importlib.util.find_spec("bitsandbytes") is None:
+    package = {"bnb": "bitsandbytes", "torchao": "torchao"}[cfg.quantization_method]
+    if importlib.util.find_spec(package) is None:
         raise ModelSourceError(
-            "model.quantization_bit (QLoRA) needs the bitsandbytes package: pip install bitsandbytes"
+            f"model.quantization_bit with quantization_method {cfg.quantization_method} needs the {package} package "
+            f"on every worker: pip install {package}"
         )
+    # bitsandbytes' CPU backend trains 4- and 8-bit LoRA, torchao's int8 weight-only one too (tests/unit/test_qlora.py).
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    return {
+        "quantization_config": _QUANTIZERS[cfg.quantization_method](cfg.quantization_bit, dtype),
+        "device_map": {"": device},
+    }
+
+
+def _bitsandbytes(bits: int, dtype: torch.dtype) -> Any:
     from transformers import BitsAndBytesConfig
 
-    if cfg.quantization_bit == 4:
-        quantization = BitsAndBytesConfig(
+    if bits == 4:
+        return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
         )
-    else:
-        quantization = BitsAndBytesConfig(load_in_8bit=True)
-    # bitsandbytes' CPU backend also trains 4- and 8-bit LoRA (measured: tests/unit/test_qlora.py).
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    return {"quantization_config": quantization, "device_map": {"": device}}
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _torchao(bits: int, dtype: torch.dtype) -> Any:
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Int4WeightOnlyConfig(group_size=128) if bits == 4 else Int8WeightOnlyConfig())
+
+
+_QUANTIZERS = {"bnb": _bitsandbytes, "torchao": _torchao}
+"""``model.quantization_method`` -> its transformers quantization config for ``(bits, compute dtype)``."""
+
+
+def quantized_base(folder: Path) -> str | None:
+    """The method a model folder was already quantized with (its config.json's ``quantization_config``), if any."""
+    import json
+
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    quantization = json.loads(path.read_text(encoding="utf-8")).get("quantization_config")
+    return str(quantization.get("quant_method", "unknown")) if isinstance(quantization, dict) else None
 
 
 def load_base(model: ModelConfig, adapter: AdapterConfig | None = None) -> torch.nn.Module:

@@ -22,11 +22,13 @@ import torch
 from raytune_ft.config import JobConfig
 from raytune_ft.data import SCORED_SEQUENCES, no_trainable_rows, pack_batch, pad_batch, pad_scored
 from raytune_ft.models import (
+    ModelSourceError,
     apply_adapter,
     attach_head,
     is_adapter_checkpoint,
     keeps_attention_in_sample,
     load_causal_lm,
+    quantized_base,
     resolve_model,
     trainable_parameters,
 )
@@ -71,6 +73,11 @@ def build_training(
     model_dir = resolve_model(cfg.model)
     tokenizer = job_tokenizer(cfg)
     full_resume = checkpoint is not None and not is_adapter_checkpoint(checkpoint)
+    if (method := quantized_base(model_dir)) and cfg.adapter.type != "lora":
+        raise ModelSourceError(
+            f"{cfg.model.source}: the base is quantized ({method}); its weights cannot be trained, so use "
+            f"adapter.type lora (not {cfg.adapter.type}), or start from the full-precision model"
+        )
     model = load_causal_lm(cfg.model, checkpoint if full_resume and checkpoint else model_dir, device.type)
     model = apply_adapter(model, cfg.adapter, cfg.model.cache_dir)
     if checkpoint is not None and not full_resume:
