@@ -650,7 +650,10 @@ def translate_llamafactory(raw: dict[str, Any], source: str) -> LlamaFactoryTran
                 problems.append(f"{key}: {value!r}: {err}")
                 continue
             flat.update(update)
-            mapped += [f"{key}: {value!r} -> {k}: {v!r}" for k, v in update.items()]
+            if any(".use." in k for k in update):  # an internal switch, resolved in _combine: say what it means
+                mapped.append(f"{key}: {value!r} -> {rule.means}")
+            else:
+                mapped += [f"{key}: {value!r} -> {k}: {v!r}" for k, v in update.items()]
         elif rule.ignored:
             ignored[key] = rule.ignored
         elif value in rule.inert:
