@@ -124,9 +124,7 @@ def _packed_sdpa(
     import torch
     import torch.nn.functional as F
 
-    positions = positions.reshape(-1, length).expand(query.shape[0], length)  # one row of positions: shared
-    starts = torch.ones_like(positions, dtype=torch.bool)
-    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
+    rows_bounds = _sample_bounds(positions, query.shape[0], length)
     window, gqa = kwargs.get("sliding_window"), query.shape[1] != key.shape[1]
 
     def attend(rows: slice, begin: int, end: int) -> Any:
@@ -137,14 +135,34 @@ def _packed_sdpa(
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout, scale=scaling, enable_gqa=gqa
         )
 
-    if not bool(starts[:, 1:].any()):  # one sample per row: one call for the batch
+    if all(len(bounds) == 2 for bounds in rows_bounds):  # one sample per row: one call for the batch
         return attend(slice(None), 0, length).transpose(1, 2).contiguous(), None
     out = []
-    for row, row_starts in enumerate(starts.tolist()):
-        bounds = [i for i, start in enumerate(row_starts) if start] + [length]
+    for row, bounds in enumerate(rows_bounds):
         parts = [attend(slice(row, row + 1), begin, end) for begin, end in itertools.pairwise(bounds)]
         out.append(torch.cat(parts, dim=2))
     return torch.cat(out, dim=0).transpose(1, 2).contiguous(), None
+
+
+_last_bounds: tuple[Any, list[list[int]]] | None = None
+"""The position ids of the last forward pass and their sample bounds: every layer gets the same tensor, so the
+bounds (and the device-to-host copy they need) are found once per forward, not once per layer."""
+
+
+def _sample_bounds(positions: Any, rows: int, length: int) -> list[list[int]]:
+    """Per row, the start of each sample (where the position ids do not continue) and ``length`` at the end."""
+    global _last_bounds
+    last = _last_bounds  # one read: a serving thread may replace it meanwhile
+    if last is not None and last[0] is positions:
+        return last[1]
+    import torch
+
+    grid = positions.reshape(-1, length).expand(rows, length)  # one row of positions: shared by the batch
+    starts = torch.ones_like(grid, dtype=torch.bool)
+    starts[:, 1:] = grid[:, 1:] != grid[:, :-1] + 1
+    bounds = [[i for i, start in enumerate(row) if start] + [length] for row in starts.tolist()]
+    _last_bounds = (positions, bounds)
+    return bounds
 
 
 def _window_mask(length: int, window: int | None, device: Any) -> Any:
