@@ -1,27 +1,48 @@
-"""Preference and reward losses as pure tensor functions, one per paper, each citing its equation.
+"""Preference, reward and online-RL losses as pure tensor functions, one per paper, each citing its equation.
 
-Inputs are per-example sequence log-probabilities (summed over the answer tokens, or averaged where
-the method says so; the objective decides) and outputs are per-example losses, unreduced, plus the
-implicit rewards the method defines, so objectives can sum exactly over a gradient-accumulation
-window and report rewards/margins. tests/unit/test_losses.py holds each equal to TRL's code.
+Preference and reward losses take per-example sequence log-probabilities (summed over the answer tokens,
+or averaged where the method says so; the objective decides) and return per-example losses, unreduced,
+plus the implicit rewards the method defines, so objectives can sum exactly over a gradient-accumulation
+window and report rewards/margins.
+
+Online RL (PPO and the GRPO family) splits in three: an advantage estimator turns rewards into advantages
+(per completion from grouped rewards, or per token by GAE), the clipped surrogate gives per-token losses,
+and ``aggregate_policy_loss`` sums them with the method's weights. The weights take the whole update
+batch's sequence and token counts, so workers and accumulation windows sum to the same loss as one batch.
+
+tests/unit/test_losses.py and tests/unit/test_rl_losses.py hold each equal to TRL's code where TRL has
+it, and to the paper's closed form where it does not.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "KL_ESTIMATORS",
+    "POLICY_AGGREGATIONS",
     "PairLoss",
+    "PolicyLoss",
+    "aggregate_policy_loss",
+    "clipped_policy_loss",
     "dpo_loss",
+    "gae",
+    "group_advantages",
     "hinge_loss",
     "ipo_loss",
     "kto_loss",
+    "masked_whiten",
     "orpo_loss",
     "pairwise_reward_loss",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
     "simpo_loss",
+    "token_kl",
+    "value_loss",
 ]
 
 
@@ -144,3 +165,174 @@ def pairwise_reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: t
     the margin m): L = -log sigma(r_c - r_r - m)."""
     diff = chosen - rejected - (margin if margin is not None else 0.0)
     return PairLoss(-F.logsigmoid(diff), chosen.detach(), rejected.detach())
+
+
+# --- online RL: advantages -------------------------------------------------------------------------------
+
+GROUP_EPS = 1e-4
+"""Added to a standard deviation before dividing by it (TRL's value), so a group whose completions all
+earned the same reward gets advantage 0 instead of 0 / 0."""
+
+
+def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Rewards (prompts x group_size,) laid out one group per row: completions of a prompt are adjacent."""
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size} (at least 2 each)")
+    return rewards.view(-1, group_size)
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: Literal["group", "batch", "none"] = "group"
+) -> torch.Tensor:
+    """GRPO's outcome advantage (Shao et al. 2024, DeepSeekMath, sec. 4.1.2): each completion's reward
+    minus its group's mean, divided by the group's standard deviation, A_i = (r_i - mean(r)) / std(r).
+    ``scale: batch`` divides by the whole batch's std instead; ``none`` is Dr. GRPO's unbiased form
+    (Liu et al. 2025, arXiv:2503.20783), A_i = r_i - mean(r). Standard deviations are unbiased (Bessel), as TRL's."""
+    grouped = _groups(rewards, group_size)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if scale == "none":
+        return centred
+    std = grouped.std(dim=1).repeat_interleave(group_size) if scale == "group" else rewards.std().expand_as(rewards)
+    return centred / (std + GROUP_EPS)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int, normalize: bool = False) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, arXiv:2402.14740, RLOO): each completion's
+    reward minus the mean of the other k - 1 in its group, A_i = r_i - (sum_j r_j - r_i) / (k - 1).
+    ``normalize`` then whitens them over the batch, (A - mean(A)) / std(A)."""
+    grouped = _groups(rewards, group_size)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    advantages = (grouped - baseline).view(-1)
+    return (advantages - advantages.mean()) / (advantages.std() + GROUP_EPS) if normalize else advantages
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE++ with a group baseline (Hu et al. 2025, arXiv:2501.03262): subtract the group's mean
+    reward, then normalise over the whole batch, A = (A' - mean_batch(A')) / std_batch(A'), so no
+    per-group std amplifies groups whose rewards barely differ."""
+    centred = group_advantages(rewards, group_size, scale="none")
+    return (centred - centred.mean()) / (centred.std() + GROUP_EPS)
+
+
+ADVANTAGE_ESTIMATORS = {
+    "grpo": lambda rewards, k: group_advantages(rewards, k, "group"),
+    "dapo": lambda rewards, k: group_advantages(rewards, k, "group"),
+    "dr_grpo": lambda rewards, k: group_advantages(rewards, k, "none"),
+    "rloo": rloo_advantages,
+    "reinforce_pp": reinforce_pp_advantages,
+}
+"""Per-completion advantages from grouped rewards, by ``method.loss``."""
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) over each completion's tokens:
+    delta_t = r_t + gamma V_{t+1} - V_t and A_t = delta_t + gamma lam A_{t+1}, with V = 0 after the last
+    token. Returns (advantages, returns = A + V), both zero outside ``mask`` (right-padded rows)."""
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        following = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * following - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Whiten ``x`` over the tokens in ``mask`` (PPO's advantage normalisation, Andrychowicz et al. 2021,
+    sec. 3.4): (x - mean) / std with the unbiased std; ``shift_mean: false`` keeps the mean (reward whitening)."""
+    mask = mask.to(x.dtype)
+    count = mask.sum()
+    mean = (x * mask).sum() / count
+    var = (((x - mean) * mask) ** 2).sum() / (count - 1)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+# --- online RL: policy, KL and value losses --------------------------------------------------------------
+
+
+class PolicyLoss(NamedTuple):
+    per_token: torch.Tensor
+    """-min(rho A, clip(rho) A) at each token (or each sequence, for sequence-level ratios)."""
+    ratio: torch.Tensor
+    """rho = pi / pi_old, detached."""
+    clipped_low: torch.Tensor
+    """Where rho < 1 - eps_low with A < 0: the update is held back (bool)."""
+    clipped_high: torch.Tensor
+    """Where rho > 1 + eps_high with A > 0 (bool)."""
+
+
+def clipped_policy_loss(
+    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float
+) -> PolicyLoss:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), L = -min(rho A, clip(rho, 1 - eps_low,
+    1 + eps_high) A) with rho = exp(log pi - log pi_old); DAPO's clip-higher (Yu et al. 2025, arXiv:2503.14476)
+    is ``eps_high > eps_low``. Advantages of shape (batch,) broadcast over tokens; sequence-level ratios
+    (RLOO) pass (batch, 1) log-probs summed over each completion."""
+    if advantages.dim() == 1 and logps.dim() == 2:
+        advantages = advantages.unsqueeze(1)
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(ratio * advantages, clipped * advantages)
+    low = (ratio < 1 - eps_low) & (advantages < 0)
+    high = (ratio > 1 + eps_high) & (advantages > 0)
+    return PolicyLoss(per_token, ratio.detach(), low.detach(), high.detach())
+
+
+def token_kl(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: Literal["k1", "k2", "k3"]) -> torch.Tensor:
+    """Per-token estimates of KL(pi || pi_ref) from samples of pi (Schulman 2020, "Approximating KL
+    Divergence"), with log r = log pi_ref - log pi: k1 = -log r (unbiased, can be negative), k2 = (log r)^2 / 2,
+    k3 = r - 1 - log r (unbiased and never negative; GRPO's, Shao et al. 2024, eq. 4)."""
+    log_r = ref_logps - logps
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return log_r**2 / 2
+    return torch.exp(log_r) - log_r - 1
+
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+POLICY_AGGREGATIONS = ("sequence_mean", "token_mean", "max_length")
+"""How per-token losses sum to one loss. ``sequence_mean``: each completion's mean token loss, averaged
+over completions (GRPO, Shao et al. 2024, eq. 3). ``token_mean``: every token of the batch weighs the same
+(DAPO's token-level loss, Yu et al. 2025, arXiv:2503.14476). ``max_length``: the token sum over completions x the
+generation limit, a constant, so no length bias (Dr. GRPO, Liu et al. 2025, arXiv:2503.20783)."""
+
+
+def aggregate_policy_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: Literal["sequence_mean", "token_mean", "max_length"],
+    num_sequences: int | torch.Tensor,
+    num_tokens: int | torch.Tensor,
+    max_length: int,
+) -> torch.Tensor:
+    """This shard's share of the update batch's loss: its masked token losses, weighted by
+    ``aggregation`` (POLICY_AGGREGATIONS). ``num_sequences`` and ``num_tokens`` count the whole update
+    batch (every worker and micro-batch), so the shares of all shards sum to the loss of one batch."""
+    mask = mask.to(per_token.dtype)
+    masked = per_token * mask
+    if aggregation == "sequence_mean":
+        return (masked.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)).sum() / num_sequences
+    if aggregation == "token_mean":
+        return masked.sum() / num_tokens
+    return masked.sum() / (num_sequences * max_length)
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_range: float | None
+) -> torch.Tensor:
+    """PPO's value loss per token, 0.5 (V - R)^2, with the value clipping of the PPO baselines (Dhariwal et al.
+    2017; studied by Andrychowicz et al. 2021, sec. 3.2): the larger of the plain and the clipped error,
+    V_clip = V_old + clip(V - V_old, -eps, eps). ``clip_range: null`` leaves it plain."""
+    error = (values - returns) ** 2
+    if clip_range is not None:
+        clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+        error = torch.max(error, (clipped - returns) ** 2)
+    return 0.5 * error
