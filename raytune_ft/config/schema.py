@@ -184,6 +184,13 @@ class DataConfig(Section):
     architectures checked to keep attention inside each sample (``raytune_ft.models.PACKED_ATTENTION``:
     llama, qwen2/3, mistral, gemma, phi3, mixtral and more); others are padded. Set false to always pad."""
 
+    balance_micro_batches: bool = True
+    """With ``padding_free`` micro-batches and more than one worker: each worker reads 32 micro-batches'
+    rows at a time and regroups them so that every micro-batch holds about the same number of tokens.
+    Workers wait for the slowest one at every step, so even micro-batches keep all of them busy. Every
+    row is still used once per epoch, in the same shuffled order of windows; only which rows share a
+    micro-batch changes. Set false to batch rows as they come."""
+
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
     """How several datasets combine: ``concat`` uses every row once; ``interleave_under`` draws rows
     with ``interleave_probs`` until the first dataset runs out (smaller datasets are subsampled);
@@ -694,7 +701,7 @@ SWEEP_FROZEN = ("tune.", "scaling.", "train.run_name", "train.storage_path", "mo
 """Keys a sweep cannot vary: its own settings, the trials' resources, where runs go, and whatever
 shapes the tokenized rows that all trials share (``SWEEP_DATA_KEYS`` are the exceptions)."""
 
-SWEEP_DATA_KEYS = ("data.padding_free", "data.preserve_order")
+SWEEP_DATA_KEYS = ("data.padding_free", "data.balance_micro_batches", "data.preserve_order")
 """Data keys that only change how the shared tokenized rows are batched, so a sweep may vary them."""
 
 PBT_KEYS = ("train.", "method.")

@@ -8,7 +8,9 @@ attention that stays inside each sample.
 ``pack_batch`` is the padding-free alternative: the same rows, packed first-fit into as few rows as
 hold them, so a micro-batch computes (almost) no padding and still holds exactly its own samples.
 ``pad_scored`` stacks the sequences of preference and KTO rows (chosen then rejected, or answer then
-mismatched answer) so one forward scores them all.
+mismatched answer) so one forward scores them all. ``balanced_groups`` regroups rows into micro-batches
+of about equal token counts, so data-parallel workers, which wait for each other at every step, finish
+their micro-batches together.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .packing import pack_samples
 if TYPE_CHECKING:  # torch loads lazily: the tokenizer actors import this package and never pad
     import torch
 
-__all__ = ["SCORED_SEQUENCES", "pack_batch", "pad_batch", "pad_scored"]
+__all__ = ["SCORED_SEQUENCES", "balanced_groups", "pack_batch", "pad_batch", "pad_scored"]
 
 SCORED_SEQUENCES = {"preference": ("", "rejected_"), "kto": ("", "kl_")}
 """Column prefixes of the sequences each scored row format holds: ``{prefix}input_ids``,
@@ -60,6 +62,26 @@ def pack_batch(input_ids: Rows, labels: Rows, pad_id: int, block_len: int) -> di
     width = max(block_len, *(len(row) for row in input_ids))
     rows = pack_samples([(_as_list(i), _as_list(lab)) for i, lab in zip(input_ids, labels, strict=True)], width)
     return pad_batch([r[0] for r in rows], [r[1] for r in rows], pad_id, position_ids=[r[2] for r in rows])
+
+
+def balanced_groups(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """The indices of ``lengths`` in ceil(n / size) groups of ``size`` (one group smaller when n is not a
+    multiple) whose summed lengths are as even as a greedy pass makes them: longest row first, each into
+    the lightest group with room (Graham's longest-processing-time rule, with a capacity; for pairs it
+    puts the i-th longest row with the i-th shortest). Groups come in the order of their first row, rows
+    in their given order, so a seeded shuffle stays seeded."""
+    count = -(-len(lengths) // size)
+    room = [size] * count
+    if count:
+        room[-1] = len(lengths) - size * (count - 1)
+    loads = [0] * count
+    groups: list[list[int]] = [[] for _ in range(count)]
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        lightest = min((g for g in range(count) if room[g]), key=lambda g: (loads[g], g))
+        groups[lightest].append(i)
+        loads[lightest] += lengths[i]
+        room[lightest] -= 1
+    return sorted((sorted(group) for group in groups), key=lambda group: group[0])
 
 
 def _as_list(row: Sequence[int] | np.ndarray) -> list[int]:

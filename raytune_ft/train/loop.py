@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from raytune_ft.config import JobConfig
-from raytune_ft.data import SCORED_SEQUENCES, no_trainable_rows, pack_batch, pad_batch, pad_scored
+from raytune_ft.data import SCORED_SEQUENCES, balanced_groups, no_trainable_rows, pack_batch, pad_batch, pad_scored
 from raytune_ft.models import (
     ModelSourceError,
     apply_adapter,
@@ -123,10 +123,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _trim_metrics(plan.run_dir, state.global_step)
         trackers = open_trackers(cfg, plan.run_dir, state.global_step)
     shard = ray.train.get_dataset_shard("train")
-    batches = _micro_batches(shard, cfg, collate, state, seed=cfg.train.seed + 1000 * rank)
+    world = ray.train.get_context().get_world_size()
+    balance = world > 1 and cfg.data.balance_micro_batches and _padding_free(cfg, core.strategy.unwrap(core.model))
+    batches = _micro_batches(shard, cfg, collate, state, seed=cfg.train.seed + 1000 * rank, balance=balance)
     evaluation = None
     if plan.has_eval:
-        world = ray.train.get_context().get_world_size()
         evaluation = _Evaluation(ray.train.get_dataset_shard("eval"), cfg, collate, rank, world)
     try:
         _run(core, tokenizer, cfg, plan, state, batches, evaluation, rank, device, trackers)
@@ -191,33 +192,59 @@ def collator(cfg: JobConfig, model: Any, pad_id: int) -> Collate:
     if cfg.method.rows in SCORED_SEQUENCES:
         prefixes = SCORED_SEQUENCES[cfg.method.rows]
         return lambda b: pad_scored(b, pad_id, prefixes)
-    if cfg.data.packing or not (cfg.data.padding_free and keeps_attention_in_sample(model)):
+    if not _padding_free(cfg, model):
         return lambda b: pad_batch(b["input_ids"], b["labels"], pad_id, b.get("position_ids"))
     return lambda b: pack_batch(b["input_ids"], b["labels"], pad_id, cfg.data.cutoff_len)
 
 
+def _padding_free(cfg: JobConfig, model: Any) -> bool:
+    """Whether micro-batches are packed padding-free: plain rows, ``data.padding_free``, and a model
+    that keeps attention inside each sample."""
+    if cfg.method.rows in SCORED_SEQUENCES or cfg.data.packing:
+        return False
+    return cfg.data.padding_free and keeps_attention_in_sample(model)
+
+
+BALANCE_WINDOW = 32
+"""Micro-batches whose rows ``data.balance_micro_batches`` regroups together."""
+
+
 def _micro_batches(
-    shard: Any, cfg: JobConfig, collate: Collate, state: TrainState, seed: int
+    shard: Any, cfg: JobConfig, collate: Collate, state: TrainState, seed: int, balance: bool = False
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless padded micro-batches over epochs, skipping those a resumed run already consumed."""
+    """Endless padded micro-batches over epochs, skipping those a resumed run already consumed. With
+    ``balance``, rows are read a window at a time and regrouped into micro-batches of even token counts
+    (``balanced_groups``); the regrouping is a function of the window, so a resumed run skips the same
+    micro-batches it consumed."""
     skip = state.batches_in_epoch
     buffer = cfg.data.shuffle_buffer_size if cfg.data.shuffle else None
+    size = cfg.train.per_device_batch_size
     while True:
         seen = 0
-        for batch in shard.iter_batches(
-            batch_size=cfg.train.per_device_batch_size,
+        for rows in shard.iter_batches(
+            batch_size=size * (BALANCE_WINDOW if balance else 1),
             batch_format="numpy",
             local_shuffle_buffer_size=buffer,
             local_shuffle_seed=seed + state.epoch if buffer else None,
         ):
-            seen += 1
-            if seen <= skip:
-                continue
-            state.batches_in_epoch = seen
-            yield collate(batch)
+            for batch in _regrouped(rows, size) if balance else (rows,):
+                seen += 1
+                if seen <= skip:
+                    continue
+                state.batches_in_epoch = seen
+                yield collate(batch)
         if seen == 0:
             raise no_trainable_rows(cfg.data, cfg.method.rows)
         state.epoch, state.batches_in_epoch, skip = state.epoch + 1, 0, 0
+
+
+def _regrouped(rows: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:
+    """A window of rows as micro-batches of ``size`` rows with even token counts."""
+    import numpy as np
+
+    for group in balanced_groups([len(ids) for ids in rows["input_ids"]], size):
+        index = np.asarray(group)
+        yield {key: column[index] for key, column in rows.items()}
 
 
 class _Evaluation:
