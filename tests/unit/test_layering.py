@@ -11,12 +11,13 @@ ALLOWED = {
     "data": {"config"},
     "models": {"config"},
     "train": {"config", "data", "models"},
-    "tune": {"config", "data", "models", "train"},
+    "rl": {"config", "data", "models", "train"},
+    "tune": {"config", "data", "models", "train", "rl"},
     "serve": {"config", "data", "models", "train"},
     "export": {"config", "data", "models", "train"},
     "evaluate": {"config", "data", "models", "train"},
-    "dashboard": {"config", "data", "models", "train", "tune", "serve", "export", "evaluate"},
-    "cli": {"config", "data", "models", "train", "tune", "serve", "export", "evaluate", "dashboard"},
+    "dashboard": {"config", "data", "models", "train", "rl", "tune", "serve", "export", "evaluate"},
+    "cli": {"config", "data", "models", "train", "rl", "tune", "serve", "export", "evaluate", "dashboard"},
 }
 HEAVY = {"vllm", "deepspeed", "streamlit"}
 

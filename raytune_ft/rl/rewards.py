@@ -1,0 +1,160 @@
+"""Rule-based rewards for online RL, called the way TRL calls its reward functions, so one written for
+TRL works here as it is.
+
+A reward function takes keyword arguments: ``prompts`` and ``completions`` (lists of strings, one per
+completion), ``completion_lengths`` (tokens each completion holds) and every column of the prompt rows,
+repeated per completion (``answer`` for the ground truth). It returns one float per completion, or None
+where it cannot judge (a judge that failed). ``weighted_reward`` adds several with weights, skipping the
+None ones, as TRL does.
+
+Built in, by name (``REWARDS``): ``exact_match`` (the completion's final answer against ``answer``,
+numbers compared as numbers), ``answer_format`` (the completion ends with a marked final answer) and
+``overlong`` (DAPO's soft penalty near the generation limit). Any other is named by import path,
+``package.module:function``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
+from typing import Any
+
+from raytune_ft.config.template_names import did_you_mean
+
+__all__ = [
+    "REWARDS",
+    "RewardError",
+    "RewardFn",
+    "answer_format",
+    "exact_match",
+    "final_answer",
+    "load_reward",
+    "overlong_penalty",
+    "weighted_reward",
+]
+
+RewardFn = Callable[..., Sequence[float | None]]
+
+
+class RewardError(ValueError):
+    """A reward that cannot be loaded or that answered out of shape."""
+
+
+_MARKED = re.compile(r"####\s*([^\n]+)")
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+
+
+def final_answer(text: str) -> str | None:
+    """The answer a completion commits to: the text after its last ``####`` (GSM8K's marker), else the
+    inside of its last ``\\boxed{...}``, else its last number; None when it holds none of them."""
+    for pattern in (_MARKED, _BOXED):
+        found = pattern.findall(text)
+        if found:
+            return str(found[-1]).strip()
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def _as_number(text: str) -> Fraction | None:
+    """``text`` as an exact number ("1,000", "$12.50", "3/4", "-0.5", "7." and a trailing unit word
+    such as "12 apples" count), else None."""
+    found = _NUMBER.search(text.strip())
+    if found is None or found.start() > 1:
+        return None
+    token = found.group(0).replace(",", "").replace("$", "")
+    try:
+        return Fraction(token)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _same_answer(given: str | None, expected: object) -> bool:
+    if given is None:
+        return False
+    a, b = _as_number(given), _as_number(str(expected))
+    if a is not None and b is not None:
+        return a == b
+    return " ".join(given.lower().split()).rstrip(".") == " ".join(str(expected).lower().split()).rstrip(".")
+
+
+def exact_match(completions: Sequence[str], answer: Sequence[object], **_: Any) -> list[float]:
+    """1 where the completion's ``final_answer`` equals the row's ``answer``, else 0. Numbers compare as
+    numbers (1,000 = 1000.0, 3/4 = 0.75); other answers compare case- and space-insensitively."""
+    return [float(_same_answer(final_answer(text), truth)) for text, truth in zip(completions, answer, strict=True)]
+
+
+def answer_format(completions: Sequence[str], **_: Any) -> list[float]:
+    """1 where the completion marks its final answer (``#### 42`` or ``\\boxed{42}``) as its last line,
+    else 0: a shaping reward that teaches the model where graders look."""
+    scores = []
+    for text in completions:
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        scores.append(float(bool(_MARKED.search(last) or _BOXED.search(last))))
+    return scores
+
+
+def overlong_penalty(max_length: int, buffer: int) -> RewardFn:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, sec. 3.4): 0 up to
+    L_max - L_cache tokens, then falling linearly to -1 at ``max_length`` (L_max) over the last
+    ``buffer`` (L_cache) tokens, and -1 beyond: ((L_max - L_cache) - |y|) / L_cache in between."""
+    if not 0 < buffer <= max_length:
+        raise RewardError(f"overlong: buffer {buffer} must be in 1..max_length ({max_length})")
+
+    def overlong(completion_lengths: Sequence[int], **_: Any) -> list[float]:
+        start = max_length - buffer
+        return [0.0 if n <= start else max(-1.0, (start - n) / buffer) for n in completion_lengths]
+
+    return overlong
+
+
+REWARDS: dict[str, RewardFn] = {"exact_match": exact_match, "answer_format": answer_format}
+"""Built-in rewards by name. ``overlong`` is built by ``load_reward`` from the generation limit."""
+
+
+def load_reward(name: str, max_new_tokens: int | None = None) -> RewardFn:
+    """A built-in reward by name, ``overlong`` (a quarter of ``max_new_tokens`` as its buffer), or any
+    function by import path ``package.module:function``."""
+    if name == "overlong":
+        if max_new_tokens is None:
+            raise RewardError("reward 'overlong' needs the generation limit (max_new_tokens)")
+        return overlong_penalty(max_new_tokens, max(1, max_new_tokens // 4))
+    if name in REWARDS:
+        return REWARDS[name]
+    if ":" not in name:
+        names = [*REWARDS, "overlong"]
+        raise RewardError(
+            f"unknown reward {name!r}{did_you_mean(name, names)}: use one of {', '.join(names)}, "
+            "or a function by import path, package.module:function"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise RewardError(f"reward {name!r}: cannot import it ({error})") from error
+    if not callable(fn):
+        raise RewardError(f"reward {name!r} is not a function")
+    return fn  # type: ignore[no-any-return]
+
+
+def weighted_reward(rewards: Mapping[str, tuple[RewardFn, float]]) -> Callable[..., list[float | None]]:
+    """One reward from several: sum_k w_k r_k per completion over the rewards that judged it (None counts
+    as absent, as TRL's nansum); None where none did. Each must answer one value per completion."""
+
+    def combined(**kwargs: Any) -> list[float | None]:
+        count = len(kwargs["completions"])
+        totals: list[float | None] = [None] * count
+        for name, (fn, weight) in rewards.items():
+            scores = list(fn(**kwargs))
+            if len(scores) != count:
+                raise RewardError(f"reward {name!r} gave {len(scores)} scores for {count} completions")
+            for i, score in enumerate(scores):
+                if score is None or (isinstance(score, float) and math.isnan(score)):
+                    continue
+                totals[i] = (totals[i] or 0.0) + weight * float(score)
+        return totals
+
+    return combined

@@ -1,0 +1,87 @@
+"""Rule-based rewards: what counts as a final answer, numbers compared as numbers, DAPO's overlong
+penalty at its bounds, loading by name or import path, and weighted sums that skip missing scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from raytune_ft.rl import RewardError, final_answer, load_reward, overlong_penalty, weighted_reward
+from raytune_ft.rl.rewards import answer_format, exact_match
+
+
+@pytest.mark.parametrize(("text", "answer"), [
+    ("She has 3 + 4 = 7 apples.\n#### 7", "7"),
+    ("so the total is \\boxed{\\frac{3}{4}} and 12 later", "\\frac{3}{4}"),
+    ("First 12, then 30, so 42 in all.", "42"),
+    ("It costs $1,250.50 in total", "$1,250.50"),
+    ("#### 12 #### 13", "12 #### 13"),
+    ("no number here", None),
+])  # fmt: skip
+def test_final_answer(text: str, answer: str | None) -> None:
+    assert final_answer(text) == answer
+
+
+@pytest.mark.parametrize(("completion", "truth", "score"), [
+    ("#### 1,000", "1000", 1.0),
+    ("The answer is 0.750.", "3/4", 1.0),
+    ("#### -5 apples", "-5", 1.0),
+    ("I get 41, no wait, 43", "42", 0.0),
+    ("\\boxed{Paris}", "paris", 1.0),
+    ("", "7", 0.0),
+])  # fmt: skip
+def test_exact_match_compares_numbers_as_numbers(completion: str, truth: str, score: float) -> None:
+    assert exact_match(prompts=["q"], completions=[completion], answer=[truth]) == [score]
+
+
+def test_answer_format_wants_the_marked_answer_last() -> None:
+    texts = ["7 apples.\n#### 7", "#### 7\nthat is all", "\\boxed{7}", "7"]
+    assert answer_format(completions=texts) == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_overlong_penalty_at_its_bounds() -> None:
+    """0 up to L_max - L_cache, linear to -1 at L_max, -1 beyond (DAPO's soft overlong punishment)."""
+    penalty = overlong_penalty(max_length=100, buffer=20)
+    lengths = [10, 80, 81, 90, 100, 150]
+    assert penalty(completion_lengths=lengths) == [0.0, 0.0, -0.05, -0.5, -1.0, -1.0]
+    with pytest.raises(RewardError, match="buffer 0"):
+        overlong_penalty(100, 0)
+
+
+def shout(completions: list[str], **_: Any) -> list[float]:
+    """A user's reward, loaded by import path in the test below."""
+    return [float(text.isupper()) for text in completions]
+
+
+def test_rewards_load_by_name_or_import_path() -> None:
+    assert load_reward("exact_match") is exact_match
+    assert load_reward("tests.unit.test_rewards:shout")(completions=["HI", "hi"]) == [1.0, 0.0]
+    assert load_reward("overlong", max_new_tokens=8)(completion_lengths=[6, 8]) == [0.0, -1.0]
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("exact_mach", "unknown reward 'exact_mach' (did you mean 'exact_match'?)"),
+    ("tests.unit.test_rewards:nothing", "cannot import it"),
+    ("no_such_module_xyz:fn", "cannot import it"),
+    ("overlong", "needs the generation limit"),
+])  # fmt: skip
+def test_bad_reward_names_say_what_to_use(name: str, message: str) -> None:
+    with pytest.raises(RewardError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        load_reward(name)
+
+
+def test_weighted_rewards_add_and_skip_missing_scores() -> None:
+    def judge(completions: list[str], **_: Any) -> list[float | None]:
+        return [None if "?" in text else 0.5 for text in completions]
+
+    def broken(completions: list[str], **_: Any) -> list[float]:
+        return [1.0]
+
+    combined = weighted_reward({"exact_match": (exact_match, 1.0), "judge": (judge, 2.0)})
+    scores = combined(prompts=["a", "b"], completions=["#### 4", "#### 5?"], answer=["4", "4"])
+    assert scores == [2.0, 0.0]
+    only_judge = weighted_reward({"judge": (judge, 1.0)})
+    assert only_judge(completions=["x?", "y"]) == [None, 0.5]
+    with pytest.raises(RewardError, match="gave 1 scores for 2 completions"):
+        weighted_reward({"broken": (broken, 1.0)})(completions=["a", "b"])
