@@ -44,6 +44,8 @@ BUILTIN_DATASETS: dict[str, Path] = {
     "pref_300": _BUILTIN_DIR / "pref_300.jsonl",
     "kto_300": _BUILTIN_DIR / "kto_300.jsonl",
     "text_300": _BUILTIN_DIR / "text_300.jsonl",
+    "arithmetic_1k": _BUILTIN_DIR / "arithmetic_1k.jsonl",
+    "arithmetic_test_200": _BUILTIN_DIR / "arithmetic_test_200.jsonl",
 }
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 READERS = {
