@@ -40,11 +40,13 @@ _EPILOG = """examples:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from raytune_ft.rl.launch import run_online
     from raytune_ft.train import run_training
 
     _check_kind(args.config, "train")
     cfg = load_config(args.config, args.overrides)
-    outcome = run_training(cfg, address=args.address)
+    run = run_online if cfg.method.online else run_training  # online stages generate their own answers
+    outcome = run(cfg, address=args.address)
     print(f"raytune_ft: run {cfg.train.run_name}: {outcome.total_steps} steps; checkpoints in {outcome.run_dir}")
     if outcome.checkpoint:
         print(f"raytune_ft: newest checkpoint {outcome.checkpoint}")

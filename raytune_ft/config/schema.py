@@ -32,6 +32,7 @@ __all__ = [
     "JobConfig",
     "MethodConfig",
     "ModelConfig",
+    "RolloutConfig",
     "ScalingConfig",
     "SearchDimension",
     "Section",
@@ -268,25 +269,45 @@ class DataConfig(Section):
         return self
 
 
-ROW_FORMATS = {"sft": "sft", "pt": "pt", "rm": "preference", "dpo": "preference", "kto": "kto"}
+ROW_FORMATS = {"sft": "sft", "pt": "pt", "rm": "preference", "dpo": "preference", "kto": "kto", "grpo": "prompt"}
 """The data row format each ``method.stage`` trains on."""
 
 REFERENCE_FREE_LOSSES = frozenset({"simpo", "orpo"})
 
+PAIR_LOSS_NAMES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
+"""``method.loss`` values of ``stage: dpo``."""
+
+POLICY_LOSS_NAMES = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp")
+"""``method.loss`` values of ``stage: grpo``."""
+
+ONLINE_STAGES = frozenset({"grpo"})
+"""Stages that generate their own answers with rollout engines while they train."""
+
 
 class MethodConfig(Section):
-    stage: Literal["sft", "pt", "rm", "dpo", "kto"] = "sft"
+    stage: Literal["sft", "pt", "rm", "dpo", "kto", "grpo"] = "sft"
     """Training objective. ``sft``: supervised fine-tuning on chat/instruction data (answers are
     learned). ``pt``: continued pre-training on plain text (a ``text`` column, or the column a
     dataset_info.json entry maps as ``prompt``); every token is learned and documents longer than
     ``data.cutoff_len`` are split into several rows. ``rm``: a reward model (a scalar value head on
     the LM) trained on preference pairs. ``dpo``: preference optimisation on pairs with ``loss``.
     ``kto``: KTO on answers labelled desirable or undesirable. Pairs are prompt + chosen + rejected
-    rows (LLaMA-Factory's ``ranking: true`` datasets); KTO rows carry a boolean ``label`` (``kto_tag``)."""
+    rows (LLaMA-Factory's ``ranking: true`` datasets); KTO rows carry a boolean ``label`` (``kto_tag``).
+    ``grpo``: online RL: rollout engines (``rollout``) answer each prompt ``group_size`` times, the
+    ``reward`` functions score the answers, and the policy learns from the advantages ``loss`` derives.
+    Its rows are conversations whose last answer is left out, plus a ground-truth ``answer`` column
+    (else the left-out answer is the ground truth)."""
 
-    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo", "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"] = (
+        "sigmoid"
+    )
     """Preference loss of ``stage: dpo``: ``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC), or the
-    reference-free ``simpo`` and ``orpo`` (which need no reference model at all)."""
+    reference-free ``simpo`` and ``orpo`` (which need no reference model at all). Objective of
+    ``stage: grpo`` (``grpo`` when unset): ``grpo`` (group-normalised advantages, each answer's mean
+    token loss), ``dr_grpo`` (advantages not divided by the group's std; token sum over answers x
+    ``max_new_tokens``), ``dapo`` (clip-higher with ``epsilon_high`` 0.28 unless set, token-level
+    mean, groups whose answers all scored the same left out), ``rloo`` (leave-one-out baseline) or
+    ``reinforce_pp`` (group mean baseline, batch-normalised)."""
 
     beta: float = Field(default=0.1, gt=0)
     """Preference temperature beta of dpo/ipo/hinge/simpo/kto; for ``orpo`` the weight lambda of
@@ -316,15 +337,78 @@ class MethodConfig(Section):
     Ray Data pass over the tokenized data before training computes them with the base model and
     joins them to the rows, so the training workers hold no reference and run one forward less."""
 
+    group_size: int = Field(default=4, ge=2)
+    """``grpo``: answers generated per prompt, compared with each other (TRL's ``num_generations``)."""
+
+    reward: CommaList = Field(default_factory=lambda: ["exact_match"])
+    """``grpo``: reward functions, by name (``raytune_ft.rl.REWARDS``: exact_match, answer_format,
+    overlong_penalty) or import path ``module:function``, called as TRL calls its reward functions."""
+
+    reward_weights: list[float] | None = None
+    """``grpo``: one weight per ``reward`` (all 1 when unset); the reward is their weighted sum."""
+
+    epsilon: float = Field(default=0.2, gt=0, lt=1)
+    """``grpo``: lower clip range of the policy ratio, 1 - epsilon (and the upper one unless ``epsilon_high``)."""
+
+    epsilon_high: float | None = Field(default=None, gt=0)
+    """``grpo``: upper clip range, 1 + epsilon_high (DAPO's clip-higher); None means ``epsilon``, or 0.28 for dapo."""
+
+    kl: Literal["none", "k1", "k2", "k3"] = "none"
+    """``grpo``: estimator of the per-token KL to the reference model added to the loss (Schulman's k1,
+    k2 or k3; GRPO's paper uses k3), or ``none`` (no reference is held)."""
+
+    kl_coef: float = Field(default=0.04, ge=0)
+    """``grpo``: weight beta of the KL term when ``kl`` is not none."""
+
+    temperature: float = Field(default=1.0, gt=0)
+    """``grpo``: sampling temperature of the answers; the policy's log-probs are taken at the same temperature."""
+
+    max_new_tokens: int = Field(default=256, ge=1)
+    """``grpo``: longest generated answer, in tokens (also the constant length of ``dr_grpo``'s normaliser)."""
+
+    ppo_epochs: int = Field(default=1, ge=1)
+    """``grpo``: optimizer passes over each generated batch (TRL's ``num_iterations``). With more than one,
+    the ratio to the generating policy departs from 1 and the clip ranges bound the update."""
+
     @property
     def rows(self) -> str:
         """The data row format of this stage (``ROW_FORMATS``)."""
         return ROW_FORMATS[self.stage]
 
     @property
+    def online(self) -> bool:
+        """Whether this stage generates its own answers while it trains (``ONLINE_STAGES``)."""
+        return self.stage in ONLINE_STAGES
+
+    @property
     def needs_reference(self) -> bool:
         """Whether the objective compares against a reference model."""
+        if self.online:
+            return self.kl != "none"
         return self.stage == "kto" or (self.stage == "dpo" and self.loss not in REFERENCE_FREE_LOSSES)
+
+    @property
+    def clip_high(self) -> float:
+        """The upper clip range actually used."""
+        if self.epsilon_high is not None:
+            return self.epsilon_high
+        return 0.28 if self.loss == "dapo" else self.epsilon
+
+    @model_validator(mode="after")
+    def _check_loss(self) -> MethodConfig:
+        if self.online and "loss" not in self.model_fields_set:
+            object.__setattr__(self, "loss", "grpo")  # unset: the stage's own default, not dpo's
+        allowed = POLICY_LOSS_NAMES if self.online else PAIR_LOSS_NAMES
+        if self.loss not in allowed:
+            raise ValueError(
+                f"method.loss {self.loss!r} is not a loss of stage {self.stage}; use one of {', '.join(allowed)}"
+            )
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward):
+            raise ValueError(
+                f"method.reward_weights has {len(self.reward_weights)} values for {len(self.reward)} rewards; "
+                "give one per reward"
+            )
+        return self
 
 
 class AdapterConfig(Section):
@@ -540,6 +624,45 @@ class TrainConfig(Section):
 
     seed: int = 42
     """Seed for model init of new weights, data shuffling and dropout."""
+
+
+class RolloutConfig(Section):
+    """How an online stage (``method.stage: grpo``) generates: vLLM engines running as Ray actors."""
+
+    num_engines: int = Field(default=1, ge=1)
+    """vLLM engines; training worker r generates on engine r mod num_engines."""
+
+    placement: Literal["colocated", "separate"] = "colocated"
+    """``colocated``: the engines share the training workers' nodes and take no CPUs of their own
+    (generation and training alternate); vLLM's KV cache is sized by ``kv_cache_gib``. ``separate``:
+    each engine reserves ``cpus_per_engine`` CPUs (and ``gpus_per_engine`` GPUs with ``scaling.use_gpu``)
+    plus ``resources``, so Ray places it on nodes or bundles of its own."""
+
+    cpus_per_engine: float = Field(default=1.0, ge=0)
+    """CPUs each engine reserves with ``placement: separate``."""
+
+    gpus_per_engine: float = Field(default=1.0, ge=0)
+    """GPUs each engine reserves with ``placement: separate`` and ``scaling.use_gpu``."""
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each engine reserves with ``placement: separate``, e.g. ``{rollout_node: 1}``
+    for nodes started with ``ray start --resources '{"rollout_node": 4}'``."""
+
+    prompts_per_step: int = Field(default=8, ge=1)
+    """Prompts per optimizer step over all workers (each worker takes an equal share); every prompt is
+    answered ``method.group_size`` times."""
+
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling of the rollouts."""
+
+    kv_cache_gib: int = Field(default=1, ge=1)
+    """KV cache of each engine on CPU (``VLLM_CPU_KVCACHE_SPACE``), in whole GiB."""
+
+    max_restarts: int = Field(default=3, ge=0)
+    """How often a failed engine actor is restarted; its unfinished generation is run again."""
+
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """More ``vllm.LLM`` arguments (e.g. ``gpu_memory_utilization``, ``tensor_parallel_size``)."""
 
 
 class ScalingConfig(Section):
@@ -1008,6 +1131,9 @@ class JobConfig(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     """The training objective."""
 
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """Answer generation of online stages (``method.stage: grpo``)."""
+
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     """Which weights are trained."""
 
@@ -1108,6 +1234,43 @@ class JobConfig(Section):
             raise ValueError(
                 "adapter.pissa_init trains on a residual base, so switching its adapters off does not give the "
                 "reference model; set method.reference: precomputed (scored with the original base)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_online(self) -> JobConfig:
+        if not self.method.online:
+            return self
+        stage, workers = self.method.stage, self.scaling.num_workers
+        if self.rollout.prompts_per_step % workers:
+            raise ValueError(
+                f"rollout.prompts_per_step {self.rollout.prompts_per_step} does not split evenly over "
+                f"scaling.num_workers {workers}; make it a multiple of {workers}"
+            )
+        if self.train.gradient_accumulation_steps != 1:
+            raise ValueError(
+                f"train.gradient_accumulation_steps does not apply to stage {stage}: each optimizer step learns from "
+                "one generated batch (rollout.prompts_per_step x method.group_size answers); set it to 1"
+            )
+        if self.data.packing:
+            raise ValueError(
+                f"data.packing does not apply to stage {stage}: its rows are prompts; set data.packing: false"
+            )
+        if self.method.needs_reference and self.method.reference == "precomputed":
+            raise ValueError(
+                f"method.reference: precomputed does not apply to stage {stage}: the answers it scores are generated "
+                "during training; use live"
+            )
+        if self.adapter.type == "lora" and (self.adapter.use_dora or self.adapter.init_from):
+            raise ValueError(
+                f"stage {stage} with LoRA publishes the adapter to the rollout engines, which merge plain LoRA into "
+                "the base model: adapter.use_dora and adapter.init_from are not supported there yet (merge an "
+                "init_from adapter into a model first with raytune-ft export)"
+            )
+        if self.scaling.use_gpu and self.rollout.placement == "colocated":
+            raise ValueError(
+                "rollout.placement: colocated is not available on GPUs yet (the engines would need a share of each "
+                "training worker's GPU); use placement: separate with rollout.gpus_per_engine"
             )
         return self
 

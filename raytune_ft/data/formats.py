@@ -139,11 +139,38 @@ def _kto_example(
     return {"messages": messages, "label": label, **_tools(row, where, source)}
 
 
+def _prompt_example(
+    row: Mapping[str, Any], placeholders: Mapping[str, str], where: str, source: DatasetSource | None
+) -> dict[str, Any]:
+    """An online-RL row: the conversation without its last answer, and the ground truth the rewards check:
+    the ``answer`` column (mapped as ``columns: {answer: ...}``), else the left-out answer. A plain row may
+    instead give ``prompt`` (text or messages) and ``answer``, as TRL's prompt datasets do."""
+    column = source.columns.get("answer", "answer") if source else "answer"
+    left_out = None
+    if (source is None or source.formatting is None) and "prompt" in row and "messages" not in row:
+        raw = row["prompt"]
+        prompt = [{"role": "user", "content": raw}] if isinstance(raw, str) else _from_messages(raw, where, "prompt")
+        prompt = _filled(prompt, placeholders, where)
+    else:
+        prompt = normalize_row(row, placeholders, where, source)
+        if prompt[-1]["role"] == "assistant":
+            prompt, left_out = prompt[:-1], prompt[-1]["content"]
+    _check_order(prompt, where, last="user")
+    answer = row.get(column, left_out)
+    if not isinstance(answer, str | int | float) or isinstance(answer, bool) or not str(answer).strip():
+        raise DataError(
+            f"{where}: an online-RL row needs its ground truth: a non-empty {column!r} column or a final answer "
+            f"turn; found: {_found(row)}"
+        )
+    return {"messages": prompt, "answer": str(answer), **_tools(row, where, source)}
+
+
 _STAGES: dict[str, Callable[[Mapping[str, Any], Mapping[str, str], str, DatasetSource | None], dict[str, Any]]] = {
     "sft": _sft_example,
     "pt": _pt_example,
     "preference": _preference_example,
     "kto": _kto_example,
+    "prompt": _prompt_example,
 }
 
 

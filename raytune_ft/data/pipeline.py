@@ -22,7 +22,7 @@ import numpy as np
 
 from raytune_ft.config import DataConfig
 
-from .encode import Segment, encode_full, render_segments, truncate
+from .encode import IGNORE_INDEX, Segment, encode_full, render_segments, truncate
 from .formats import normalize_example
 from .packing import pack_samples
 from .records import EMPTY_ADVICE, RecordSelection, Sampling, Split, plan_sampling, read_records, require_rows
@@ -104,6 +104,8 @@ class RowResult:
     """The row's other sequences: a pair's rejected answer, or a KTO row's mismatched (KL) one."""
     label: bool | None = None
     """A KTO row's label: True for a desirable answer."""
+    answer: str | None = None
+    """An online-RL row's ground truth."""
 
 
 def templated(tokenizer: Any, options: EncodeOptions) -> Any:
@@ -140,7 +142,7 @@ def encode_rows(
             conversations = _SEGMENTS[options.stage](tokenizer, example, options)
             rendered += conversations
             results.append(RowResult(path, row, more=tuple(([], []) for _ in conversations[1:]),
-                                     label=example.get("label")))  # fmt: skip
+                                     label=example.get("label"), answer=example.get("answer")))  # fmt: skip
         except DataError as err:
             results.append(RowResult(path, row, problem=_located(str(err), path, row)))
     encoded = iter(encode_full(tokenizer, rendered))
@@ -148,7 +150,9 @@ def encode_rows(
         if not result.problem:
             ids, labels = next(encoded)
             more = tuple(next(encoded) for _ in result.more)
-            results[i] = RowResult(result.path, result.row, ids, labels, more=more, label=result.label)
+            results[i] = RowResult(
+                result.path, result.row, ids, labels, more=more, label=result.label, answer=result.answer
+            )
     return results
 
 
@@ -475,6 +479,11 @@ _SEGMENTS: dict[str, Callable[[Any, dict[str, Any], EncodeOptions], list[list[Se
     "pt": lambda tokenizer, example, options: [_text_segments(tokenizer, example, options)],
     "preference": _pair_segments,
     "kto": _kto_segments,
+    "prompt": lambda tokenizer, example, options: [
+        _scored_segments(
+            tokenizer, _answered(example["messages"], example["answer"]), example.get("tools", ""), options
+        )
+    ],
 }
 
 
@@ -509,9 +518,22 @@ def _kto_columns(results: list[RowResult], cutoff_len: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _prompt_columns(results: list[RowResult], cutoff_len: int) -> dict[str, Any]:
+    """Prompts (the rendered conversation up to where the answer starts, generation prompt included) of at
+    most ``cutoff_len`` tokens, and their ground truths."""
+    kept = []
+    for r in results:
+        labels = r.labels or []
+        start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+        if start is not None and 0 < start <= cutoff_len:
+            kept.append(((r.input_ids or [])[:start], r.answer or ""))
+    return {"prompt_ids": _ids([ids for ids, _ in kept]), "answer": np.asarray([a for _, a in kept], dtype=object)}
+
+
 _SCORED_ROWS: dict[str, Callable[[list[RowResult], int], dict[str, Any]]] = {
     "preference": _pair_columns,
     "kto": _kto_columns,
+    "prompt": _prompt_columns,
 }
 """Row formats scored as whole sequences: columns per format (never packed or split)."""
 

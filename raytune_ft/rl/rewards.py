@@ -140,21 +140,30 @@ def load_reward(name: str, max_new_tokens: int | None = None) -> RewardFn:
     return fn  # type: ignore[no-any-return]
 
 
+def score_completions(
+    rewards: Mapping[str, tuple[RewardFn, float]], **kwargs: Any
+) -> tuple[list[float | None], dict[str, list[float | None]]]:
+    """Every reward's scores of ``kwargs["completions"]`` (TRL's calling convention) and their weighted sum,
+    sum_k w_k r_k per completion over the rewards that judged it (None, or NaN, counts as absent, as TRL's
+    nansum); None where none did. Each reward must answer one value per completion."""
+    count = len(kwargs["completions"])
+    totals: list[float | None] = [None] * count
+    each: dict[str, list[float | None]] = {}
+    for name, (fn, weight) in rewards.items():
+        scores = list(fn(**kwargs))
+        if len(scores) != count:
+            raise RewardError(f"reward {name!r} gave {len(scores)} scores for {count} completions")
+        each[name] = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in scores]
+        for i, score in enumerate(each[name]):
+            if score is not None:
+                totals[i] = (totals[i] or 0.0) + weight * score
+    return totals, each
+
+
 def weighted_reward(rewards: Mapping[str, tuple[RewardFn, float]]) -> Callable[..., list[float | None]]:
-    """One reward from several: sum_k w_k r_k per completion over the rewards that judged it (None counts
-    as absent, as TRL's nansum); None where none did. Each must answer one value per completion."""
+    """One reward function from several (``score_completions``' weighted sum)."""
 
     def combined(**kwargs: Any) -> list[float | None]:
-        count = len(kwargs["completions"])
-        totals: list[float | None] = [None] * count
-        for name, (fn, weight) in rewards.items():
-            scores = list(fn(**kwargs))
-            if len(scores) != count:
-                raise RewardError(f"reward {name!r} gave {len(scores)} scores for {count} completions")
-            for i, score in enumerate(scores):
-                if score is None or (isinstance(score, float) and math.isnan(score)):
-                    continue
-                totals[i] = (totals[i] or 0.0) + weight * float(score)
-        return totals
+        return score_completions(rewards, **kwargs)[0]
 
     return combined

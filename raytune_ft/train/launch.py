@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "plan_total_steps",
     "prepare_data",
     "prepare_job_data",
+    "resumed_config",
     "run_training",
     "start_ray",
     "worker_cpus",
@@ -127,7 +128,7 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     run_dir = f"{storage.rstrip('/')}/{cfg.train.run_name}"
     # One Hub commit and fixed init_from folders for every worker, restart and checkpoint; a restarted run keeps
     # the revision its checkpoints hold where the config names a branch, which may have moved since.
-    cfg = pin_sources(cfg, resumed=_resumed_config(run_dir))
+    cfg = pin_sources(cfg, resumed=resumed_config(run_dir))
     check_resume_compatible(cfg, run_dir)
     start_ray(address, init=cfg.scaling.ray_init)
     # Convert a builtin model once, before workers race for it, and fail here on a missing template.
@@ -200,16 +201,19 @@ def build_trainer(
     storage: str,
     name: str,
     callbacks: list[Any] | None = None,
+    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+    feed: dict[str, Any] | None = None,
 ) -> Any:
-    """The TorchTrainer of one run: ``cfg.scaling`` workers with ``cpus`` each, checkpoints in
-    ``storage/name``; ``callbacks`` are Ray Train ``UserCallback``s."""
+    """The TorchTrainer of one run: ``cfg.scaling`` workers with ``cpus`` each running ``loop``, checkpoints
+    in ``storage/name``; ``callbacks`` are Ray Train ``UserCallback``s, ``feed`` what the loop's feed needs
+    from the driver (``WorkerContext.extra``)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         torch_config=TorchConfig(timeout_s=cfg.scaling.collective_timeout_s),
-        train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan)},
+        train_loop_config={"job": cfg.model_dump(mode="json"), "plan": asdict(plan), "feed": feed or {}},
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
@@ -245,7 +249,7 @@ def _data_config(cfg: JobConfig) -> Any:
 def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
     """Refuse to resume a run whose checkpoints hold another model, adapter or objective, or were
     written by another strategy."""
-    saved = _resumed_config(run_dir)
+    saved = resumed_config(run_dir)
     if saved is None:
         return  # a new run
     changed = [
@@ -266,7 +270,7 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
         )
 
 
-def _resumed_config(run_dir: str) -> JobConfig | None:
+def resumed_config(run_dir: str) -> JobConfig | None:
     """The config of the newest checkpoint a restarted run resumes from; None for a new run (or remote storage)."""
     if "://" in run_dir:
         return None

@@ -2,6 +2,8 @@
 
 Reads top to bottom in pipeline order. Everything before the loop (``build_training``) and the
 step itself (``StepCore``) run without Ray too; only data iteration and reporting touch Ray here.
+Where each step's micro-batches come from is a ``Feed``: the dataset shard for the offline stages
+(``data_feed``), rollout engines for the online ones (``raytune_ft.rl``), which run the same loop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -34,7 +36,7 @@ from raytune_ft.models import (
 )
 
 from .checkpoint import TrainState, load_weights_into, restore_state, save_checkpoint
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, MetricSums
 from .precision import build_precision, cast_trainable, compute_precision
 from .progress import Meter, reduce_metrics
 from .reference import build_reference
@@ -43,7 +45,8 @@ from .strategies import STRATEGIES, is_distributed
 from .tokenizer import job_tokenizer
 from .tracking import Trackers, open_trackers, plot_loss
 
-__all__ = ["RunPlan", "build_training", "collator", "train_loop_per_worker"]
+__all__ = ["Feed", "RunPlan", "WorkerContext", "build_training", "collator", "data_feed", "run_worker",
+           "train_loop_per_worker"]  # fmt: skip
 
 Collate = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
 """A numpy batch of token rows -> model-ready tensors."""
@@ -99,8 +102,41 @@ def build_training(
     return core, tokenizer
 
 
+class Feed(Protocol):
+    """Where a worker's optimizer steps get their micro-batches."""
+
+    def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
+        """The micro-batches of the next optimizer step (on the worker's device) and metrics of making them."""
+        ...
+
+    def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
+        """Called by every worker after each optimizer step (``state`` already counts it)."""
+        ...
+
+
+@dataclass
+class WorkerContext:
+    """What a feed may need of its worker."""
+
+    cfg: JobConfig
+    plan: RunPlan
+    core: StepCore
+    tokenizer: Any
+    state: TrainState
+    rank: int
+    world: int
+    device: torch.device
+    extra: dict[str, Any]
+    """``train_loop_config["feed"]``: what the driver handed the feed (rollout engine handles)."""
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point; ``config`` is ``{"job": JobConfig dump, "plan": RunPlan dump}``."""
+    """Ray Train entry point of the offline stages; ``config`` is ``{"job": JobConfig dump, "plan": RunPlan dump}``."""
+    run_worker(config, data_feed)
+
+
+def run_worker(config: dict[str, Any], make_feed: Callable[[WorkerContext], Feed]) -> None:
+    """Build (or restore) the training state, then step on what ``make_feed`` feeds until the plan is done."""
     import ray.train
 
     cfg = JobConfig.model_validate(config["job"])
@@ -116,25 +152,49 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as folder:
         core, tokenizer = build_training(cfg, plan.total_steps, device, Path(folder) if folder else None)
         state = restore_state(Path(folder), core, cfg.train) if folder else TrainState()
-    collate = collator(cfg, core.strategy.unwrap(core.model), tokenizer.pad_token_id)
     trackers = Trackers([])
     if rank == 0:
         _announce(core, cfg, plan, state)
         _trim_metrics(plan.run_dir, state.global_step)
         trackers = open_trackers(cfg, plan.run_dir, state.global_step)
-    shard = ray.train.get_dataset_shard("train")
     world = ray.train.get_context().get_world_size()
-    balance = world > 1 and cfg.data.balance_micro_batches and _padding_free(cfg, core.strategy.unwrap(core.model))
-    batches = _micro_batches(shard, cfg, collate, state, seed=cfg.train.seed + 1000 * rank, balance=balance)
+    feed = make_feed(WorkerContext(cfg, plan, core, tokenizer, state, rank, world, device, config.get("feed", {})))
     evaluation = None
     if plan.has_eval:
+        collate = collator(cfg, core.strategy.unwrap(core.model), tokenizer.pad_token_id)
         evaluation = _Evaluation(ray.train.get_dataset_shard("eval"), cfg, collate, rank, world)
     try:
-        _run(core, tokenizer, cfg, plan, state, batches, evaluation, rank, device, trackers)
+        _run(core, tokenizer, cfg, plan, state, feed, evaluation, rank, device, trackers)
     finally:
         trackers.close()
     if rank == 0 and cfg.tracking.plot_loss and (figure := plot_loss(plan.run_dir)) is not None:
         print(f"raytune_ft: loss curve {figure}", flush=True)
+
+
+class _BatchFeed:
+    """``gradient_accumulation_steps`` micro-batches of the dataset shard per step."""
+
+    def __init__(self, batches: Iterator[dict[str, torch.Tensor]], steps: int, device: torch.device) -> None:
+        self.batches, self.steps, self.device = batches, steps, device
+
+    def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
+        return [move_batch(next(self.batches), self.device) for _ in range(self.steps)], {}
+
+    def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
+        return {}
+
+
+def data_feed(ctx: WorkerContext) -> Feed:
+    """The worker's shard of the tokenized ``train`` dataset, collated (and balanced) into micro-batches."""
+    import ray.train
+
+    cfg, model = ctx.cfg, ctx.core.strategy.unwrap(ctx.core.model)
+    collate = collator(cfg, model, ctx.tokenizer.pad_token_id)
+    shard = ray.train.get_dataset_shard("train")
+    balance = ctx.world > 1 and cfg.data.balance_micro_batches and _padding_free(cfg, model)
+    seed = cfg.train.seed + 1000 * ctx.rank
+    batches = _micro_batches(shard, cfg, collate, ctx.state, seed=seed, balance=balance)
+    return _BatchFeed(batches, cfg.train.gradient_accumulation_steps, ctx.device)
 
 
 def _run(
@@ -143,7 +203,7 @@ def _run(
     cfg: JobConfig,
     plan: RunPlan,
     state: TrainState,
-    batches: Iterator[dict[str, torch.Tensor]],
+    feed: Feed,
     evaluation: _Evaluation | None,
     rank: int,
     device: torch.device,
@@ -155,10 +215,11 @@ def _run(
         print(f"raytune_ft: run already complete at step {state.global_step}; nothing to train", flush=True)
     meter = Meter(total_steps=plan.total_steps)
     while state.global_step < plan.total_steps:
-        window = [move_batch(next(batches), device) for _ in range(cfg.train.gradient_accumulation_steps)]
+        window, made = feed.next_window()
         stats = core.step(window)
-        meter.add(stats)
         state.global_step += 1
+        stats.metrics = {**stats.metrics, **made, **feed.stepped(core, state)}
+        meter.add(stats)
         if stats.skipped and rank == 0:
             print(
                 f"raytune_ft: step {state.global_step}: fp16 gradients overflowed (inf/nan), update skipped; "

@@ -80,7 +80,7 @@ class Meter:
         )
 
 
-_SHOWN = {"rewards/accuracies": "acc", "rewards/margins": "margin", "kl": "kl"}
+_SHOWN = {"rewards/accuracies": "acc", "rewards/margins": "margin", "reward": "reward", "kl": "kl"}
 """Objective metrics worth a glance in the progress line (all are in metrics.jsonl)."""
 
 

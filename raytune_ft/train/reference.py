@@ -26,6 +26,7 @@ __all__ = [
     "ReferenceLogps",
     "build_reference",
     "sequence_logps",
+    "token_logps",
     "with_reference_logps",
 ]
 
@@ -44,9 +45,44 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     return token_logps.sum(-1), (targets != IGNORE_INDEX).sum(-1)
 
 
+def token_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0, entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(x_{t+1} | x_<=t) of every learned token at ``temperature`` (logits / T), shape (rows, seq - 1),
+    0 where the label is masked; with ``entropy``, the policy's entropy at those positions too (else None).
+    The LM head runs only where some row learns the next token."""
+    from .objectives import learned_positions, model_inputs
+
+    keep = learned_positions(batch["labels"])
+    logits = model(**model_inputs(batch), logits_to_keep=keep).logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = batch["labels"][:, 1:][:, keep]
+    # log p = z_y - logsumexp(z): the full log-softmax is never held (a vocabulary-wide copy per position)
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    picked = picked * (targets != IGNORE_INDEX)
+    shape = batch["labels"][:, 1:].shape
+    out = picked.new_zeros(shape).index_copy(1, keep, picked)
+    if not entropy:
+        return out, None
+    with torch.no_grad():  # a metric: no graph through a second vocabulary-wide tensor
+        spread = torch.stack([_entropy(row) for row in logits.detach()])
+    return out, spread.new_zeros(shape).index_copy(1, keep, spread)
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """-sum_v p_v log p_v of each position's distribution."""
+    log_probs = logits.log_softmax(-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
 class Reference(Protocol):
     def logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed log-probability of each row's learned tokens under the reference model (no grad)."""
+        ...
+
+    def token_logps(self, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        """Per-token log-probabilities (``token_logps``) under the reference model (no grad)."""
         ...
 
 
@@ -61,6 +97,11 @@ class AdapterOffReference:
         with self.model.disable_adapter():
             return sequence_logps(self.model, batch)[0]
 
+    @torch.no_grad()
+    def token_logps(self, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        with self.model.disable_adapter():
+            return token_logps(self.model, batch, temperature)[0]
+
 
 class FrozenReference:
     """A frozen copy of the base model (freeze and full tuning change the base weights themselves)."""
@@ -72,6 +113,10 @@ class FrozenReference:
     def logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return sequence_logps(self.model, batch)[0]
 
+    @torch.no_grad()
+    def token_logps(self, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        return token_logps(self.model, batch, temperature)[0]
+
 
 class PrecomputedReference:
     """Reads the ``ref_logps`` the rows carry (``method.reference: precomputed``)."""
@@ -80,6 +125,9 @@ class PrecomputedReference:
         if "ref_logps" not in batch:
             raise ConfigError("method.reference is precomputed but the rows carry no reference log-probs")
         return batch["ref_logps"]
+
+    def token_logps(self, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        raise ConfigError("method.reference: precomputed has no per-token log-probs of generated answers; use live")
 
 
 def build_reference(cfg: JobConfig, model: Any, device: torch.device) -> Reference | None:

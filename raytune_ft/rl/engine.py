@@ -1,0 +1,267 @@
+"""Rollout engines: vLLM as Ray actors that answer prompts with the newest published policy weights.
+
+Every ``generate`` call names the policy version it needs. An engine behind that version pulls the
+weights from the run's ``WeightStore`` first: a LoRA run's adapter files, which the engine merges into
+its copy of the base weights, W + (alpha / r) B A, and loads into the running model; a whole model's
+safetensors otherwise. Merging keeps generation at the base model's speed (vLLM's LoRA kernels ran 5x
+slower on CPU) while only the adapter crosses the object store. So a replaced engine
+(Ray restarts a killed actor, ``rollout.max_restarts``) catches up on its first call, and Ray runs the
+call it lost again (``max_task_retries``). The engine runs vLLM in its own process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), where the weights can be loaded into the model directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raytune_ft.config import JobConfig
+from raytune_ft.models import resolve_model
+from raytune_ft.models.vllm_engine import start_vllm
+
+__all__ = [
+    "BaseWeights",
+    "Generation",
+    "RolloutEngine",
+    "WeightStore",
+    "engine_options",
+    "merged_adapter",
+    "start_engines",
+]
+
+STORE_POLL_S = 0.05
+"""How often an engine asks the store whether the version it needs has been published."""
+
+VERSION_WAIT_S = 600.0
+"""How long an engine waits for a version to be published before it gives up."""
+
+
+@dataclass
+class Generation:
+    """The answers to a list of prompts, ``group`` per prompt, in prompt order."""
+
+    completions: list[list[int]]
+    """Token ids of each answer (prompt p's answers at p * group ... p * group + group - 1)."""
+    logprobs: list[list[float]]
+    """The engine's log-probability of each sampled token (at temperature 1, before sampling settings)."""
+    truncated: list[bool]
+    """Whether the answer stopped at ``max_new_tokens`` instead of an end token."""
+    generate_s: float
+    sync_s: float
+    """Time this call spent loading newer weights (0 when the engine was current)."""
+
+
+class WeightStore:
+    """The newest published policy weights of a run (an object-store reference) and their version."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.refs: list[Any] = []
+
+    def publish(self, version: int, refs: list[Any]) -> None:
+        """``refs``: one object reference, nested in a list so that Ray passes it unresolved."""
+        if version >= self.version:
+            self.version, self.refs = version, refs
+
+    def latest(self) -> tuple[int, list[Any]]:
+        return self.version, self.refs
+
+
+class RolloutEngine:
+    """One vLLM engine on the run's base model."""
+
+    def __init__(self, job: dict[str, Any], store: Any) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        cfg = JobConfig.model_validate(job)
+        self.cfg, self.store = cfg, store
+        _use_threads(engine_threads(cfg))
+        self.adapter = cfg.adapter.type == "lora"
+        max_len = cfg.data.cutoff_len + cfg.method.max_new_tokens
+        engine = start_vllm(
+            cfg.model, None, max_model_len=max_len, kv_cache_gib=cfg.rollout.kv_cache_gib,
+            engine_kwargs={"logprobs_mode": "processed_logprobs", **cfg.rollout.engine_kwargs},
+        )  # fmt: skip
+        self.llm = engine.llm
+        # An adapter reloads only the blocks it changed; vLLM warns about every weight left as it was.
+        logging.getLogger("vllm.model_executor.model_loader.reload.inplace").setLevel(logging.ERROR)
+        self.version = -1
+        self.base: BaseWeights | None = BaseWeights(resolve_model(cfg.model)) if self.adapter else None
+
+    def ready(self) -> int:
+        """The engine's process id, once vLLM is up."""
+        return os.getpid()
+
+    def generate(self, prompts: list[list[int]], version: int, group: int) -> Generation:
+        """``group`` sampled answers per prompt from policy ``version`` (waiting for it to be published).
+
+        Sampling draws from the engine's own generator (seeded once at start): vLLM's per-request seeds
+        fail on CPU when a long batch of prompts is prefilled in chunks."""
+        from vllm import SamplingParams, TokensPrompt
+
+        sync_s = self._catch_up(version)
+        m = self.cfg.method
+        params = SamplingParams(
+            n=group, temperature=m.temperature, top_p=self.cfg.rollout.top_p, max_tokens=m.max_new_tokens,
+            logprobs=0,
+        )  # fmt: skip
+        start = time.perf_counter()
+        requests = [TokensPrompt(prompt_token_ids=list(map(int, ids))) for ids in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        completions, logprobs, truncated = [], [], []
+        for output in outputs:
+            for answer in output.outputs:
+                ids = list(answer.token_ids)
+                completions.append(ids)
+                logprobs.append([float(step[token].logprob) for step, token in zip(answer.logprobs, ids, strict=True)])
+                truncated.append(answer.finish_reason == "length")
+        return Generation(completions, logprobs, truncated, time.perf_counter() - start, sync_s)
+
+    def loaded_version(self) -> int:
+        return self.version
+
+    def _catch_up(self, version: int) -> float:
+        import ray
+
+        if self.version >= version:
+            return 0.0
+        start = time.perf_counter()
+        published, refs = ray.get(self.store.latest.remote())
+        while published < version:
+            if time.perf_counter() - start > VERSION_WAIT_S:
+                raise TimeoutError(f"policy version {version} was not published within {VERSION_WAIT_S:g} s")
+            time.sleep(STORE_POLL_S)
+            published, refs = ray.get(self.store.latest.remote())
+        self._load(published, ray.get(refs[0]))
+        return time.perf_counter() - start
+
+    def _load(self, version: int, files: dict[str, bytes]) -> None:
+        weights = merged_adapter(files, self.base) if self.base is not None else _model_weights(files)
+        # vLLM's in-place reload: on CPU the loaded linear weights were repacked for its GEMM kernels (and the
+        # plain tensors dropped), so new weights go through the loader and are repacked again.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        if any(name.endswith("embed_tokens.weight") for name, _ in weights):
+            self.llm.apply_model(_retie_lm_head)
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+
+def _retie_lm_head(model: Any) -> None:
+    """A tied LM head after its embedding was reloaded: the reload placed a new embedding tensor, and on CPU the
+    head multiplies by a packed copy of the old one; point it at the new tensor and pack that."""
+    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+    config = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    if head is None or embed is None or not config:
+        return
+    head.weight = embed.weight
+    head.quant_method.process_weights_after_loading(head)
+
+
+class BaseWeights:
+    """The base model's weights as its safetensors hold them, read on first use and kept (the merge
+    starts from them at every version)."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self.files: dict[str, Path] = {}
+        for path in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as f:
+                self.files.update(dict.fromkeys(f.keys(), path))
+        self.kept: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        from safetensors import safe_open
+
+        if name not in self.kept:
+            if name not in self.files:
+                raise KeyError(f"the base model has no weight {name!r} for the adapter to merge into")
+            with safe_open(str(self.files[name]), framework="pt") as f:
+                self.kept[name] = f.get_tensor(name).float()
+        return self.kept[name]
+
+
+def merged_adapter(files: dict[str, bytes], base: BaseWeights) -> list[tuple[str, Any]]:
+    """(weight name, W + s B A) for every module of a peft LoRA checkpoint's files, with s = alpha / r (rsLoRA:
+    alpha / sqrt(r)), plus the base weights of every other module in the same parent (an attention or MLP
+    block), which vLLM fuses with them (q/k/v, gate/up) and must reload whole. Names are the base model's
+    safetensors names, what vLLM's ``load_weights`` reads."""
+    from safetensors.torch import load
+
+    config = json.loads(files["adapter_config.json"])
+    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora"):
+        raise ValueError("rollout engines merge plain LoRA adapters (one rank and alpha, no DoRA)")
+    rank = config["r"]
+    scale = config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    tensors = load(files["adapter_model.safetensors"])
+    merged: dict[str, Any] = {}
+    for key, a in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+        b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        merged[f"{module}.weight"] = base[f"{module}.weight"] + scale * (b.float() @ a.float())
+    blocks = {name.rsplit(".", 2)[0] + "." for name in merged}
+    siblings = [name for name in base.files if name.startswith(tuple(blocks)) and name not in merged]
+    return [*merged.items(), *((name, base[name]) for name in sorted(siblings))]
+
+
+def _model_weights(files: dict[str, bytes]) -> list[tuple[str, Any]]:
+    from safetensors.torch import load
+
+    return [
+        item for name, data in sorted(files.items()) if name.endswith(".safetensors") for item in load(data).items()
+    ]
+
+
+def engine_threads(cfg: JobConfig) -> int:
+    """Compute threads of an engine: every core of its node when colocated (generation and training take
+    turns), else its reserved CPUs. Ray would give an actor that reserves no CPU a single thread."""
+    if cfg.rollout.placement == "colocated":
+        return len(os.sched_getaffinity(0))
+    return max(1, math.floor(cfg.rollout.cpus_per_engine))
+
+
+def _use_threads(count: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(count)
+    torch.set_num_threads(count)
+
+
+def engine_options(cfg: JobConfig) -> dict[str, Any]:
+    """Ray actor options of one engine: its resources by ``rollout.placement`` and its restarts."""
+    r = cfg.rollout
+    resources: dict[str, Any] = {"num_cpus": 0}
+    if r.placement == "separate":
+        resources = {"num_cpus": r.cpus_per_engine, "num_gpus": r.gpus_per_engine if cfg.scaling.use_gpu else 0}
+        if r.resources:
+            resources["resources"] = dict(r.resources)
+    env = {"VLLM_CPU_KVCACHE_SPACE": f"{r.kv_cache_gib:g}", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    return {**resources, "max_restarts": r.max_restarts, "max_task_retries": r.max_restarts,
+            "runtime_env": {"env_vars": env}}  # fmt: skip
+
+
+def engine_name(cfg: JobConfig, index: int) -> str:
+    """The Ray actor name of a run's engine (``ray list actors`` shows it; ``ray.get_actor`` finds it)."""
+    return f"rollout-{cfg.train.run_name}-{index}"
+
+
+def start_engines(cfg: JobConfig, store: Any) -> list[Any]:
+    """``rollout.num_engines`` started engines (waits until each has loaded its model)."""
+    import ray
+
+    actor = ray.remote(RolloutEngine)
+    job = cfg.model_dump(mode="json")
+    options = engine_options(cfg)
+    engines = [
+        actor.options(name=engine_name(cfg, i), **options).remote(job, store)  # type: ignore[attr-defined]
+        for i in range(cfg.rollout.num_engines)
+    ]  # type: ignore[attr-defined]
+    ray.get([engine.ready.remote() for engine in engines])  # type: ignore[attr-defined]
+    return engines

@@ -1,0 +1,212 @@
+"""The online stages' feed: each optimizer step learns from answers the rollout engines just generated.
+
+Per step, every training worker takes its share of ``rollout.prompts_per_step`` prompts from its Ray
+Data shard, asks its engine (worker r uses engine r mod ``rollout.num_engines``) for
+``method.group_size`` answers to each, scores them with the rewards, turns the scores into advantages
+(``ADVANTAGE_ESTIMATORS[method.loss]``) and steps on them; after the step, the weights are published for
+the engines (``publish_weights``). The loop around it is the offline stages' own (``run_worker``), so
+checkpoints, exact resume, logging and trackers work the same.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raytune_ft.config import JobConfig
+from raytune_ft.data import IGNORE_INDEX, no_trainable_rows, pad_batch
+from raytune_ft.models import save_weights
+from raytune_ft.train import StepCore, TrainState
+from raytune_ft.train.loop import WorkerContext, run_worker
+from raytune_ft.train.losses import ADVANTAGE_ESTIMATORS
+from raytune_ft.train.objectives import MetricSums
+from raytune_ft.train.reference import token_logps
+
+from .engine import Generation
+from .rewards import RewardFn, load_reward, score_completions
+
+__all__ = ["RolloutFeed", "answer_batches", "plan_rl_steps", "publish_weights", "rl_loop_per_worker"]
+
+FILTERED_LOSSES = frozenset({"dapo"})
+"""Losses that leave out groups whose answers all scored the same (DAPO's dynamic sampling, without refill)."""
+
+
+def rl_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point of the online stages: ``config`` as for the offline ones, plus ``feed``
+    holding the rollout ``engines`` and the run's weight ``store``."""
+    run_worker(config, RolloutFeed)
+
+
+def publish_weights(core: StepCore, store: Any, version: int) -> float:
+    """Put the policy's weights (the adapter of a LoRA run, else the whole model) in the object store and
+    register them with ``store`` as ``version``; every worker calls it (gathering may be collective), rank
+    0 publishes. Returns the seconds it took."""
+    import ray
+
+    start = time.perf_counter()
+    weights = core.strategy.full_state_dict(core.model)
+    if weights is None:
+        return time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="raytune_ft-publish-") as tmp:
+        save_weights(core.strategy.unwrap(core.model), Path(tmp), weights)
+        files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.suffix in (".safetensors", ".json")}
+    ray.get(store.publish.remote(version, [ray.put(files)]))
+    return time.perf_counter() - start
+
+
+def answer_batches(
+    prompts: list[np.ndarray],
+    generation: Generation,
+    advantages: torch.Tensor,
+    rows: list[int],
+    size: int,
+    pad_id: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Micro-batches of ``size`` rows, each a prompt and one of its answers (``rows`` index the answers,
+    ``group`` per prompt in order): ``labels`` mark the answer, ``advantages`` hold its advantage and
+    ``rollout_logps`` the engine's log-probs in the layout of ``token_logps`` (row, position - 1)."""
+    group = len(generation.completions) // len(prompts)
+    batches = []
+    for start in range(0, len(rows), size):
+        chosen = rows[start : start + size]
+        ids = [[*map(int, prompts[i // group]), *generation.completions[i]] for i in chosen]
+        labels = [[IGNORE_INDEX] * len(prompts[i // group]) + generation.completions[i] for i in chosen]
+        batch = pad_batch(ids, labels, pad_id)
+        engine_logps = torch.zeros(batch["labels"][:, 1:].shape)
+        for row, i in enumerate(chosen):
+            first, answer = len(prompts[i // group]) - 1, generation.logprobs[i]
+            engine_logps[row, first : first + len(answer)] = torch.tensor(answer)
+        batch["rollout_logps"] = engine_logps
+        batch["advantages"] = advantages[chosen].float()
+        batches.append(batch)
+    return batches
+
+
+class RolloutFeed:
+    """Generated, scored and advantage-weighted answers, one generated batch per ``method.ppo_epochs`` steps."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        import ray.train
+
+        self.ctx, cfg = ctx, ctx.cfg
+        engines = ctx.extra["engines"]
+        self.engine, self.store = engines[ctx.rank % len(engines)], ctx.extra["store"]
+        share = cfg.rollout.prompts_per_step // ctx.world
+        shard = ray.train.get_dataset_shard("train")
+        self.prompts = _prompt_batches(shard, cfg, ctx.state, share, seed=cfg.train.seed + 1000 * ctx.rank)
+        self.rewards: dict[str, tuple[RewardFn, float]] = {
+            name: (load_reward(name, cfg.method.max_new_tokens), weight)
+            for name, weight in zip(cfg.method.reward, cfg.method.reward_weights or [1.0] * len(cfg.method.reward),
+                                    strict=True)
+        }  # fmt: skip
+        self.pending: list[list[dict[str, torch.Tensor]]] = []
+        publish_weights(ctx.core, self.store, ctx.state.global_step)
+
+    def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
+        if self.pending:
+            return self.pending.pop(0), {}
+        import ray
+
+        cfg, state, device = self.ctx.cfg, self.ctx.state, self.ctx.device
+        rows = next(self.prompts)
+        prompts = list(rows["prompt_ids"])
+        generation: Generation = ray.get(self.engine.generate.remote(prompts, state.global_step, cfg.method.group_size))
+        scores, metrics = self._score(rows, prompts, generation)
+        advantages = ADVANTAGE_ESTIMATORS[cfg.method.loss](scores, cfg.method.group_size)
+        kept = _kept_answers(scores, cfg.method.group_size, cfg.method.loss in FILTERED_LOSSES)
+        metrics["rollout/groups_kept"] = (len(kept) / cfg.method.group_size, len(prompts))
+        window = [
+            {key: value.to(device) for key, value in batch.items()}
+            for batch in answer_batches(prompts, generation, advantages, kept, cfg.train.per_device_batch_size,
+                                        self.ctx.tokenizer.pad_token_id)
+        ]  # fmt: skip
+        if cfg.method.ppo_epochs > 1:
+            self._add_old_logps(window)
+        self.pending = [window] * (cfg.method.ppo_epochs - 1)
+        return window, metrics
+
+    def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
+        return {"sync/publish_s": (publish_weights(core, self.store, state.global_step), 1.0)}
+
+    def _score(
+        self, rows: dict[str, Any], prompts: list[np.ndarray], generation: Generation
+    ) -> tuple[torch.Tensor, MetricSums]:
+        group = self.ctx.cfg.method.group_size
+        decode = self.ctx.tokenizer.batch_decode
+        answers = decode(generation.completions, skip_special_tokens=True)
+        prompt_texts = [text for text in decode(prompts, skip_special_tokens=False) for _ in range(group)]
+        truths = [str(truth) for truth in rows["answer"] for _ in range(group)]
+        total, each = score_completions(
+            self.rewards, prompts=prompt_texts, completions=answers, completion_ids=generation.completions,
+            answer=truths,
+        )  # fmt: skip
+        scores = torch.tensor([0.0 if s is None else s for s in total])
+        tokens = sum(len(c) for c in generation.completions)
+        metrics: MetricSums = {
+            "reward": (float(scores.sum()), scores.numel()),
+            "reward_std": (float(scores.std()) if scores.numel() > 1 else 0.0, 1.0),
+            **{f"reward/{name}": _mean_of(values) for name, values in each.items()},
+            "response_length": (float(tokens), len(generation.completions)),
+            "rollout/truncated": (float(sum(generation.truncated)), len(generation.truncated)),
+            "rollout/tokens_per_s": (float(tokens), generation.generate_s),
+            "sync/engine_s": (generation.sync_s, 1.0),
+        }
+        return scores, metrics
+
+    @torch.no_grad()
+    def _add_old_logps(self, window: list[dict[str, torch.Tensor]]) -> None:
+        """The generating policy's log-probs, before the first of several updates on the same answers."""
+        model = self.ctx.core.strategy.unwrap(self.ctx.core.model)
+        with self.ctx.core.precision.autocast():
+            for batch in window:
+                batch["old_logps"] = token_logps(model, batch, self.ctx.cfg.method.temperature)[0]
+
+
+def _kept_answers(scores: torch.Tensor, group: int, filtered: bool) -> list[int]:
+    """Indices of the answers to learn from: all, or with ``filtered`` those of groups whose rewards differ
+    (a group that scored the same everywhere has no advantage). One group stays when none differs, so every
+    worker takes part in the step."""
+    if not filtered:
+        return list(range(scores.numel()))
+    spread = scores.view(-1, group).std(dim=1) > 0
+    groups = spread.nonzero().flatten().tolist() or [0]
+    return [g * group + j for g in groups for j in range(group)]
+
+
+def _mean_of(values: list[float | None]) -> tuple[float, float]:
+    present = [v for v in values if v is not None]
+    return float(sum(present)), float(len(present))
+
+
+def _prompt_batches(shard: Any, cfg: JobConfig, state: TrainState, size: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Endless batches of ``size`` prompt rows over epochs, skipping those a resumed run already used."""
+    skip = state.batches_in_epoch
+    buffer = cfg.data.shuffle_buffer_size if cfg.data.shuffle else None
+    while True:
+        seen = 0
+        for rows in shard.iter_batches(
+            batch_size=size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=buffer,
+            local_shuffle_seed=seed + state.epoch if buffer else None,
+        ):  # fmt: skip
+            seen += 1
+            if seen <= skip:
+                continue
+            state.batches_in_epoch = seen
+            yield rows
+        if seen == 0:
+            raise no_trainable_rows(cfg.data, cfg.method.rows, f"(fewer than {size} prompts per worker)")
+        state.epoch, state.batches_in_epoch, skip = state.epoch + 1, 0, 0
+
+
+def plan_rl_steps(cfg: JobConfig, rows: int) -> int:
+    """Optimizer steps of ``num_epochs`` passes over ``rows`` prompts, ``method.ppo_epochs`` per generated batch."""
+    batches = rows // cfg.rollout.prompts_per_step
+    if batches == 0:
+        raise no_trainable_rows(cfg.data, cfg.method.rows, f"{rows} prompts, fewer than rollout.prompts_per_step")
+    return max(1, int(cfg.train.num_epochs * batches)) * cfg.method.ppo_epochs

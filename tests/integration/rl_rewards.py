@@ -1,0 +1,11 @@
+"""A reward a tiny random model can learn in a few steps, importable by Ray workers (tests/ is on their
+PYTHONPATH): the share of an answer's tokens whose id is even."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def even_tokens(completion_ids: Sequence[Sequence[int]], **_: Any) -> list[float]:
+    return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]

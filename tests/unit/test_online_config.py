@@ -1,0 +1,49 @@
+"""The online stage's config: its defaults, its losses, and the combinations it refuses."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from raytune_ft.config import JobConfig
+
+
+def job(**sections: dict) -> JobConfig:
+    return JobConfig.model_validate({"method": {"stage": "grpo"}, **sections})
+
+
+def test_grpo_defaults() -> None:
+    cfg = job()
+    assert cfg.method.loss == "grpo" and cfg.method.rows == "prompt" and cfg.method.online
+    assert not cfg.method.needs_reference  # method.kl: none holds no reference
+    assert cfg.method.clip_high == cfg.method.epsilon
+
+
+def test_dapo_clips_higher_unless_told() -> None:
+    assert job(method={"stage": "grpo", "loss": "dapo"}).method.clip_high == 0.28
+    assert job(method={"stage": "grpo", "loss": "dapo", "epsilon_high": 0.3}).method.clip_high == 0.3
+
+
+def test_a_kl_estimator_asks_for_a_reference() -> None:
+    assert job(method={"stage": "grpo", "kl": "k3"}).method.needs_reference
+
+
+@pytest.mark.parametrize(
+    ("sections", "says"),
+    [
+        ({"method": {"stage": "grpo", "loss": "sigmoid"}}, "not a loss of stage grpo"),
+        ({"method": {"stage": "dpo", "loss": "dapo"}}, "not a loss of stage dpo"),
+        ({"method": {"stage": "grpo", "reward": "a,b", "reward_weights": [1.0]}}, "one per reward"),
+        (
+            {"method": {"stage": "grpo"}, "rollout": {"prompts_per_step": 3}, "scaling": {"num_workers": 2}},
+            "multiple of 2",
+        ),
+        ({"method": {"stage": "grpo"}, "train": {"gradient_accumulation_steps": 2}}, "set it to 1"),
+        ({"method": {"stage": "grpo", "kl": "k3", "reference": "precomputed"}}, "use live"),
+        ({"method": {"stage": "grpo"}, "adapter": {"use_dora": True}}, "use_dora"),
+        ({"method": {"stage": "grpo"}, "scaling": {"use_gpu": True}}, "placement: separate"),
+    ],
+)
+def test_refused_combinations_say_why(sections: dict, says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        JobConfig.model_validate(sections)
