@@ -341,8 +341,8 @@ class MethodConfig(Section):
     """``grpo``: answers generated per prompt, compared with each other (TRL's ``num_generations``)."""
 
     reward: CommaList = Field(default_factory=lambda: ["exact_match"])
-    """``grpo``: reward functions, by name (``raytune_ft.rl.REWARDS``: exact_match, answer_format,
-    overlong_penalty) or import path ``module:function``, called as TRL calls its reward functions."""
+    """``grpo``: reward functions, by name (exact_match, answer_format, or overlong: DAPO's soft length
+    penalty) or import path ``module:function``, called as TRL calls its reward functions."""
 
     reward_weights: list[float] | None = None
     """``grpo``: one weight per ``reward`` (all 1 when unset); the reward is their weighted sum."""

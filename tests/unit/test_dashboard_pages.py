@@ -109,6 +109,18 @@ def test_monitor_plots_every_curve_and_lists_checkpoints(tmp_path: Path) -> None
     assert f"no Ray State API at {UNREACHABLE}" in texts(app.error), "an unreachable cluster is reported"
 
 
+def test_monitor_plots_an_online_run_s_reward(tmp_path: Path) -> None:
+    run = tmp_path / "saves" / "grpo"
+    run.mkdir(parents=True)
+    lines = [{"step": s, "loss": 0.0, "lr": 1e-4, "tokens_per_s": 90.0, "reward": 0.1 * s, "response_length": 80.0,
+              "rollout/tokens_per_s": 200.0} for s in range(1, 4)]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    app = page("monitor", runs_root=str(tmp_path / "saves"), ray_address=UNREACHABLE)
+    assert not app.exception
+    assert "reward: 3 points, last 0.3" in texts(app.caption)
+    assert len(app.get("vega_lite_chart")) == 6
+
+
 def test_monitor_says_where_to_start_without_runs(tmp_path: Path) -> None:
     app = page("monitor", runs_root=str(tmp_path), ray_address=UNREACHABLE)
     assert "submit a train job on the Launch page" in texts(app.info)

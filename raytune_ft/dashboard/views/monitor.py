@@ -34,6 +34,10 @@ def render() -> None:
     _cluster()
 
 
+_PER_ROW = 4
+"""Curves side by side; an online-RL run's further curves go on a second row."""
+
+
 @st.fragment(run_every=_REFRESH_S)
 def _curves(run: str) -> None:
     records = read_metrics(run)
@@ -42,12 +46,14 @@ def _curves(run: str) -> None:
         return
     frame = pd.DataFrame(records)
     shown = [name for name in CURVES if name in frame]
-    for column, name in zip(st.columns(len(shown)), shown, strict=True):
-        series = frame[["step", name]].dropna().set_index("step")
-        with column:
-            st.markdown(f"**{name}**")
-            st.line_chart(series, height=220)
-            st.caption(f"{name}: {len(series)} {t('monitor.points')}, last {series[name].iloc[-1]:.4g}")
+    for row in range(0, len(shown), _PER_ROW):
+        names = shown[row : row + _PER_ROW]
+        for column, name in zip(st.columns(_PER_ROW)[: len(names)], names, strict=True):
+            series = frame[["step", name]].dropna().set_index("step")
+            with column:
+                st.markdown(f"**{name}**")
+                st.line_chart(series, height=220)
+                st.caption(f"{name}: {len(series)} {t('monitor.points')}, last {series[name].iloc[-1]:.4g}")
     _checkpoints(run)
 
 
