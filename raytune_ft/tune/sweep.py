@@ -75,6 +75,11 @@ def check_sweep(cfg: JobConfig) -> None:
             "tune.space is empty: give the keys to sweep, e.g. tune.space: {train.learning_rate: "
             "{loguniform: [1.0e-5, 1.0e-3]}}"
         )
+    if cfg.method.online:
+        raise ConfigError(
+            f"method.stage {cfg.method.stage}: raytune-ft tune does not sweep online stages yet (each trial would need "
+            "its own rollout engines); run raytune-ft train once per setting"
+        )
     if "://" in cfg.train.storage_path:
         raise ConfigError(
             f"train.storage_path {cfg.train.storage_path}: a sweep keeps its folder on a filesystem path (local, or a "

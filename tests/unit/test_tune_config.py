@@ -106,6 +106,8 @@ def test_a_sweep_needs_keys_and_a_validation_split_for_eval_metrics(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"storage URIs \(s3://, gs://\) work for train but not yet for tune"):
         check_sweep(load_config(None, ["tune.space={adapter.rank: {choice: [4]}}", "tune.metric=loss",
                                        "train.storage_path=s3://bucket/saves"]))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"does not sweep online stages yet"):
+        check_sweep(load_config(None, ["tune.space={adapter.rank: {choice: [4]}}", "method.stage=grpo"]))
 
 
 def test_trials_use_tune_scaling_and_fit_the_cluster(tmp_path: Path) -> None:
