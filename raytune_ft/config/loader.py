@@ -158,7 +158,7 @@ def _suggest(loc: list[str]) -> str:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return ""
         model = annotation
-    valid = list(model.model_fields)
+    valid = [field.alias or name for name, field in model.model_fields.items()]  # rollout.async is spelled so
     close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
     prefix = ".".join([*loc[:-1], ""])
     if close:

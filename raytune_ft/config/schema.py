@@ -626,8 +626,23 @@ class TrainConfig(Section):
     """Seed for model init of new weights, data shuffling and dropout."""
 
 
+def _yaml_off(value: object) -> object:
+    return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+
 class RolloutConfig(Section):
     """How an online stage (``method.stage: grpo``) generates: vLLM engines running as Ray actors."""
+
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, validate_by_name=True,
+        validate_by_alias=True, serialize_by_alias=True,
+    )  # fmt: skip
+
+    async_: Annotated[Literal["off", "one_step"], BeforeValidator(_yaml_off)] = Field(default="off", alias="async")
+    """``one_step``: each worker asks its engine for the next step's answers before it trains on this step's,
+    so generation overlaps training; those answers come from the weights one update older, and the
+    engine's log-probs serve as the old policy's in the clipped ratio (off-policy by one step).
+    ``off``: generate, then train."""
 
     num_engines: int = Field(default=1, ge=1)
     """vLLM engines; training worker r generates on engine r mod num_engines."""

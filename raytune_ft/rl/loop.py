@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,8 @@ class RolloutFeed:
                                     strict=True)
         }  # fmt: skip
         self.pending: list[list[dict[str, torch.Tensor]]] = []
+        self.overlap = cfg.rollout.async_ == "one_step"
+        self.ahead: _Request | None = None
         publish_weights(ctx.core, self.store, ctx.state.global_step)
 
     def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
@@ -114,10 +117,13 @@ class RolloutFeed:
         import ray
 
         cfg, state, device = self.ctx.cfg, self.ctx.state, self.ctx.device
-        rows = next(self.prompts)
-        prompts = list(rows["prompt_ids"])
-        generation: Generation = ray.get(self.engine.generate.remote(prompts, state.global_step, cfg.method.group_size))
-        scores, metrics = self._score(rows, prompts, generation)
+        request = self.ahead or self._request(state.global_step)
+        # rollout.async one_step: the next answers are generated (with these weights) while this step trains
+        self.ahead = self._request(state.global_step) if self.overlap else None
+        generation: Generation = ray.get(request.answers)
+        state.epoch, state.batches_in_epoch = request.epoch, request.index  # consumed now, not when asked for
+        prompts = list(request.rows["prompt_ids"])
+        scores, metrics = self._score(request.rows, prompts, generation)
         advantages = ADVANTAGE_ESTIMATORS[cfg.method.loss](scores, cfg.method.group_size)
         kept = _kept_answers(scores, cfg.method.group_size, cfg.method.loss in FILTERED_LOSSES)
         metrics["rollout/groups_kept"] = (len(kept) / cfg.method.group_size, len(prompts))
@@ -126,10 +132,18 @@ class RolloutFeed:
             for batch in answer_batches(prompts, generation, advantages, kept, cfg.train.per_device_batch_size,
                                         self.ctx.tokenizer.pad_token_id)
         ]  # fmt: skip
-        if cfg.method.ppo_epochs > 1:
+        if self.overlap:  # generated one update ago: the engine's log-probs are the old policy's
+            for batch in window:
+                batch["old_logps"] = batch["rollout_logps"]
+        elif cfg.method.ppo_epochs > 1:
             self._add_old_logps(window)
         self.pending = [window] * (cfg.method.ppo_epochs - 1)
         return window, metrics
+
+    def _request(self, version: int) -> _Request:
+        epoch, index, rows = next(self.prompts)
+        answers = self.engine.generate.remote(list(rows["prompt_ids"]), version, self.ctx.cfg.method.group_size)
+        return _Request(epoch, index, rows, answers)
 
     def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
         return {"sync/publish_s": (publish_weights(core, self.store, state.global_step), 1.0)}
@@ -184,24 +198,36 @@ def _mean_of(values: list[float | None]) -> tuple[float, float]:
     return float(sum(present)), float(len(present))
 
 
-def _prompt_batches(shard: Any, cfg: JobConfig, state: TrainState, size: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Endless batches of ``size`` prompt rows over epochs, skipping those a resumed run already used."""
-    skip = state.batches_in_epoch
+@dataclass
+class _Request:
+    """Prompts sent to an engine: where they sit in the data (epoch, batch number) and the answers to come."""
+
+    epoch: int
+    index: int
+    rows: dict[str, Any]
+    answers: Any
+    """The engine call's object reference (a ``Generation``)."""
+
+
+def _prompt_batches(
+    shard: Any, cfg: JobConfig, state: TrainState, size: int, seed: int
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Endless (epoch, batch number, batch of ``size`` prompt rows) over epochs, skipping the batches a
+    resumed run already used; the feed records a batch in ``state`` when it trains on it."""
+    epoch, skip = state.epoch, state.batches_in_epoch
     buffer = cfg.data.shuffle_buffer_size if cfg.data.shuffle else None
     while True:
         seen = 0
         for rows in shard.iter_batches(
             batch_size=size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=buffer,
-            local_shuffle_seed=seed + state.epoch if buffer else None,
+            local_shuffle_seed=seed + epoch if buffer else None,
         ):  # fmt: skip
             seen += 1
-            if seen <= skip:
-                continue
-            state.batches_in_epoch = seen
-            yield rows
+            if seen > skip:
+                yield epoch, seen, rows
         if seen == 0:
             raise no_trainable_rows(cfg.data, cfg.method.rows, f"(fewer than {size} prompts per worker)")
-        state.epoch, state.batches_in_epoch, skip = state.epoch + 1, 0, 0
+        epoch, skip = epoch + 1, 0
 
 
 def plan_rl_steps(cfg: JobConfig, rows: int) -> int:

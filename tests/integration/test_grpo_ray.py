@@ -47,6 +47,7 @@ def grpo_job(
     adapter: str = "lora",
     lr: float = 0.05,
     group: int = 4,
+    overlap: str = "off",
     **rollout: Any,
 ) -> JobConfig:
     return JobConfig.model_validate({
@@ -54,7 +55,7 @@ def grpo_job(
         "data": {"dataset": "arithmetic_1k", "cutoff_len": 96, "max_samples": 200},
         "method": {"stage": "grpo", "loss": "grpo", "group_size": group, "reward": REWARD, "max_new_tokens": 12},
         "adapter": {"type": adapter, "rank": 8, "alpha": 16},
-        "rollout": {"prompts_per_step": 4, **rollout},
+        "rollout": {"prompts_per_step": 4, "async": overlap, **rollout},
         "train": {"run_name": name, "storage_path": str(storage), "learning_rate": lr, "max_steps": steps,
                   "per_device_batch_size": 32, "logging_steps": 1, "save_steps": 4, "lr_scheduler": "constant"},
     })  # fmt: skip
@@ -88,6 +89,16 @@ def test_reward_rises_with_synced_engines(policy_dir: Path, tmp_path: Path, plac
     assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3, [m["rollout/logprob_gap"] for m in logged]
     assert all(m["rollout/tokens_per_s"] > 0 and m["response_length"] > 0 for m in logged)
     assert outcome.checkpoint is not None and Path(outcome.checkpoint, "model.safetensors").is_file()
+
+
+def test_one_step_overlap_trains_on_answers_one_update_old(policy_dir: Path, tmp_path: Path) -> None:
+    """rollout.async one_step: step 1's answers come from the weights it trains (no gap); every later step's
+    from the weights before the previous update, so the engine's log-probs differ from the policy's."""
+    from raytune_ft.rl.launch import run_online
+
+    outcome = run_online(grpo_job(policy_dir, tmp_path, "overlap", 5, overlap="one_step"))
+    gaps = [m["rollout/logprob_gap"] for m in metrics(outcome.run_dir)]
+    assert len(gaps) == 5 and gaps[0] < 2e-3 and min(gaps[1:]) > 1e-3, gaps
 
 
 def test_a_run_resumes_where_it_stopped(policy_dir: Path, tmp_path: Path) -> None:
