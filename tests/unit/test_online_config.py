@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -47,3 +49,16 @@ def test_a_kl_estimator_asks_for_a_reference() -> None:
 def test_refused_combinations_say_why(sections: dict, says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         JobConfig.model_validate(sections)
+
+
+def test_rollout_async_reads_as_written_in_yaml(tmp_path: Path) -> None:
+    """`async: off` is YAML 1.1's false; the key round-trips through a checkpoint's config under its own name."""
+    from raytune_ft.config import dump_config, load_config
+
+    path = tmp_path / "job.yaml"
+    path.write_text("method:\n  stage: grpo\nrollout:\n  async: off\n")
+    assert load_config(path).rollout.async_ == "off"
+    cfg = load_config(path, ["rollout.async=one_step"])
+    assert "async: one_step" in dump_config(cfg)
+    (tmp_path / "again.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "again.yaml").rollout.async_ == "one_step"
