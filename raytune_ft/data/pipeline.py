@@ -550,8 +550,15 @@ def _split(ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
     return [(ids[i : i + cutoff_len], labels[i : i + cutoff_len]) for i in range(0, len(ids), cutoff_len)]
 
 
+def _prompt_fit(ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
+    """A prompt row whose prompt fits, as one sample: the prompt, then its ground truth as the labelled part
+    (what ``data preview`` shows; training keeps the prompt alone, ``_prompt_columns``)."""
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+    return [(ids, labels)] if start is not None and 0 < start <= cutoff_len else []
+
+
 _FITS: dict[str, Callable[[list[int], list[int], int], list[Sample]]] = {
-    "sft": _truncated, "pt": _split, "preference": _truncated, "kto": _truncated,
+    "sft": _truncated, "pt": _split, "preference": _truncated, "kto": _truncated, "prompt": _prompt_fit,
 }  # fmt: skip
 
 

@@ -82,3 +82,11 @@ def test_the_bundled_task_gives_prompts_and_numbers(tokenizer: Any) -> None:
     out = encode(tokenizer, [json.loads(line) for line in lines])
     assert all(answer.lstrip("-").isdigit() for answer in out["answer"])
     assert all(tokenizer.decode(ids).rstrip().endswith("assistant") for ids in out["prompt_ids"])
+
+
+def test_preview_shows_the_prompt_and_its_ground_truth() -> None:
+    from raytune_ft.data.pipeline import fit_to_cutoff
+
+    ids, labels = [1, 2, 3, 4, 5], [-100, -100, -100, 4, 5]
+    assert fit_to_cutoff("prompt", ids, labels, cutoff_len=3) == [(ids, labels)]
+    assert fit_to_cutoff("prompt", ids, labels, cutoff_len=2) == []  # the prompt alone is longer
