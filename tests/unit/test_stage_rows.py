@@ -263,7 +263,8 @@ def test_kto_errors(row: dict[str, Any], src: DatasetSource | None, problem: str
 
 
 def test_unknown_stage_lists_the_known_ones() -> None:
-    with pytest.raises(DataError, match=r"^r: stage 'dpo' has no row format; use one of sft, pt, preference, kto, prompt$"):
+    known = "sft, pt, preference, kto, prompt"
+    with pytest.raises(DataError, match=rf"^r: stage 'dpo' has no row format; use one of {known}$"):
         normalize_example({"text": "x"}, "dpo", NAMES, "r")
 
 
