@@ -163,9 +163,12 @@ def test_panel_launches_training_and_draws_its_loss(panel: tuple[str, Path], bro
     assert drawn >= 1, f"no chart drawn; elements on the page: {sorted(ids)}"
     assert (folder / "saves" / "panel" / "metrics.jsonl").is_file()
 
-    # A fresh session: the job is listed and chosen (its id in the Job box; the table itself is a canvas, out of
-    # innerText's reach), and its logs tail shows the training steps. Each wait names text only the job brings.
+    # A fresh session: the job is listed and chosen (the table is a canvas and the Job box an input, both out of
+    # innerText's reach, so the logs caption names it), and its logs tail shows the training steps. Each wait
+    # names text only the job brings.
     browser.get(f"{url}/launch")
-    _wait_text(browser, job_id, 120)
+    _wait_text(browser, f"Logs (tail): {job_id}", 120)
+    chosen = browser.execute_script("return document.querySelector(\"input[aria-label='Job']\").value")
+    assert chosen == job_id
     _wait_text(browser, "step ", 120)
     shutil.copy(folder / "panel.log", ARTIFACTS / "dashboard_panel.log")

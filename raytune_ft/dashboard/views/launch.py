@@ -76,5 +76,5 @@ def _jobs(client: object) -> None:
                  ("PENDING", "RUNNING")):  # fmt: skip
         stop_job(client, job)
         st.info(t("launch.stopped"))
-    st.caption(t("launch.logs"))
+    st.caption(f"{t('launch.logs')}: {job}")  # the Job box is an input, so its value is named here too
     st.code(tail_logs(client, job) or "-", language=None)
