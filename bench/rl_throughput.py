@@ -4,7 +4,8 @@ Both run the same job in this invocation, one after the other, on this machine: 
 r16 (alpha 32) on all linear layers, the bundled arithmetic_1k prompts, 4 prompts x 8 answers per optimizer
 step, at most 128 new tokens at temperature 1, lr 2e-4 constant, rewards exact_match + 0.5 x answer_format
 (the same functions for both). TRL runs in its fastest mode that works here: HF ``generate`` inside the
-trainer (``use_vllm=False``; its vLLM modes need CUDA), one process. Ours runs ``rollout.async: off``.
+trainer (``use_vllm=False``; its vLLM modes need CUDA), one process. Ours runs twice: ``rollout.async: off``
+and ``one_step`` (generation of step k+1 overlapped with training on step k).
 
 Reported per run: median seconds per optimizer step after the first (warm-up) step, prompts/s from it,
 wall time of the whole run (start-up included), the reward curve, and the wall time at which the mean
@@ -33,11 +34,13 @@ PROMPTS, GROUP, MAX_NEW, LR, RANK = 4, 8, 128, 2e-4, 16
 WEIGHTS = {"exact_match": 1.0, "answer_format": 0.5}
 
 
-def ours(steps: int, storage: str) -> dict[str, Any]:
+def ours(steps: int, storage: str, overlap: str) -> dict[str, Any]:
     overrides = [
-        f"train.max_steps={steps}", f"train.storage_path={storage}", "train.run_name=bench",
+        f"train.max_steps={steps}", f"train.storage_path={storage}", f"train.run_name=bench-{overlap}",
         f"train.save_steps={steps}", f"rollout.prompts_per_step={PROMPTS}", f"method.group_size={GROUP}",
         f"method.max_new_tokens={MAX_NEW}", f"train.learning_rate={LR}", f"adapter.rank={RANK}",
+        f"method.reward={','.join(WEIGHTS)}", f"method.reward_weights=[{','.join(map(str, WEIGHTS.values()))}]",
+        f"rollout.async={overlap}", "train.lr_scheduler=constant",
     ]  # fmt: skip
     start = time.time()
     command = [
@@ -46,9 +49,13 @@ def ours(steps: int, storage: str) -> dict[str, Any]:
         str(ROOT / "configs" / "grpo_math.yaml"),
         *overrides,
     ]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = Path(storage, f"{overlap}.log")
+    with log.open("w") as sink:
+        done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"raytune-ft train failed ({done.returncode}):\n{log.read_text()[-4000:]}")
     wall = time.time() - start
-    logged = [json.loads(line) for line in Path(storage, "bench", "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in Path(storage, f"bench-{overlap}", "metrics.jsonl").read_text().splitlines()]
     return {
         "wall_s": wall,
         "step_s": [m["s_per_step"] for m in logged],
@@ -133,11 +140,14 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.35, help="mean reward over 4 consecutive steps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rl-bench-") as tmp:
-        runs = {"raytune_ft": summarise(ours(args.steps, tmp), args.target)}
-        print(f"raytune_ft: {runs['raytune_ft']['prompts_per_s']:.3f} prompts/s", flush=True)
+        runs = {}
+        for overlap, name in (("off", "raytune_ft"), ("one_step", "raytune_ft_one_step")):
+            runs[name] = summarise(ours(args.steps, tmp, overlap), args.target)
+            print(f"{name}: {runs[name]['prompts_per_s']:.3f} prompts/s", flush=True)
         runs["trl"] = summarise(trl(args.steps, tmp + "/trl"), args.target)
         print(f"trl: {runs['trl']['prompts_per_s']:.3f} prompts/s", flush=True)
     ratio = runs["raytune_ft"]["prompts_per_s"] / runs["trl"]["prompts_per_s"]
+    overlap_ratio = runs["raytune_ft_one_step"]["prompts_per_s"] / runs["raytune_ft"]["prompts_per_s"]
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs, no GPU",
@@ -154,9 +164,10 @@ def main() -> None:
         },
         "runs": runs,
         "prompts_per_s_ratio": ratio,
+        "one_step_over_off": overlap_ratio,
     }
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"raytune_ft / trl prompts/s: {ratio:.2f}x -> {RESULTS}")
+    print(f"raytune_ft / trl prompts/s: {ratio:.2f}x; one_step / off: {overlap_ratio:.2f}x -> {RESULTS}")
 
 
 if __name__ == "__main__":
