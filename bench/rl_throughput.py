@@ -10,9 +10,9 @@ and ``one_step`` (generation of step k+1 overlapped with training on step k).
 Reported per run: median seconds per optimizer step after the first (warm-up) step, prompts/s from it,
 wall time of the whole run (start-up included), the reward curve, and the wall time at which the mean
 reward over 4 consecutive steps first reaches ``--target`` (None if never). Results:
-bench/results/rl_throughput.json.
+bench/results/rl_throughput.json (``--overlap-only``: ours twice, no TRL, into rl_overlap.json).
 
-    .venv/bin/python bench/rl_throughput.py [--steps 12] [--target 0.35]
+    .venv/bin/python bench/rl_throughput.py [--steps 12] [--target 0.35] [--overlap-only]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "rl_throughput.json"
+OVERLAP_RESULTS = ROOT / "bench" / "results" / "rl_overlap.json"
 PROMPTS, GROUP, MAX_NEW, LR, RANK = 4, 8, 128, 2e-4, 16
 WEIGHTS = {"exact_match": 1.0, "answer_format": 0.5}
 
@@ -75,10 +76,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from raytune_ft.data import BUILTIN_DATASETS
 from raytune_ft.models import resolve_model_source
-from raytune_ft.rl import answer_format, exact_match
+from raytune_ft.rl.rewards import answer_format, exact_match
 
 steps, prompts, group, max_new, lr, rank, out = sys.argv[1:]
 steps, prompts, group, max_new, rank = map(int, (steps, prompts, group, max_new, rank))
+lr = float(lr)
 torch.set_num_threads(2)
 folder = resolve_model_source("builtin:smollm2-135m-instruct")
 tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -116,7 +118,9 @@ print(json.dumps({"wall_s": time.time() - start, "step_end": clock.ends, "reward
 def trl(steps: int, out: str) -> dict[str, Any]:
     command = [sys.executable, "-c", TRL_SCRIPT, str(steps), str(PROMPTS), str(GROUP), str(MAX_NEW), str(LR),
                str(RANK), out]  # fmt: skip
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"TRL's run failed ({done.returncode}):\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     ends = result["step_end"]
     result["step_s"] = [b - a for a, b in zip([0.0, *ends], ends, strict=False)]  # the first includes start-up
@@ -138,15 +142,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--target", type=float, default=0.35, help="mean reward over 4 consecutive steps")
+    parser.add_argument("--overlap-only", action="store_true",
+                        help="run ours with async off and one_step only (no TRL), into rl_overlap.json")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rl-bench-") as tmp:
         runs = {}
         for overlap, name in (("off", "raytune_ft"), ("one_step", "raytune_ft_one_step")):
             runs[name] = summarise(ours(args.steps, tmp, overlap), args.target)
             print(f"{name}: {runs[name]['prompts_per_s']:.3f} prompts/s", flush=True)
-        runs["trl"] = summarise(trl(args.steps, tmp + "/trl"), args.target)
-        print(f"trl: {runs['trl']['prompts_per_s']:.3f} prompts/s", flush=True)
-    ratio = runs["raytune_ft"]["prompts_per_s"] / runs["trl"]["prompts_per_s"]
+        if not args.overlap_only:
+            runs["trl"] = summarise(trl(args.steps, tmp + "/trl"), args.target)
+            print(f"trl: {runs['trl']['prompts_per_s']:.3f} prompts/s", flush=True)
+    ratio = runs["raytune_ft"]["prompts_per_s"] / runs["trl"]["prompts_per_s"] if "trl" in runs else None
     overlap_ratio = runs["raytune_ft_one_step"]["prompts_per_s"] / runs["raytune_ft"]["prompts_per_s"]
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -166,8 +173,10 @@ def main() -> None:
         "prompts_per_s_ratio": ratio,
         "one_step_over_off": overlap_ratio,
     }
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"raytune_ft / trl prompts/s: {ratio:.2f}x; one_step / off: {overlap_ratio:.2f}x -> {RESULTS}")
+    out = OVERLAP_RESULTS if args.overlap_only else RESULTS
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"raytune_ft / trl prompts/s: {ratio if ratio is None else f'{ratio:.2f}x'}; "
+          f"one_step / off: {overlap_ratio:.2f}x -> {out}")  # fmt: skip
 
 
 if __name__ == "__main__":
