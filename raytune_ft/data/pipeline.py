@@ -518,14 +518,19 @@ def _kto_columns(results: list[RowResult], cutoff_len: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _prompt_end(labels: list[int], cutoff_len: int) -> int | None:
+    """Where a prompt row's answer starts (its first labelled token), if the prompt before it fits ``cutoff_len``."""
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+    return start if start is not None and 0 < start <= cutoff_len else None
+
+
 def _prompt_columns(results: list[RowResult], cutoff_len: int) -> dict[str, Any]:
     """Prompts (the rendered conversation up to where the answer starts, generation prompt included) of at
     most ``cutoff_len`` tokens, and their ground truths."""
     kept = []
     for r in results:
-        labels = r.labels or []
-        start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
-        if start is not None and 0 < start <= cutoff_len:
+        start = _prompt_end(r.labels or [], cutoff_len)
+        if start is not None:
             kept.append(((r.input_ids or [])[:start], r.answer or ""))
     return {"prompt_ids": _ids([ids for ids, _ in kept]), "answer": np.asarray([a for _, a in kept], dtype=object)}
 
@@ -553,8 +558,7 @@ def _split(ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
 def _prompt_fit(ids: list[int], labels: list[int], cutoff_len: int) -> list[Sample]:
     """A prompt row whose prompt fits, as one sample: the prompt, then its ground truth as the labelled part
     (what ``data preview`` shows; training keeps the prompt alone, ``_prompt_columns``)."""
-    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
-    return [(ids, labels)] if start is not None and 0 < start <= cutoff_len else []
+    return [(ids, labels)] if _prompt_end(labels, cutoff_len) is not None else []
 
 
 _FITS: dict[str, Callable[[list[int], list[int], int], list[Sample]]] = {
