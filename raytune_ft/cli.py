@@ -40,13 +40,12 @@ _EPILOG = """examples:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from raytune_ft.rl.launch import run_online
+    from raytune_ft.rl.launch import worker_setup
     from raytune_ft.train import run_training
 
     _check_kind(args.config, "train")
     cfg = load_config(args.config, args.overrides)
-    run = run_online if cfg.method.online else run_training  # online stages generate their own answers
-    outcome = run(cfg, address=args.address)
+    outcome = run_training(cfg, address=args.address, setup=worker_setup(cfg))
     print(f"raytune_ft: run {cfg.train.run_name}: {outcome.total_steps} steps; checkpoints in {outcome.run_dir}")
     if outcome.checkpoint:
         print(f"raytune_ft: newest checkpoint {outcome.checkpoint}")
@@ -303,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="fine-tune a model as described by a YAML config",
-        description="Fine-tune on Ray Train. Re-running a run_name resumes it.",
+        description="Fine-tune on Ray Train. Re-running a run_name resumes it. Online stages (method.stage: grpo) "
+        "also start their vLLM rollout engines (and reward models) as Ray actors for the run's length.",
     )
     _config_args(train)
     _address_arg(train)
@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the sweep in the config's tune: section (search space over dotted keys, ASHA/PBT/FIFO) "
         "on Ray Tune. The data is tokenized once for all trials. Results go to "
         "train.storage_path/train.run_name (results.csv, results.json, best_config.yaml); re-running the "
-        "same command continues an interrupted sweep.",
+        "same command continues an interrupted sweep. Each trial of an online stage starts its own rollout "
+        "engines; rank those by tune.metric: reward with tune.mode: max.",
     )
     _config_args(tune)
     _address_arg(tune)

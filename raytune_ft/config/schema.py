@@ -341,8 +341,10 @@ class MethodConfig(Section):
     """``grpo``: answers generated per prompt, compared with each other (TRL's ``num_generations``)."""
 
     reward: CommaList = Field(default_factory=lambda: ["exact_match"])
-    """``grpo``: reward functions, by name (exact_match, answer_format, or overlong: DAPO's soft length
-    penalty) or import path ``module:function``, called as TRL calls its reward functions."""
+    """``grpo``: reward functions, by name (exact_match, math_verify, answer_format, or overlong: DAPO's soft
+    length penalty) or import path ``module:function``, called as TRL calls its reward functions; or a reward
+    model trained with ``stage: rm``, as ``rm:<checkpoint or run directory>``, which the run serves from
+    a Ray actor of its own."""
 
     reward_weights: list[float] | None = None
     """``grpo``: one weight per ``reward`` (all 1 when unset); the reward is their weighted sum."""
@@ -865,7 +867,8 @@ class TuneConfig(Section):
 
     metric: str = "eval_loss"
     """Reported metric that ranks trials: ``eval_loss`` (needs ``data.val_size`` or
-    ``data.eval_dataset``), another ``eval_*`` metric of the objective, or the training ``loss``."""
+    ``data.eval_dataset``), another ``eval_*`` metric of the objective, or the training ``loss``; for an
+    online stage, ``reward`` (the mean reward of each step's answers, with ``mode: max``)."""
 
     mode: Literal["min", "max"] = "min"
     """Whether lower (``min``) or higher (``max``, e.g. ``eval_accuracy``) ``metric`` is better."""

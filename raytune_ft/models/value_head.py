@@ -20,7 +20,7 @@ from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, lat
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["VALUE_HEAD_WEIGHTS", "RewardScorer", "attach_head", "value_head_model"]
+__all__ = ["VALUE_HEAD_WEIGHTS", "RewardScorer", "attach_head", "reward_model_checkpoint", "value_head_model"]
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
 
@@ -115,10 +115,8 @@ class RewardScorer:
     def load(cls, path: str | Path) -> RewardScorer:
         from .loading import load_base, load_causal_lm, load_tokenizer
 
-        checkpoint = latest_checkpoint(path)
+        checkpoint = reward_model_checkpoint(path)
         cfg = load_config(checkpoint / CONFIG_FILE)
-        if cfg.method.stage != "rm":
-            raise CheckpointError(f"{checkpoint}: trained with method.stage {cfg.method.stage}, not rm")
         model_cfg = ModelConfig(
             source=cfg.model.source,
             dtype=cfg.model.dtype,
@@ -135,16 +133,43 @@ class RewardScorer:
         trust = cfg.model.trust_remote_code
         return cls(attach_head(lm, "rm", checkpoint), load_tokenizer(checkpoint, trust_remote_code=trust))
 
+    def score_answers(self, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8) -> list[float]:
+        """One reward per answer to a prompt already rendered up to its generation prompt (special tokens kept, as
+        the policy's template wrote it): the text is scored as the conversation it ends, closed the way this
+        model's chat template closes an assistant turn."""
+        closing = self._turn_closing()
+        return self._score_texts([prompt + answer + closing for prompt, answer in zip(prompts, answers, strict=True)],
+                                 batch_size)  # fmt: skip
+
+    def _turn_closing(self) -> str:
+        """What the chat template writes after an assistant's text (``<|im_end|>\\n`` for ChatML)."""
+        marker = "\x00answer\x00"
+        turn = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+        text = str(self.tokenizer.apply_chat_template(turn, tokenize=False))
+        return text[text.index(marker) + len(marker) :] if marker in text else ""
+
     def score(self, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 8) -> list[float]:
         """One reward per conversation (rendered with the chat template the model was trained with)."""
+        return self._score_texts([self.tokenizer.apply_chat_template(list(c), tokenize=False) for c in conversations],
+                                 batch_size)  # fmt: skip
+
+    def _score_texts(self, texts: Sequence[str], batch_size: int) -> list[float]:
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False) for c in conversations]
         scores: list[float] = []
         for i in range(0, len(texts), batch_size):
             batch = self.tokenizer(
-                texts[i : i + batch_size], add_special_tokens=False, padding=True, return_tensors="pt"
+                list(texts[i : i + batch_size]), add_special_tokens=False, padding=True, return_tensors="pt"
             )
             with torch.no_grad():
                 scores += self.model(batch["input_ids"], batch["attention_mask"]).tolist()
         return scores
+
+
+def reward_model_checkpoint(path: str | Path) -> Path:
+    """The newest checkpoint of ``path`` (a checkpoint or run directory), which ``stage: rm`` must have written."""
+    checkpoint = latest_checkpoint(path)
+    stage = load_config(checkpoint / CONFIG_FILE).method.stage
+    if stage != "rm":
+        raise CheckpointError(f"{checkpoint}: trained with method.stage {stage}, not rm; a reward model comes from rm")
+    return checkpoint

@@ -77,8 +77,9 @@ class RolloutEngine:
     """One vLLM engine on the run's base model."""
 
     def __init__(self, job: dict[str, Any], store: Any) -> None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         cfg = JobConfig.model_validate(job)
+        # Set before vLLM reads them, over what the job's runtime_env gives: rollout.kv_cache_gib is this engine's.
+        os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE=f"{cfg.rollout.kv_cache_gib:g}")
         self.cfg, self.store = cfg, store
         _use_threads(engine_threads(cfg))
         self.adapter = cfg.adapter.type == "lora"
@@ -221,9 +222,12 @@ def _model_weights(files: dict[str, bytes]) -> list[tuple[str, Any]]:
 
 def engine_threads(cfg: JobConfig) -> int:
     """Compute threads of an engine: every core of its node when colocated (generation and training take
-    turns), else its reserved CPUs. Ray would give an actor that reserves no CPU a single thread."""
+    turns), half of them under ``rollout.async: one_step`` (generation runs while training does; on 2 cores,
+    both taking all of them made each step 1.5-2x slower than taking turns), else its reserved CPUs. Ray would
+    give an actor that reserves no CPU a single thread."""
     if cfg.rollout.placement == "colocated":
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
+        return max(1, cores // 2) if cfg.rollout.async_ == "one_step" else cores
     return max(1, math.floor(cfg.rollout.cpus_per_engine))
 
 
@@ -242,9 +246,7 @@ def engine_options(cfg: JobConfig) -> dict[str, Any]:
         resources = {"num_cpus": r.cpus_per_engine, "num_gpus": r.gpus_per_engine if cfg.scaling.use_gpu else 0}
         if r.resources:
             resources["resources"] = dict(r.resources)
-    env = {"VLLM_CPU_KVCACHE_SPACE": f"{r.kv_cache_gib:g}", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    return {**resources, "max_restarts": r.max_restarts, "max_task_retries": r.max_restarts,
-            "runtime_env": {"env_vars": env}}  # fmt: skip
+    return {**resources, "max_restarts": r.max_restarts, "max_task_retries": r.max_restarts}
 
 
 def engine_name(cfg: JobConfig, index: int) -> str:

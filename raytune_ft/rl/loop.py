@@ -32,7 +32,7 @@ from raytune_ft.train.reference import token_logps
 from .engine import Generation
 from .rewards import RewardFn, load_reward, score_completions
 
-__all__ = ["RolloutFeed", "answer_batches", "plan_rl_steps", "publish_weights", "rl_loop_per_worker"]
+__all__ = ["RolloutFeed", "answer_batches", "publish_weights", "rl_loop_per_worker"]
 
 FILTERED_LOSSES = frozenset({"dapo"})
 """Losses that leave out groups whose answers all scored the same (DAPO's dynamic sampling, without refill)."""
@@ -102,7 +102,7 @@ class RolloutFeed:
         shard = ray.train.get_dataset_shard("train")
         self.prompts = _prompt_batches(shard, cfg, ctx.state, share, seed=cfg.train.seed + 1000 * ctx.rank)
         self.rewards: dict[str, tuple[RewardFn, float]] = {
-            name: (load_reward(name, cfg.method.max_new_tokens), weight)
+            name: (load_reward(name, cfg.method.max_new_tokens, ctx.extra.get("reward_models")), weight)
             for name, weight in zip(cfg.method.reward, cfg.method.reward_weights or [1.0] * len(cfg.method.reward),
                                     strict=True)
         }  # fmt: skip
@@ -228,11 +228,3 @@ def _prompt_batches(
         if seen == 0:
             raise no_trainable_rows(cfg.data, cfg.method.rows, f"(fewer than {size} prompts per worker)")
         epoch, skip = epoch + 1, 0
-
-
-def plan_rl_steps(cfg: JobConfig, rows: int) -> int:
-    """Optimizer steps of ``num_epochs`` passes over ``rows`` prompts, ``method.ppo_epochs`` per generated batch."""
-    batches = rows // cfg.rollout.prompts_per_step
-    if batches == 0:
-        raise no_trainable_rows(cfg.data, cfg.method.rows, f"{rows} prompts, fewer than rollout.prompts_per_step")
-    return max(1, int(cfg.train.num_epochs * batches)) * cfg.method.ppo_epochs

@@ -8,9 +8,11 @@ where it cannot judge (a judge that failed). ``weighted_reward`` adds several wi
 None ones, as TRL does.
 
 Built in, by name (``REWARDS``): ``exact_match`` (the completion's final answer against ``answer``,
-numbers compared as numbers), ``answer_format`` (the completion ends with a marked final answer) and
+numbers compared as numbers), ``math_verify`` (the same answer compared as mathematics by
+``math-verify``), ``answer_format`` (the completion ends with a marked final answer) and
 ``overlong`` (DAPO's soft penalty near the generation limit). Any other is named by import path,
-``package.module:function``.
+``package.module:function``. ``rm:<path>`` names a reward model (``stage: rm``) that the run serves from a
+Ray actor (``raytune_ft.rl.reward_models``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from raytune_ft.config import InputError
 from raytune_ft.config.template_names import did_you_mean
 
 __all__ = [
     "REWARDS",
+    "REWARD_MODEL_PREFIX",
     "RewardError",
     "RewardFn",
     "answer_format",
     "exact_match",
     "final_answer",
     "load_reward",
+    "math_verify",
     "overlong_penalty",
     "weighted_reward",
 ]
@@ -39,7 +44,7 @@ __all__ = [
 RewardFn = Callable[..., Sequence[float | None]]
 
 
-class RewardError(ValueError):
+class RewardError(InputError):
     """A reward that cannot be loaded or that answered out of shape."""
 
 
@@ -87,6 +92,31 @@ def exact_match(completions: Sequence[str], answer: Sequence[object], **_: Any) 
     return [float(_same_answer(final_answer(text), truth)) for text, truth in zip(completions, answer, strict=True)]
 
 
+def math_verify(completions: Sequence[str], answer: Sequence[object], **_: Any) -> list[float]:
+    """1 where the completion's ``final_answer`` equals the row's ``answer`` as mathematics, by the
+    ``math-verify`` package (Hugging Face's grader: LaTeX, fractions, radicals, sets and expressions compared
+    symbolically, so ``\\frac{1}{2}`` = 0.5 and ``2\\sqrt{2}`` = ``\\sqrt{8}``), else 0."""
+    import logging
+
+    try:
+        from math_verify import parse, verify
+    except ImportError as err:
+        raise RewardError(f"reward 'math_verify' needs the math-verify package: pip install it ({err})") from None
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call that runs without timeout
+
+    def read(text: str) -> list[Any]:
+        # No timeouts: math-verify's use signal.alarm, which works in a main thread only (a Ray Train worker's
+        # loop runs in another).
+        return list(parse(f"\\boxed{{{text}}}", parsing_timeout=None))  # type: ignore[arg-type]
+
+    scores = []
+    for text, truth in zip(completions, answer, strict=True):  # the grader's answer, then math-verify's comparison
+        found = final_answer(text)
+        gold, guess = read(str(truth)), read(found) if found is not None else []
+        scores.append(float(bool(gold and guess and verify(gold, guess, timeout_seconds=None))))
+    return scores
+
+
 def answer_format(completions: Sequence[str], **_: Any) -> list[float]:
     """1 where the completion marks its final answer (``#### 42`` or ``\\boxed{42}``) as its last line,
     else 0: a shaping reward that teaches the model where graders look."""
@@ -111,13 +141,22 @@ def overlong_penalty(max_length: int, buffer: int) -> RewardFn:
     return overlong
 
 
-REWARDS: dict[str, RewardFn] = {"exact_match": exact_match, "answer_format": answer_format}
+REWARDS: dict[str, RewardFn] = {"exact_match": exact_match, "math_verify": math_verify, "answer_format": answer_format}
 """Built-in rewards by name. ``overlong`` is built by ``load_reward`` from the generation limit."""
 
 
-def load_reward(name: str, max_new_tokens: int | None = None) -> RewardFn:
-    """A built-in reward by name, ``overlong`` (a quarter of ``max_new_tokens`` as its buffer), or any
-    function by import path ``package.module:function``."""
+REWARD_MODEL_PREFIX = "rm:"
+"""``rm:<path>``: a reward model's checkpoint or run directory, scored by an actor (``reward_models``)."""
+
+
+def load_reward(name: str, max_new_tokens: int | None = None, actors: Mapping[str, Any] | None = None) -> RewardFn:
+    """A built-in reward by name, ``overlong`` (a quarter of ``max_new_tokens`` as its buffer), any
+    function by import path ``package.module:function``, or a reward model ``rm:<path>`` served by its
+    actor in ``actors`` (reward name -> actor handle)."""
+    if name.startswith(REWARD_MODEL_PREFIX):
+        if actors is None or name not in actors:
+            raise RewardError(f"reward {name!r}: a reward model is scored by the actor its run starts; none was given")
+        return _served_reward(actors[name])
     if name == "overlong":
         if max_new_tokens is None:
             raise RewardError("reward 'overlong' needs the generation limit (max_new_tokens)")
@@ -138,6 +177,15 @@ def load_reward(name: str, max_new_tokens: int | None = None) -> RewardFn:
     if not callable(fn):
         raise RewardError(f"reward {name!r} is not a function")
     return fn  # type: ignore[no-any-return]
+
+
+def _served_reward(actor: Any) -> RewardFn:
+    def reward_model(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
+        import ray
+
+        return list(ray.get(actor.score.remote(list(prompts), list(completions))))
+
+    return reward_model
 
 
 def score_completions(

@@ -3,8 +3,10 @@ and the driver that launches it all with Ray Train's TorchTrainer."""
 
 from .checkpoint import TrainState, restore_state, save_checkpoint
 from .launch import (
+    OFFLINE,
     JobData,
     TrainOutcome,
+    WorkerSetup,
     absolute_storage,
     build_trainer,
     check_resume_compatible,
@@ -23,6 +25,7 @@ from .tokenizer import job_tokenizer, training_tokenizer
 
 __all__ = [
     "OBJECTIVES",
+    "OFFLINE",
     "STRATEGIES",
     "DDPStrategy",
     "DeepSpeedStrategy",
@@ -36,6 +39,7 @@ __all__ = [
     "Strategy",
     "TrainOutcome",
     "TrainState",
+    "WorkerSetup",
     "absolute_storage",
     "build_optimizer",
     "build_scheduler",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from .reference import with_reference_logps
 from .tokenizer import job_tokenizer
 
 __all__ = [
+    "OFFLINE",
     "JobData",
     "TrainOutcome",
+    "WorkerSetup",
     "absolute_storage",
     "build_trainer",
     "check_resume_compatible",
@@ -109,7 +112,13 @@ def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
 
 
 def plan_total_steps(cfg: JobConfig, rows: int) -> int:
-    """Optimizer steps for ``num_epochs`` over ``rows`` rows split evenly across workers."""
+    """Optimizer steps for ``num_epochs`` over ``rows`` rows split evenly across workers; for an online stage,
+    one step per ``rollout.prompts_per_step`` prompts, ``method.ppo_epochs`` times over each generated batch."""
+    if cfg.method.online:
+        batches = rows // cfg.rollout.prompts_per_step
+        if batches == 0:
+            raise no_trainable_rows(cfg.data, cfg.method.rows, f"{rows} prompts, fewer than rollout.prompts_per_step")
+        return max(1, int(cfg.train.num_epochs * batches)) * cfg.method.ppo_epochs
     per_worker = rows // cfg.scaling.num_workers
     if per_worker == 0:
         raise ConfigError(
@@ -120,10 +129,42 @@ def plan_total_steps(cfg: JobConfig, rows: int) -> int:
     return max(1, math.ceil(cfg.train.num_epochs * micro_per_epoch / cfg.train.gradient_accumulation_steps))
 
 
-def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
+@contextmanager
+def _no_actors(cfg: JobConfig) -> Iterator[dict[str, Any]]:
+    yield {}
+
+
+def _reserved_threads(cfg: JobConfig, cpus: float) -> int:
+    return math.ceil(cpus)
+
+
+def _nothing_to_check(cfg: JobConfig) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a run's training workers run, and what the driver starts beside them for the run's length: the
+    offline stages' loop and nothing (``OFFLINE``), or an online stage's loop and its rollout actors
+    (``raytune_ft.rl.launch.ONLINE``)."""
+
+    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker
+    actors: Callable[[JobConfig], AbstractContextManager[dict[str, Any]]] = _no_actors
+    """Starts the actors and gives the ``feed`` the workers get (``WorkerContext.extra``); stops them on exit."""
+    threads: Callable[[JobConfig, float], int] = _reserved_threads
+    """Compute threads of a worker holding ``cpus`` CPUs."""
+    check: Callable[[JobConfig], None] = _nothing_to_check
+    """Refuses, before anything starts, what the workers would only find wrong later (an online stage's rewards)."""
+
+
+OFFLINE = WorkerSetup()
+
+
+def run_training(cfg: JobConfig, address: str | None = None, setup: WorkerSetup = OFFLINE) -> TrainOutcome:
     """Train ``cfg`` on Ray and return where the run and its newest checkpoint are."""
     import ray
 
+    setup.check(cfg)
     storage = absolute_storage(cfg.train.storage_path)
     run_dir = f"{storage.rstrip('/')}/{cfg.train.run_name}"
     # One Hub commit and fixed init_from folders for every worker, restart and checkpoint; a restarted run keeps
@@ -137,8 +178,11 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainOutcome:
     job_data = prepare_job_data(cfg, tokenizer, cpus * cfg.scaling.num_workers, share=False)
     total_steps = job_data.total_steps(cfg)
     has_eval = "eval" in job_data.datasets
-    plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=has_eval, threads=math.ceil(cpus))
-    result = build_trainer(cfg, plan, job_data.datasets, cpus, storage, cfg.train.run_name).fit()
+    plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=has_eval, threads=setup.threads(cfg, cpus))
+    with setup.actors(cfg) as feed:
+        trainer = build_trainer(cfg, plan, job_data.datasets, cpus, storage, cfg.train.run_name, loop=setup.loop,
+                                feed=feed)  # fmt: skip
+        result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return TrainOutcome(run_dir=plan.run_dir, checkpoint=checkpoint, total_steps=total_steps)
 

@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from raytune_ft.config import ConfigError, JobConfig, dump_config, load_config
 from raytune_ft.models import pin_sources
+from raytune_ft.rl.launch import worker_setup
 from raytune_ft.train import absolute_storage, job_tokenizer, prepare_job_data, start_ray
 
 from .results import SweepFiles, TrialRow, best_trial, stopped_early, trial_rows, write_results
@@ -60,12 +61,20 @@ def plan_sweep(cfg: JobConfig, cluster_cpus: float, cluster_gpus: float = 0.0) -
     scaling = cfg.tune.scaling or cfg.scaling
     workers = scaling.num_workers
     wanted = scaling.cpus_per_worker or 1.0
-    fits = int(cluster_gpus // workers) if scaling.use_gpu else int(cluster_cpus // (wanted * workers))
+    engines = _engine_cpus(cfg)
+    fits = int(cluster_gpus // workers) if scaling.use_gpu else int(cluster_cpus // (wanted * workers + engines))
     concurrency = cfg.tune.max_concurrent_trials or max(1, fits)
     if scaling.cpus_per_worker is not None:
         return SweepPlan(concurrency, scaling.cpus_per_worker)
-    share = (cluster_cpus - _DRIVER_CPU * concurrency) / (concurrency * workers)
+    share = (cluster_cpus - (_DRIVER_CPU + engines) * concurrency) / (concurrency * workers)
     return SweepPlan(concurrency, max(0.1, min(1.0, math.floor(share * 100) / 100)))
+
+
+def _engine_cpus(cfg: JobConfig) -> float:
+    """CPUs a trial's own rollout engines reserve: none unless an online stage places them apart."""
+    if not cfg.method.online or cfg.rollout.placement == "colocated":
+        return 0.0
+    return cfg.rollout.num_engines * cfg.rollout.cpus_per_engine
 
 
 def check_sweep(cfg: JobConfig) -> None:
@@ -75,10 +84,11 @@ def check_sweep(cfg: JobConfig) -> None:
             "tune.space is empty: give the keys to sweep, e.g. tune.space: {train.learning_rate: "
             "{loguniform: [1.0e-5, 1.0e-3]}}"
         )
-    if cfg.method.online:
+    worker_setup(cfg).check(cfg)
+    if cfg.method.online and cfg.tune.metric.startswith("eval_"):
         raise ConfigError(
-            f"method.stage {cfg.method.stage}: raytune-ft tune does not sweep online stages yet (each trial would need "
-            "its own rollout engines); run raytune-ft train once per setting"
+            f"tune.metric {cfg.tune.metric}: method.stage {cfg.method.stage} has no validation split; rank its trials "
+            "by the mean reward of their answers (tune.metric: reward, tune.mode: max)"
         )
     if "://" in cfg.train.storage_path:
         raise ConfigError(

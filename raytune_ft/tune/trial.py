@@ -9,7 +9,6 @@ training steps as results, and PBT can clone a trial's state without copying its
 from __future__ import annotations
 
 import json
-import math
 import queue
 import tempfile
 import threading
@@ -20,6 +19,7 @@ from ray.train import UserCallback
 
 from raytune_ft.config import JobConfig
 from raytune_ft.models import CheckpointError
+from raytune_ft.rl.launch import worker_setup
 from raytune_ft.train import JobData, RunPlan, build_trainer
 
 __all__ = ["POINTER_FILE", "ForwardReports", "checkpoint_of", "run_trial"]
@@ -54,10 +54,13 @@ def run_trial(
     total_steps = JobData(datasets, rows).total_steps(cfg)
     run_dir = f"{trials_dir}/{name}"
     has_eval = "eval" in datasets
-    plan = RunPlan(total_steps, run_dir, has_eval=has_eval, threads=math.ceil(cpus), start_from=start_from)
+    setup = worker_setup(cfg)
+    plan = RunPlan(total_steps, run_dir, has_eval=has_eval, threads=setup.threads(cfg, cpus), start_from=start_from)
     reports = _queue()
-    trainer = build_trainer(cfg, plan, datasets, cpus, trials_dir, name, callbacks=[ForwardReports(reports, metric)])
-    _fit_forwarding(trainer, reports, {"total_steps": total_steps, "run_dir": run_dir}, metric)
+    with setup.actors(cfg) as feed:  # an online trial's own rollout engines
+        forward = [ForwardReports(reports, metric)]
+        trainer = build_trainer(cfg, plan, datasets, cpus, trials_dir, name, forward, loop=setup.loop, feed=feed)
+        _fit_forwarding(trainer, reports, {"total_steps": total_steps, "run_dir": run_dir}, metric)
 
 
 def _queue() -> Any:

@@ -19,21 +19,14 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    """A 2-layer llama with random weights whose head size vLLM's CPU attention supports (64)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A 2-layer llama with random weights whose head size vLLM's CPU attention supports (64), initialised wide
+    so that its answers differ enough for a reward to separate them."""
+    from tests.tiny_models import save_tiny_llama
 
-    folder = tmp_path_factory.mktemp("policy")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
-        initializer_range=0.5,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("policy"), tokenizer, hidden_size=128, intermediate_size=256, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, initializer_range=0.5,
     )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 REWARD = "tests.integration.rl_rewards:even_tokens"
@@ -48,12 +41,13 @@ def grpo_job(
     lr: float = 0.05,
     group: int = 4,
     overlap: str = "off",
+    reward: str = REWARD,
     **rollout: Any,
 ) -> JobConfig:
     return JobConfig.model_validate({
         "model": {"source": str(model)},
         "data": {"dataset": "arithmetic_1k", "cutoff_len": 96, "max_samples": 200},
-        "method": {"stage": "grpo", "loss": "grpo", "group_size": group, "reward": REWARD, "max_new_tokens": 12},
+        "method": {"stage": "grpo", "loss": "grpo", "group_size": group, "reward": reward, "max_new_tokens": 12},
         "adapter": {"type": adapter, "rank": 8, "alpha": 16},
         "rollout": {"prompts_per_step": 4, "async": overlap, **rollout},
         "train": {"run_name": name, "storage_path": str(storage), "learning_rate": lr, "max_steps": steps,
@@ -89,6 +83,21 @@ def test_reward_rises_with_synced_engines(policy_dir: Path, tmp_path: Path, plac
     assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3, [m["rollout/logprob_gap"] for m in logged]
     assert all(m["rollout/tokens_per_s"] > 0 and m["response_length"] > 0 for m in logged)
     assert outcome.checkpoint is not None and Path(outcome.checkpoint, "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "deepspeed"])
+def test_sharded_workers_publish_whole_weights(policy_dir: Path, tmp_path: Path, strategy: str) -> None:
+    """Two LoRA workers under a sharding strategy: the adapter is gathered from the shards, the engine generates
+    with it (its log-probs equal the policy's after every update), and the run checkpoints."""
+    from raytune_ft.rl.launch import run_online
+
+    cfg = grpo_job(policy_dir, tmp_path, strategy, 3).model_dump(mode="json", by_alias=True)
+    cfg["scaling"] = {"num_workers": 2, "strategy": strategy}
+    outcome = run_online(JobConfig.model_validate(cfg))
+    logged = metrics(outcome.run_dir)
+    assert [m["step"] for m in logged] == [1, 2, 3]
+    assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3, [m["rollout/logprob_gap"] for m in logged]
+    assert outcome.checkpoint is not None and Path(outcome.checkpoint, "adapter_model.safetensors").is_file()
 
 
 def test_one_step_overlap_trains_on_answers_one_update_old(policy_dir: Path, tmp_path: Path) -> None:
@@ -141,3 +150,54 @@ def test_a_killed_engine_is_replaced_and_the_run_finishes(policy_dir: Path, tmp_
     assert [m["step"] for m in logged] == list(range(1, 7))
     assert any(m["time"] > killed[0] for m in logged)  # steps ran after the kill
     assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3  # the new engine caught up with the weights
+
+
+def test_a_sweep_runs_each_trial_with_its_own_engines(policy_dir: Path, tmp_path: Path) -> None:
+    """raytune-ft tune over a grpo key: two trials at once, each with its own engines (named after the trial), both
+    trained, ranked by reward; no engine outlives its trial."""
+    import ray
+
+    from raytune_ft.tune import run_sweep
+
+    base = grpo_job(policy_dir, tmp_path, "sweep", 4).model_dump(mode="json", by_alias=True)
+    base["tune"] = {"space": {"train.learning_rate": {"grid": [1.0e-6, 0.05]}}, "scheduler": "fifo",
+                    "metric": "reward", "mode": "max"}  # fmt: skip
+    outcome = run_sweep(JobConfig.model_validate(base))
+    assert [row.status for row in outcome.rows] == ["completed", "completed"], outcome.rows
+    for row in outcome.rows:
+        logged = metrics(row.run_dir or "")
+        assert [m["step"] for m in logged] == [1, 2, 3, 4]
+        assert row.metric == logged[-1]["reward"]
+        assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3  # each trial's engine follows its own policy
+    assert outcome.best is not None and outcome.best.metric == max(row.metric or 0.0 for row in outcome.rows)
+    alive = ray.util.list_named_actors(all_namespaces=True)
+    assert not [actor for actor in alive if actor["name"].startswith("rollout-")], alive
+
+
+def test_a_reward_model_served_by_an_actor_raises_its_own_score(
+    policy_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A reward model trained with stage rm, named as rm:<run dir>: its actor scores every answer, the policy
+    learns to please it, and the actor is stopped with the run."""
+    import ray
+
+    from raytune_ft.rl.launch import run_online
+    from raytune_ft.train import run_training
+
+    rm = run_training(JobConfig.model_validate({
+        "model": {"source": str(tiny_model_dir)},
+        "data": {"dataset": "pref_300", "cutoff_len": 128},
+        "method": {"stage": "rm"},
+        "adapter": {"rank": 4},
+        "train": {"run_name": "rm", "storage_path": str(tmp_path), "learning_rate": 3e-3, "max_steps": 8,
+                  "save_steps": 8, "per_device_batch_size": 4},
+    }))  # fmt: skip
+    reward = f"rm:{rm.run_dir}"
+    outcome = run_online(grpo_job(policy_dir, tmp_path, "judged", 12, adapter="full", lr=2e-2, group=8,
+                                  prompts_per_step=8, reward=reward))  # fmt: skip
+    logged = metrics(outcome.run_dir)
+    scores = [m[f"reward/{reward}"] for m in logged]
+    assert scores == [m["reward"] for m in logged]
+    assert mean(scores[-4:]) > mean(scores[:4]) + 0.05, scores
+    alive = ray.util.list_named_actors(all_namespaces=True)
+    assert not [actor for actor in alive if actor["name"].startswith(("reward-", "rollout-"))], alive

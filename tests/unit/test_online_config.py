@@ -62,3 +62,26 @@ def test_rollout_async_reads_as_written_in_yaml(tmp_path: Path) -> None:
     assert "async: one_step" in dump_config(cfg)
     (tmp_path / "again.yaml").write_text(dump_config(cfg))
     assert load_config(tmp_path / "again.yaml").rollout.async_ == "one_step"
+
+
+@pytest.mark.parametrize(
+    ("reward", "says"),
+    [
+        ("exact_mach", r"unknown reward 'exact_mach'.*did you mean 'exact_match'"),
+        ("no_such_pkg.rewards:score", r"reward 'no_such_pkg.rewards:score': cannot import it"),
+        ("rm:/no/such/run", r"/no/such/run: no raytune_ft checkpoint here"),
+    ],
+)
+def test_a_wrong_reward_fails_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reward: str, says: str
+) -> None:
+    """`raytune-ft train` refuses it with exit 2 and the reward's name, before Ray, data or engines start."""
+    import re
+
+    from raytune_ft.cli import main
+
+    config, saves = tmp_path / "grpo.yaml", tmp_path / "saves"
+    config.write_text(f"method: {{stage: grpo, reward: {reward}}}\ntrain: {{storage_path: {saves}}}\n")
+    assert main(["train", str(config)]) == 2
+    assert re.search(says, capsys.readouterr().err)
+    assert not saves.exists(), "nothing was written"

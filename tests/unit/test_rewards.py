@@ -85,3 +85,47 @@ def test_weighted_rewards_add_and_skip_missing_scores() -> None:
     assert only_judge(completions=["x?", "y"]) == [None, 0.5]
     with pytest.raises(RewardError, match="gave 1 scores for 2 completions"):
         weighted_reward({"broken": (broken, 1.0)})(completions=["a", "b"])
+
+
+def test_a_reward_model_scores_an_answer_as_the_conversation_it_ends(tiny_model_dir: Any, tokenizer: Any) -> None:
+    """score_answers(prompt rendered up to the generation prompt, answer) equals score() of the whole conversation,
+    and the answers are told apart (the turn's closing is added, the prompt not rendered twice)."""
+    from transformers import AutoModelForCausalLM
+
+    from raytune_ft.models import RewardScorer, value_head_model
+
+    scorer = RewardScorer(value_head_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), tokenizer)
+    question = [{"role": "user", "content": "What is 2 + 3?"}]
+    prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+    answers = ["It is 5.", "#### 6", "I do not know"]
+    whole = scorer.score([[*question, {"role": "assistant", "content": a}] for a in answers])
+    assert scorer.score_answers([prompt] * 3, answers) == pytest.approx(whole, abs=1e-5)
+    assert len(set(whole)) == 3
+
+
+def test_a_reward_model_needs_its_actor() -> None:
+    with pytest.raises(RewardError, match=r"reward 'rm:saves/rm': a reward model is scored by the actor its run"):
+        load_reward("rm:saves/rm")
+
+
+@pytest.mark.parametrize(("completion", "truth", "score"), [
+    ("so x = \\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("#### 2\\sqrt{2}", "\\sqrt{8}", 1.0),
+    ("The answer is \\boxed{\\{2, 1\\}}", "\\{1,2\\}", 1.0),
+    ("#### 1,000", "1000", 1.0),
+    ("#### x^2 + 1", "1+x^2", 1.0),
+    ("#### 25", "24", 0.0),
+    ("no answer at all", "24", 0.0),
+])  # fmt: skip
+def test_math_verify_compares_answers_as_mathematics(completion: str, truth: str, score: float) -> None:
+    """Where exact_match compares numbers, math_verify also equates LaTeX, radicals, sets and expressions; it runs
+    outside the main thread (a Ray Train worker's loop) because it is called without signal-based timeouts."""
+    import threading
+
+    reward = load_reward("math_verify")
+    assert reward(completions=[completion], answer=[truth]) == [score]
+    found: list[Any] = []
+    thread = threading.Thread(target=lambda: found.append(reward(completions=[completion], answer=[truth])))
+    thread.start()
+    thread.join()
+    assert found == [[score]]

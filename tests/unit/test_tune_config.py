@@ -106,8 +106,10 @@ def test_a_sweep_needs_keys_and_a_validation_split_for_eval_metrics(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"storage URIs \(s3://, gs://\) work for train but not yet for tune"):
         check_sweep(load_config(None, ["tune.space={adapter.rank: {choice: [4]}}", "tune.metric=loss",
                                        "train.storage_path=s3://bucket/saves"]))  # fmt: skip
-    with pytest.raises(ConfigError, match=r"does not sweep online stages yet"):
-        check_sweep(load_config(None, ["tune.space={adapter.rank: {choice: [4]}}", "method.stage=grpo"]))
+    online = ["tune.space={method.kl_coef: {choice: [0.01, 0.1]}}", "method.stage=grpo", "method.kl=k3"]
+    with pytest.raises(ConfigError, match=r"tune.metric eval_loss: method.stage grpo has no validation split.*reward"):
+        check_sweep(load_config(None, online))
+    check_sweep(load_config(None, [*online, "tune.metric=reward", "tune.mode=max"]))
 
 
 def test_trials_use_tune_scaling_and_fit_the_cluster(tmp_path: Path) -> None:
@@ -122,6 +124,18 @@ def test_trials_use_tune_scaling_and_fit_the_cluster(tmp_path: Path) -> None:
     assert plan_sweep(capped, cluster_cpus=8).concurrency == 1
     gpus = load_config(None, ["scaling.use_gpu=true", "scaling.num_workers=2"])
     assert plan_sweep(gpus, cluster_cpus=32, cluster_gpus=8).concurrency == 4
+
+
+def test_online_trials_count_their_separate_engines(tmp_path: Path) -> None:
+    """Colocated engines reserve nothing; separate ones take their CPUs from every trial's share."""
+    grpo = ["method.stage=grpo", "tune.space={method.epsilon: {choice: [0.1, 0.2]}}"]
+    assert plan_sweep(load_config(None, grpo), cluster_cpus=8).concurrency == 8
+    apart = load_config(
+        None, [*grpo, "rollout.placement=separate", "rollout.num_engines=2", "rollout.cpus_per_engine=1.5"]
+    )
+    assert plan_sweep(apart, cluster_cpus=8).concurrency == 2  # 1 worker CPU + 2 x 1.5 engine CPUs per trial
+    small = plan_sweep(apart, cluster_cpus=4)
+    assert small.concurrency == 1 and small.cpus_per_worker + 3 + 0.01 <= 4, "the worker shrinks to fit beside them"
 
 
 def test_trial_config_applies_the_draw_and_names_the_run(tmp_path: Path) -> None:
