@@ -61,5 +61,5 @@ def start_reward_models(cfg: JobConfig) -> dict[str, Any]:
         )
         for i, name in enumerate(reward_model_names(cfg))
     }
-    ray.get([handle.score.remote([], []) for handle in started.values()])
+    ray.get([handle.score.remote([], []) for handle in started.values()])  # type: ignore[attr-defined]
     return started
