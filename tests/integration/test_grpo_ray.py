@@ -197,7 +197,7 @@ def test_a_reward_model_served_by_an_actor_raises_its_own_score(
                                   prompts_per_step=8, reward=reward))  # fmt: skip
     logged = metrics(outcome.run_dir)
     scores = [m[f"reward/{reward}"] for m in logged]
-    assert scores == [m["reward"] for m in logged]
-    assert mean(scores[-4:]) > mean(scores[:4]) + 0.05, scores
+    assert scores == pytest.approx([m["reward"] for m in logged], abs=1e-5)  # the only reward, weight 1
+    assert mean(scores[-4:]) > mean(scores[:4]) + 0.1, scores  # 12 steps moved it 0.24 here (step std ~0.04)
     alive = ray.util.list_named_actors(all_namespaces=True)
     assert not [actor for actor in alive if actor["name"].startswith(("reward-", "rollout-"))], alive
