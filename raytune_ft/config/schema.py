@@ -269,7 +269,9 @@ class DataConfig(Section):
         return self
 
 
-ROW_FORMATS = {"sft": "sft", "pt": "pt", "rm": "preference", "dpo": "preference", "kto": "kto", "grpo": "prompt"}
+ROW_FORMATS = {
+    "sft": "sft", "pt": "pt", "rm": "preference", "dpo": "preference", "kto": "kto", "grpo": "prompt", "ppo": "prompt",
+}  # fmt: skip
 """The data row format each ``method.stage`` trains on."""
 
 REFERENCE_FREE_LOSSES = frozenset({"simpo", "orpo"})
@@ -280,12 +282,12 @@ PAIR_LOSS_NAMES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
 POLICY_LOSS_NAMES = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp")
 """``method.loss`` values of ``stage: grpo``."""
 
-ONLINE_STAGES = frozenset({"grpo"})
+ONLINE_STAGES = frozenset({"grpo", "ppo"})
 """Stages that generate their own answers with rollout engines while they train."""
 
 
 class MethodConfig(Section):
-    stage: Literal["sft", "pt", "rm", "dpo", "kto", "grpo"] = "sft"
+    stage: Literal["sft", "pt", "rm", "dpo", "kto", "grpo", "ppo"] = "sft"
     """Training objective. ``sft``: supervised fine-tuning on chat/instruction data (answers are
     learned). ``pt``: continued pre-training on plain text (a ``text`` column, or the column a
     dataset_info.json entry maps as ``prompt``); every token is learned and documents longer than
@@ -296,18 +298,22 @@ class MethodConfig(Section):
     ``grpo``: online RL: rollout engines (``rollout``) answer each prompt ``group_size`` times, the
     ``reward`` functions score the answers, and the policy learns from the advantages ``loss`` derives.
     Its rows are conversations whose last answer is left out, plus a ground-truth ``answer`` column
-    (else the left-out answer is the ground truth)."""
+    (else the left-out answer is the ground truth). ``ppo``: online RL with a learned critic on the same
+    rows: one answer per prompt (``group_size`` 1 unless set), a value head on the policy (as ``rm`` builds
+    it) estimates each token's return, and the advantages come from GAE over per-token rewards (the
+    answer's reward at its last token, minus ``kl_coef`` x the KL to the reference at every token, the
+    coefficient adapted towards ``ppo_target``); the value loss joins the clipped policy loss."""
 
-    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo", "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"] = (
-        "sigmoid"
-    )
+    loss: Literal[
+        "sigmoid", "ipo", "hinge", "simpo", "orpo", "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo"
+    ] = "sigmoid"  # fmt: skip
     """Preference loss of ``stage: dpo``: ``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC), or the
     reference-free ``simpo`` and ``orpo`` (which need no reference model at all). Objective of
     ``stage: grpo`` (``grpo`` when unset): ``grpo`` (group-normalised advantages, each answer's mean
     token loss), ``dr_grpo`` (advantages not divided by the group's std; token sum over answers x
     ``max_new_tokens``), ``dapo`` (clip-higher with ``epsilon_high`` 0.28 unless set, token-level
     mean, groups whose answers all scored the same left out), ``rloo`` (leave-one-out baseline) or
-    ``reinforce_pp`` (group mean baseline, batch-normalised)."""
+    ``reinforce_pp`` (group mean baseline, batch-normalised). ``stage: ppo`` has one loss, ``ppo``."""
 
     beta: float = Field(default=0.1, gt=0)
     """Preference temperature beta of dpo/ipo/hinge/simpo/kto; for ``orpo`` the weight lambda of
@@ -337,17 +343,18 @@ class MethodConfig(Section):
     Ray Data pass over the tokenized data before training computes them with the base model and
     joins them to the rows, so the training workers hold no reference and run one forward less."""
 
-    group_size: int = Field(default=4, ge=2)
-    """``grpo``: answers generated per prompt, compared with each other (TRL's ``num_generations``)."""
+    group_size: int = Field(default=4, ge=1)
+    """Answers generated per prompt: ``grpo`` compares them with each other (TRL's ``num_generations``; at
+    least 2); ``ppo`` needs no group (1 unless set)."""
 
     reward: CommaList = Field(default_factory=lambda: ["exact_match"])
-    """``grpo``: reward functions, by name (exact_match, math_verify, answer_format, or overlong: DAPO's soft
-    length penalty) or import path ``module:function``, called as TRL calls its reward functions; or a reward
-    model trained with ``stage: rm``, as ``rm:<checkpoint or run directory>``, which the run serves from
-    a Ray actor of its own."""
+    """``grpo`` and ``ppo``: reward functions, by name (exact_match, math_verify, answer_format, or overlong:
+    DAPO's soft length penalty) or import path ``module:function``, called as TRL calls its reward functions;
+    or a reward model trained with ``stage: rm``, as ``rm:<checkpoint or run directory>``, which the run
+    serves from a Ray actor of its own."""
 
     reward_weights: list[float] | None = None
-    """``grpo``: one weight per ``reward`` (all 1 when unset); the reward is their weighted sum."""
+    """One weight per ``reward`` (all 1 when unset); the reward is their weighted sum."""
 
     epsilon: float = Field(default=0.2, gt=0, lt=1)
     """``grpo``: lower clip range of the policy ratio, 1 - epsilon (and the upper one unless ``epsilon_high``)."""
@@ -356,11 +363,13 @@ class MethodConfig(Section):
     """``grpo``: upper clip range, 1 + epsilon_high (DAPO's clip-higher); None means ``epsilon``, or 0.28 for dapo."""
 
     kl: Literal["none", "k1", "k2", "k3"] = "none"
-    """``grpo``: estimator of the per-token KL to the reference model added to the loss (Schulman's k1,
-    k2 or k3; GRPO's paper uses k3), or ``none`` (no reference is held)."""
+    """Estimator of the per-token KL to the reference model (Schulman's k1, k2 or k3), or ``none`` (no
+    reference is held). ``grpo`` adds it to the loss (GRPO's paper uses k3); ``ppo`` subtracts it from each
+    token's reward (k1 unless set, as InstructGPT and TRL's PPO)."""
 
     kl_coef: float = Field(default=0.04, ge=0)
-    """``grpo``: weight beta of the KL term when ``kl`` is not none."""
+    """Weight beta of the KL term when ``kl`` is not none; for ``ppo`` the starting value of the adaptive
+    coefficient (0.2 unless set, TRL's ``init_kl_coef``)."""
 
     temperature: float = Field(default=1.0, gt=0)
     """``grpo``: sampling temperature of the answers; the policy's log-probs are taken at the same temperature."""
@@ -369,8 +378,35 @@ class MethodConfig(Section):
     """``grpo``: longest generated answer, in tokens (also the constant length of ``dr_grpo``'s normaliser)."""
 
     ppo_epochs: int = Field(default=1, ge=1)
-    """``grpo``: optimizer passes over each generated batch (TRL's ``num_iterations``). With more than one,
-    the ratio to the generating policy departs from 1 and the clip ranges bound the update."""
+    """Optimizer passes over each generated batch (TRL's ``num_iterations``; 4 for ``ppo`` unless set, as
+    LLaMA-Factory's). With more than one, the ratio to the generating policy departs from 1 and the clip
+    ranges bound the update."""
+
+    ppo_buffer_size: int = Field(default=1, ge=1)
+    """``ppo``: mini-batches each generated batch is split into, one optimizer step each, so a batch makes
+    ``ppo_epochs`` x ``ppo_buffer_size`` steps (LLaMA-Factory's ``ppo_buffer_size``)."""
+
+    ppo_target: float | None = Field(default=6.0, gt=0)
+    """``ppo``: the KL (summed over an answer's tokens) the adaptive KL controller steers towards (Ziegler
+    et al. 2019, sec. 2.2; horizon 10000 answers, as TRL's); None keeps ``kl_coef`` fixed."""
+
+    ppo_score_norm: bool = False
+    """``ppo``: normalise each answer's reward by the running mean and std of all rewards so far."""
+
+    ppo_whiten_rewards: bool = False
+    """``ppo``: whiten the per-token rewards of each batch (keeping their mean) before GAE."""
+
+    vf_coef: float = Field(default=0.1, ge=0)
+    """``ppo``: weight of the value loss beside the policy loss."""
+
+    value_clip: float | None = Field(default=0.2, gt=0)
+    """``ppo``: value clipping range around the generating critic's values; None leaves the value loss plain."""
+
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """``ppo``: discount of GAE."""
+
+    lam: float = Field(default=0.95, ge=0, le=1)
+    """``ppo``: lambda of GAE (bias-variance trade-off of the advantage)."""
 
     @property
     def rows(self) -> str:
@@ -399,8 +435,10 @@ class MethodConfig(Section):
     @model_validator(mode="after")
     def _check_loss(self) -> MethodConfig:
         if self.online and "loss" not in self.model_fields_set:
-            object.__setattr__(self, "loss", "grpo")  # unset: the stage's own default, not dpo's
-        allowed = POLICY_LOSS_NAMES if self.online else PAIR_LOSS_NAMES
+            object.__setattr__(self, "loss", self.stage)  # unset: the stage's own default, not dpo's
+        if self.stage == "ppo":
+            self._ppo_defaults()
+        allowed = ("ppo",) if self.stage == "ppo" else POLICY_LOSS_NAMES if self.online else PAIR_LOSS_NAMES
         if self.loss not in allowed:
             raise ValueError(
                 f"method.loss {self.loss!r} is not a loss of stage {self.stage}; use one of {', '.join(allowed)}"
@@ -410,7 +448,19 @@ class MethodConfig(Section):
                 f"method.reward_weights has {len(self.reward_weights)} values for {len(self.reward)} rewards; "
                 "give one per reward"
             )
+        if self.stage == "grpo" and self.group_size < 2:
+            raise ValueError(
+                f"method.group_size {self.group_size}: grpo compares answers to the same prompt; use 2 or more"
+            )
+        if self.ppo_buffer_size > 1 and self.stage != "ppo":
+            raise ValueError("method.ppo_buffer_size applies to stage ppo; for more steps per batch use ppo_epochs")
         return self
+
+    def _ppo_defaults(self) -> None:
+        """PPO's own defaults for the keys a config leaves unset (LLaMA-Factory's and TRL's)."""
+        for name, value in (("group_size", 1), ("kl", "k1"), ("kl_coef", 0.2), ("ppo_epochs", 4)):
+            if name not in self.model_fields_set:
+                object.__setattr__(self, name, value)
 
 
 class AdapterConfig(Section):
@@ -633,7 +683,7 @@ def _yaml_off(value: object) -> object:
 
 
 class RolloutConfig(Section):
-    """How an online stage (``method.stage: grpo``) generates: vLLM engines running as Ray actors."""
+    """How an online stage (``method.stage: grpo`` or ``ppo``) generates: vLLM engines running as Ray actors."""
 
     model_config = ConfigDict(
         extra="forbid", use_attribute_docstrings=True, validate_assignment=True, validate_by_name=True,
@@ -1150,7 +1200,7 @@ class JobConfig(Section):
     """The training objective."""
 
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    """Answer generation of online stages (``method.stage: grpo``)."""
+    """Answer generation of online stages (``grpo``, ``ppo``)."""
 
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     """Which weights are trained."""
@@ -1264,6 +1314,12 @@ class JobConfig(Section):
             raise ValueError(
                 f"rollout.prompts_per_step {self.rollout.prompts_per_step} does not split evenly over "
                 f"scaling.num_workers {workers}; make it a multiple of {workers}"
+            )
+        share, buffer = self.rollout.prompts_per_step // workers, self.method.ppo_buffer_size
+        if share % buffer:
+            raise ValueError(
+                f"method.ppo_buffer_size {buffer} does not split each worker's {share} prompts of a step into equal "
+                f"mini-batches; make rollout.prompts_per_step a multiple of {buffer * workers}"
             )
         if self.train.gradient_accumulation_steps != 1:
             raise ValueError(

@@ -33,7 +33,14 @@ from .loading import (
 from .pissa import INITIAL_ADAPTER as PISSA_INITIAL_ADAPTER
 from .pissa import restore_from_plain_lora, save_weights
 from .source import BUILTIN_MODELS, ModelSourceError, cache_root, pin_model_source, resolve_model, resolve_model_source
-from .value_head import VALUE_HEAD_WEIGHTS, RewardScorer, attach_head, reward_model_checkpoint, value_head_model
+from .value_head import (
+    CRITIC_WEIGHTS,
+    VALUE_HEAD_WEIGHTS,
+    RewardScorer,
+    attach_head,
+    reward_model_checkpoint,
+    value_head_model,
+)
 
 __all__ = [
     "ADAPTERS",
@@ -41,6 +48,7 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "BUILTIN_MODELS",
     "CONFIG_FILE",
+    "CRITIC_WEIGHTS",
     "OPTIMIZER_FILE",
     "PACKED_ATTENTION",
     "PISSA_INITIAL_ADAPTER",

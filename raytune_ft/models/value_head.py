@@ -1,9 +1,12 @@
-"""Reward models: a causal LM with a scalar value head, and what saves, loads and scores with it.
+"""Value heads on a causal LM: reward models (``stage: rm``) and PPO's critic, and what saves, loads and
+scores with them.
 
 The score of a sequence is a linear head on the LM's last hidden state at its last real token (as
-LLaMA-Factory's and TRL's value-head models read it). The LM keeps its own form (LoRA adapter or full
-weights, saved as for any stage), and the head is one more file in the checkpoint, so a reward-model
-checkpoint loads like any other plus ``value_head.safetensors``.
+LLaMA-Factory's and TRL's value-head models read it). PPO's policy carries the same head as its critic,
+read at every position: the value of the answer so far. The LM keeps its own form (LoRA adapter or full
+weights, saved as for any stage), and the head is one more file in the checkpoint: a reward model's is
+``value_head.safetensors``; the critic's sits in ``critic/``, out of the way of anything that loads the
+policy's ``*.safetensors`` (serving, export, the rollout engines).
 """
 
 from __future__ import annotations
@@ -20,14 +23,29 @@ from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, lat
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["VALUE_HEAD_WEIGHTS", "RewardScorer", "attach_head", "reward_model_checkpoint", "value_head_model"]
+__all__ = [
+    "CRITIC_WEIGHTS",
+    "VALUE_HEAD_WEIGHTS",
+    "RewardScorer",
+    "attach_head",
+    "reward_model_checkpoint",
+    "value_head_model",
+]
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
+"""A reward model's score head, beside its LM's weights."""
+
+CRITIC_WEIGHTS = "critic/value_head.safetensors"
+"""PPO's critic head, in a folder of its own."""
+
+HEAD_FILES = {"rm": VALUE_HEAD_WEIGHTS, "ppo": CRITIC_WEIGHTS}
+"""The stages whose model carries a value head, and the checkpoint file that holds it."""
 
 
-def value_head_model(lm: torch.nn.Module) -> torch.nn.Module:
-    """``lm`` (plain or peft) with a freshly initialised scalar head; the head always trains."""
-    model: torch.nn.Module = _value_head_class()(lm)
+def value_head_model(lm: torch.nn.Module, stage: str = "rm") -> torch.nn.Module:
+    """``lm`` (plain or peft) with a freshly initialised scalar head; the head always trains. ``rm`` scores
+    whole rows; ``ppo`` returns the LM's output with a value at every position (``values``) beside the logits."""
+    model: torch.nn.Module = (_policy_value_class() if stage == "ppo" else _value_head_class())(lm)
     return model
 
 
@@ -48,6 +66,12 @@ def _value_head_class() -> Any:
             self.value_head = torch.nn.Linear(hidden, 1, dtype=dtype if dtype.is_floating_point else None)
             torch.nn.init.normal_(self.value_head.weight, std=1 / (hidden + 1) ** 0.5)
             torch.nn.init.zeros_(self.value_head.bias)
+
+        head_file = VALUE_HEAD_WEIGHTS
+
+        def disable_adapter(self) -> Any:
+            """The LM's adapters switched off (a peft LM): the reference model of a LoRA run."""
+            return self.lm.disable_adapter()
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
             out = self.lm(
@@ -71,9 +95,28 @@ def _value_head_class() -> Any:
 
             save_weights(self.lm, folder, _strip(state_dict, "lm."))
             head = {k: v.contiguous() for k, v in _strip(state_dict, "value_head.").items()}
-            save_file(head, str(Path(folder) / VALUE_HEAD_WEIGHTS))
+            path = Path(folder) / self.head_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(head, str(path))
 
     return ValueHeadModel
+
+
+@functools.cache
+def _policy_value_class() -> Any:
+    class PolicyValueModel(_value_head_class()):  # type: ignore[misc]
+        """PPO's policy and critic on one LM: ``forward`` returns the LM's output (logits at
+        ``logits_to_keep``) plus ``values``, float32 (rows, seq), the value head at every position."""
+
+        head_file = CRITIC_WEIGHTS
+
+        def forward(self, input_ids: torch.Tensor, **inputs: Any) -> Any:  # type: ignore[override]
+            out = self.lm(input_ids=input_ids, output_hidden_states=True, **inputs)
+            hidden = out.hidden_states[-1]
+            out["values"] = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+            return out
+
+    return PolicyValueModel
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -81,11 +124,11 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 
 def attach_head(model: torch.nn.Module, stage: str, checkpoint: Path | None = None) -> torch.nn.Module:
-    """The model a stage trains: a value-head model for ``rm`` (its head restored from ``checkpoint``
-    when resuming), the LM itself otherwise."""
-    if stage != "rm":
+    """The model a stage trains: a value-head model for ``rm`` and ``ppo`` (its head restored from
+    ``checkpoint`` when resuming), the LM itself otherwise."""
+    if stage not in HEAD_FILES:
         return model
-    scored = value_head_model(model)
+    scored = value_head_model(model, stage)
     if checkpoint is not None:
         load_value_head(scored, checkpoint)
     return scored
@@ -94,9 +137,11 @@ def attach_head(model: torch.nn.Module, stage: str, checkpoint: Path | None = No
 def load_value_head(model: torch.nn.Module, checkpoint: Path) -> None:
     from safetensors.torch import load_file
 
-    path = Path(checkpoint) / VALUE_HEAD_WEIGHTS
+    name = str(model.head_file)
+    path = Path(checkpoint) / name
     if not path.is_file():
-        raise CheckpointError(f"{checkpoint}: no {VALUE_HEAD_WEIGHTS}; it is not a reward-model checkpoint")
+        kind = "a PPO" if name == CRITIC_WEIGHTS else "a reward-model"
+        raise CheckpointError(f"{checkpoint}: no {name}; it is not {kind} checkpoint")
     model.value_head.load_state_dict(load_file(str(path)))  # type: ignore[union-attr, operator]
 
 

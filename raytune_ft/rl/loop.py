@@ -1,11 +1,13 @@
 """The online stages' feed: each optimizer step learns from answers the rollout engines just generated.
 
-Per step, every training worker takes its share of ``rollout.prompts_per_step`` prompts from its Ray
-Data shard, asks its engine (worker r uses engine r mod ``rollout.num_engines``) for
-``method.group_size`` answers to each, scores them with the rewards, turns the scores into advantages
-(``ADVANTAGE_ESTIMATORS[method.loss]``) and steps on them; after the step, the weights are published for
-the engines (``publish_weights``). The loop around it is the offline stages' own (``run_worker``), so
-checkpoints, exact resume, logging and trackers work the same.
+Per generated batch, every training worker takes its share of ``rollout.prompts_per_step`` prompts from
+its Ray Data shard, asks its engine (worker r uses engine r mod ``rollout.num_engines``) for
+``method.group_size`` answers to each, scores them with the rewards, and turns the scores into the
+micro-batches it steps on (``WINDOWS[method.stage]``): the GRPO family derives one advantage per answer
+from its group (``ADVANTAGE_ESTIMATORS[method.loss]``); PPO asks its critic for per-token values and runs
+GAE over KL-penalised per-token rewards. After each step the weights are published for the engines
+(``publish_weights``). The loop around it is the offline stages' own (``run_worker``), so checkpoints,
+exact resume, logging and trackers work the same.
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ from raytune_ft.data import IGNORE_INDEX, no_trainable_rows, pad_batch
 from raytune_ft.models import save_weights
 from raytune_ft.train import StepCore, TrainState
 from raytune_ft.train.loop import WorkerContext, run_worker
-from raytune_ft.train.losses import ADVANTAGE_ESTIMATORS
+from raytune_ft.train.losses import (
+    ADVANTAGE_ESTIMATORS,
+    Moments,
+    adaptive_kl_coef,
+    gae,
+    kl_penalized_rewards,
+    masked_whiten,
+    token_kl,
+    update_moments,
+)
 from raytune_ft.train.objectives import MetricSums
-from raytune_ft.train.reference import token_logps
+from raytune_ft.train.reference import policy_outputs, token_logps
 
 from .engine import Generation
 from .rewards import RewardFn, load_reward, score_completions
 
-__all__ = ["RolloutFeed", "answer_batches", "publish_weights", "rl_loop_per_worker"]
+__all__ = ["WINDOWS", "RolloutFeed", "answer_batches", "publish_weights", "rl_loop_per_worker"]
 
 FILTERED_LOSSES = frozenset({"dapo"})
 """Losses that leave out groups whose answers all scored the same (DAPO's dynamic sampling, without refill)."""
@@ -68,10 +79,12 @@ def answer_batches(
     rows: list[int],
     size: int,
     pad_id: int,
+    key: str = "advantages",
 ) -> list[dict[str, torch.Tensor]]:
     """Micro-batches of ``size`` rows, each a prompt and one of its answers (``rows`` index the answers,
-    ``group`` per prompt in order): ``labels`` mark the answer, ``advantages`` hold its advantage and
-    ``rollout_logps`` the engine's log-probs in the layout of ``token_logps`` (row, position - 1)."""
+    ``group`` per prompt in order): ``labels`` mark the answer, ``key`` holds its entry of ``advantages``
+    (one per answer) and ``rollout_logps`` the engine's log-probs in the layout of ``token_logps``
+    (row, position - 1)."""
     group = len(generation.completions) // len(prompts)
     batches = []
     for start in range(0, len(rows), size):
@@ -84,13 +97,14 @@ def answer_batches(
             first, answer = len(prompts[i // group]) - 1, generation.logprobs[i]
             engine_logps[row, first : first + len(answer)] = torch.tensor(answer)
         batch["rollout_logps"] = engine_logps
-        batch["advantages"] = advantages[chosen].float()
+        batch[key] = advantages[chosen].float()
         batches.append(batch)
     return batches
 
 
 class RolloutFeed:
-    """Generated, scored and advantage-weighted answers, one generated batch per ``method.ppo_epochs`` steps."""
+    """Generated, scored and advantage-weighted answers: each generated batch makes ``method.ppo_epochs``
+    passes over its windows (one window, or PPO's ``ppo_buffer_size``), one optimizer step each."""
 
     def __init__(self, ctx: WorkerContext) -> None:
         import ray.train
@@ -116,7 +130,7 @@ class RolloutFeed:
             return self.pending.pop(0), {}
         import ray
 
-        cfg, state, device = self.ctx.cfg, self.ctx.state, self.ctx.device
+        cfg, state = self.ctx.cfg, self.ctx.state
         request = self.ahead or self._request(state.global_step)
         # rollout.async one_step: the next answers are generated (with these weights) while this step trains
         self.ahead = self._request(state.global_step) if self.overlap else None
@@ -124,21 +138,19 @@ class RolloutFeed:
         state.epoch, state.batches_in_epoch = request.epoch, request.index  # consumed now, not when asked for
         prompts = list(request.rows["prompt_ids"])
         scores, metrics = self._score(request.rows, prompts, generation)
-        advantages = ADVANTAGE_ESTIMATORS[cfg.method.loss](scores, cfg.method.group_size)
-        kept = _kept_answers(scores, cfg.method.group_size, cfg.method.loss in FILTERED_LOSSES)
-        metrics["rollout/groups_kept"] = (len(kept) / cfg.method.group_size, len(prompts))
-        window = [
-            {key: value.to(device) for key, value in batch.items()}
-            for batch in answer_batches(prompts, generation, advantages, kept, cfg.train.per_device_batch_size,
-                                        self.ctx.tokenizer.pad_token_id)
-        ]  # fmt: skip
-        if self.overlap:  # generated one update ago: the engine's log-probs are the old policy's
-            for batch in window:
-                batch["old_logps"] = batch["rollout_logps"]
-        elif cfg.method.ppo_epochs > 1:
-            self._add_old_logps(window)
-        self.pending = [window] * (cfg.method.ppo_epochs - 1)
-        return window, metrics
+        windows, made = WINDOWS[cfg.method.stage](self, prompts, generation, scores)
+        self.pending = [window for _ in range(cfg.method.ppo_epochs) for window in windows][1:]
+        return windows[0], {**metrics, **made}
+
+    def batches(
+        self, prompts: list[np.ndarray], generation: Generation, values: torch.Tensor, rows: list[int], key: str
+    ) -> list[dict[str, torch.Tensor]]:
+        """``answer_batches`` of this worker's micro-batch size, on its device."""
+        size, pad = self.ctx.cfg.train.per_device_batch_size, self.ctx.tokenizer.pad_token_id
+        return [
+            {name: value.to(self.ctx.device) for name, value in batch.items()}
+            for batch in answer_batches(prompts, generation, values, rows, size, pad, key)
+        ]
 
     def _request(self, version: int) -> _Request:
         epoch, index, rows = next(self.prompts)
@@ -174,12 +186,115 @@ class RolloutFeed:
         return scores, metrics
 
     @torch.no_grad()
-    def _add_old_logps(self, window: list[dict[str, torch.Tensor]]) -> None:
+    def add_old_logps(self, window: list[dict[str, torch.Tensor]]) -> None:
         """The generating policy's log-probs, before the first of several updates on the same answers."""
         model = self.ctx.core.strategy.unwrap(self.ctx.core.model)
         with self.ctx.core.precision.autocast():
             for batch in window:
                 batch["old_logps"] = token_logps(model, batch, self.ctx.cfg.method.temperature)[0]
+
+
+Windows = list[list[dict[str, torch.Tensor]]]
+
+
+def group_windows(
+    feed: RolloutFeed, prompts: list[np.ndarray], generation: Generation, scores: torch.Tensor
+) -> tuple[Windows, MetricSums]:
+    """The GRPO family: one window of every answer kept, each carrying its group-relative advantage."""
+    cfg = feed.ctx.cfg
+    advantages = ADVANTAGE_ESTIMATORS[cfg.method.loss](scores, cfg.method.group_size)
+    kept = _kept_answers(scores, cfg.method.group_size, cfg.method.loss in FILTERED_LOSSES)
+    window = feed.batches(prompts, generation, advantages, kept, "advantages")
+    if feed.overlap:  # generated one update ago: the engine's log-probs are the old policy's
+        for batch in window:
+            batch["old_logps"] = batch["rollout_logps"]
+    elif cfg.method.ppo_epochs > 1:
+        feed.add_old_logps(window)
+    return [window], {"rollout/groups_kept": (len(kept) / cfg.method.group_size, len(prompts))}
+
+
+def critic_windows(
+    feed: RolloutFeed, prompts: list[np.ndarray], generation: Generation, scores: torch.Tensor
+) -> tuple[Windows, MetricSums]:
+    """PPO: ``method.ppo_buffer_size`` windows, whose rows carry per-token advantages (GAE over the
+    KL-penalised rewards, whitened over the batch) and returns, and the generating policy's log-probs and
+    critic's values. The KL coefficient adapts (and rewards are normalised) over every worker's answers,
+    so each worker holds the same values in ``TrainState.online``."""
+    cfg, state = feed.ctx.cfg, feed.ctx.state
+    made: MetricSums = {}
+    if cfg.method.ppo_score_norm:
+        scores = _normalized_scores(feed, scores)
+    parts = np.array_split(np.arange(len(generation.completions)), cfg.method.ppo_buffer_size)
+    windows = [feed.batches(prompts, generation, scores, part.tolist(), "scores") for part in parts]
+    batches = [batch for window in windows for batch in window]
+    masks = [batch["labels"][:, 1:] != IGNORE_INDEX for batch in batches]
+    kls = _generating_policy(feed, batches)
+    per_answer = torch.cat([(kl * mask).sum(1) for kl, mask in zip(kls, masks, strict=True)])
+    kl_sum, answers = feed.ctx.core.strategy.all_reduce_sum([float(per_answer.sum()), float(per_answer.numel())])
+    coef = state.online.get("kl_coef", cfg.method.kl_coef)
+    made["kl"], made["kl_coef"] = (float(per_answer.sum()), float(per_answer.numel())), (coef, 1.0)
+    if cfg.method.ppo_target is not None:
+        state.online["kl_coef"] = adaptive_kl_coef(coef, kl_sum / answers, cfg.method.ppo_target, int(answers))
+    rewards = [kl_penalized_rewards(b["scores"], kl, m, coef) for b, kl, m in zip(batches, kls, masks, strict=True)]
+    if cfg.method.ppo_whiten_rewards:
+        rewards = _whitened(rewards, masks, shift_mean=False)
+    advantages = []
+    for batch, reward, mask in zip(batches, rewards, masks, strict=True):
+        advantage, batch["returns"] = gae(reward, batch["old_values"], mask, cfg.method.gamma, cfg.method.lam)
+        advantages.append(advantage)
+    for batch, advantage in zip(batches, _whitened(advantages, masks), strict=True):
+        batch["advantages"] = advantage
+    return windows, made
+
+
+@torch.no_grad()
+def _generating_policy(feed: RolloutFeed, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """Adds each batch's ``old_logps`` (the engine's under ``rollout.async: one_step``, generated one update
+    ago) and ``old_values``; returns its per-token KL to the reference (0 without one)."""
+    core, method = feed.ctx.core, feed.ctx.cfg.method
+    model = core.strategy.unwrap(core.model)
+    reference = getattr(core.objective, "reference", None)
+    kls = []
+    with core.precision.autocast():
+        for batch in batches:
+            logps, _, out = policy_outputs(model, batch, method.temperature)
+            batch["old_values"] = out["values"][:, :-1].float() * (batch["labels"][:, 1:] != IGNORE_INDEX)
+            batch["old_logps"] = batch["rollout_logps"] if feed.overlap else logps
+            if reference is None or method.kl == "none":
+                kls.append(torch.zeros_like(logps))
+                continue
+            kls.append(token_kl(batch["old_logps"], reference.token_logps(batch, method.temperature), method.kl))
+    return kls
+
+
+def _normalized_scores(feed: RolloutFeed, scores: torch.Tensor) -> torch.Tensor:
+    """Scores minus the running mean of every score so far, over the running std (all workers' answers)."""
+    state = feed.ctx.state
+    count, total, squares = feed.ctx.core.strategy.all_reduce_sum(
+        [float(scores.numel()), float(scores.sum()), float((scores**2).sum())]
+    )
+    mean = total / count
+    saved = Moments(*(state.online.get(f"score_{name}", 0.0) for name in Moments._fields))
+    moments = update_moments(saved, mean, max(squares / count - mean**2, 0.0), count)
+    state.online.update({f"score_{name}": value for name, value in moments._asdict().items()})
+    return (scores - moments.mean) / (moments.std + 1e-8)
+
+
+def _whitened(tensors: list[torch.Tensor], masks: list[torch.Tensor], shift_mean: bool = True) -> list[torch.Tensor]:
+    """``masked_whiten`` over the masked entries of several tensors together (micro-batches of one batch)."""
+    flat = torch.cat([tensor[mask] for tensor, mask in zip(tensors, masks, strict=True)])
+    white = masked_whiten(flat, torch.ones_like(flat), shift_mean)
+    out, start = [], 0
+    for tensor, mask in zip(tensors, masks, strict=True):
+        placed = torch.zeros_like(tensor)
+        placed[mask] = white[start : start + int(mask.sum())]
+        start += int(mask.sum())
+        out.append(placed)
+    return out
+
+
+WINDOWS = {"grpo": group_windows, "ppo": critic_windows}
+"""``method.stage`` -> how a generated, scored batch becomes the windows of its optimizer steps."""
 
 
 def _kept_answers(scores: torch.Tensor, group: int, filtered: bool) -> list[int]:

@@ -8,7 +8,7 @@ position, plus the tokenizer and resolved config that make it usable for inferen
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class TrainState:
     """Current pass over the data (0-based)."""
     batches_in_epoch: int = 0
     """Micro-batches of the current epoch this worker has consumed."""
+    online: dict[str, float] = field(default_factory=dict)
+    """An online stage's adaptive values, the same on every worker (PPO's KL coefficient and reward moments)."""
 
 
 def save_checkpoint(folder: Path, core: StepCore, tokenizer: Any, cfg: JobConfig, state: TrainState) -> bool:

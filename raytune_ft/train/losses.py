@@ -25,8 +25,10 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "POLICY_AGGREGATIONS",
+    "Moments",
     "PairLoss",
     "PolicyLoss",
+    "adaptive_kl_coef",
     "aggregate_policy_loss",
     "clipped_policy_loss",
     "dpo_loss",
@@ -34,6 +36,7 @@ __all__ = [
     "group_advantages",
     "hinge_loss",
     "ipo_loss",
+    "kl_penalized_rewards",
     "kto_loss",
     "masked_whiten",
     "orpo_loss",
@@ -42,6 +45,7 @@ __all__ = [
     "rloo_advantages",
     "simpo_loss",
     "token_kl",
+    "update_moments",
     "value_loss",
 ]
 
@@ -251,6 +255,57 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     var = (((x - mean) * mask) ** 2).sum() / (count - 1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     return (whitened if shift_mean else whitened + mean) * mask
+
+
+def kl_penalized_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """PPO's per-token reward for RLHF (Ziegler et al. 2019, eq. 2; Ouyang et al. 2022, eq. 2): -beta KL_t at
+    every answer token, plus the answer's score r(x, y) at its last token. ``kl`` holds per-token KL estimates
+    (``token_kl``), ``scores`` one reward per row, ``mask`` the answer tokens (a contiguous run per row)."""
+    mask = mask.to(kl.dtype)
+    rewards = -kl_coef * kl * mask
+    last = (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(dim=1)  # each row's last answer token
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
+    return rewards
+
+
+KL_HORIZON = 10_000
+"""Answers over which the adaptive KL coefficient may change by about ``KL_STEP`` (TRL's ``horizon``)."""
+
+KL_STEP = 0.2
+"""The largest proportional error the adaptive KL controller acts on."""
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, answers: int, horizon: int = KL_HORIZON) -> float:
+    """The adaptive KL coefficient after a batch (Ziegler et al. 2019, sec. 2.2): with the error
+    e = clip(KL / KL_target - 1, -0.2, 0.2), beta <- beta (1 + e n / horizon), where KL is the batch's mean
+    per-answer KL and n its number of answers."""
+    error = min(max(kl / target - 1.0, -KL_STEP), KL_STEP)
+    return coef * (1.0 + error * answers / horizon)
+
+
+class Moments(NamedTuple):
+    """Running mean, (biased) variance and count of every value seen so far."""
+
+    mean: float = 0.0
+    var: float = 0.0
+    n: float = 0.0
+
+    @property
+    def std(self) -> float:
+        """The unbiased standard deviation."""
+        return (self.var * self.n / (self.n - 1)) ** 0.5 if self.n > 1 else 0.0
+
+
+def update_moments(moments: Moments, mean: float, var: float, count: float) -> Moments:
+    """``moments`` joined with a batch of ``count`` values of mean ``mean`` and biased variance ``var``
+    (Chan, Golub and LeVeque 1979, the pairwise update): delta = mean_b - mean_a, n = n_a + n_b,
+    mean = mean_a + delta n_b / n, M2 = M2_a + M2_b + delta^2 n_a n_b / n."""
+    total = moments.n + count
+    if total == 0:
+        return moments
+    delta = mean - moments.mean
+    m2 = moments.var * moments.n + var * count + delta**2 * moments.n * count / total
+    return Moments(moments.mean + delta * count / total, m2 / total, total)
 
 
 # --- online RL: policy, KL and value losses --------------------------------------------------------------

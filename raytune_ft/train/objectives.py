@@ -30,8 +30,9 @@ from .losses import (
     pairwise_reward_loss,
     simpo_loss,
     token_kl,
+    value_loss,
 )
-from .reference import Reference, sequence_logps, token_logps
+from .reference import Reference, policy_outputs, sequence_logps, token_logps
 
 __all__ = [
     "OBJECTIVES",
@@ -39,6 +40,7 @@ __all__ = [
     "KTOObjective",
     "MetricSums",
     "Objective",
+    "PPOObjective",
     "PolicyObjective",
     "PreferenceObjective",
     "RewardObjective",
@@ -360,6 +362,57 @@ class PolicyObjective:
         return self.tally.pop()
 
 
+class PPOObjective:
+    """PPO with a critic on generated answers (Schulman et al. 2017, eq. 9 without the entropy bonus; as
+    TRL's PPO trainer): each row is a prompt and one answer with per-token ``advantages`` (GAE, whitened),
+    ``returns``, and the generating policy's ``old_logps`` and critic's ``old_values``, all in the layout
+    of ``token_logps``. The model is the policy with a value head (``values`` beside its logits).
+
+    Per answer token: the clipped surrogate plus ``vf_coef`` x the (clipped) value loss; every token of the
+    mini-batch weighs the same. The KL to the reference is already in the rewards the advantages came from.
+    """
+
+    def __init__(self, cfg: MethodConfig, reference: Reference | None) -> None:
+        self.cfg, self.reference = cfg, reference  # the feed scores the KL of the rewards with the reference
+        self.tally = _Tally(
+            "clip_ratio/low", "clip_ratio/high", "entropy", "rollout/logprob_gap", "value_loss", "value_clip_ratio",
+            "values",
+        )  # fmt: skip
+
+    def terms(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        logps, entropy, out = policy_outputs(model, batch, self.cfg.temperature, entropy=True)
+        values = out["values"][:, :-1]  # the value of the answer so far, where the next token is predicted
+        policy = clipped_policy_loss(logps, batch["old_logps"], batch["advantages"], self.cfg.epsilon,
+                                     self.cfg.clip_high)  # fmt: skip
+        critic = value_loss(values, batch["old_values"], batch["returns"], self.cfg.value_clip)
+        per_token = policy.per_token + self.cfg.vf_coef * critic
+        self._record(policy.clipped_low, policy.clipped_high, entropy, values, critic, batch, logps, mask)
+        return (per_token * mask).sum()
+
+    def _record(
+        self, low: torch.Tensor, high: torch.Tensor, entropy: torch.Tensor | None, values: torch.Tensor,
+        critic: torch.Tensor, batch: dict[str, torch.Tensor], logps: torch.Tensor, mask: torch.Tensor,
+    ) -> None:  # fmt: skip
+        self.tally.add("clip_ratio/low", low[mask].float())
+        self.tally.add("clip_ratio/high", high[mask].float())
+        if entropy is not None:
+            self.tally.add("entropy", entropy[mask])
+        self.tally.add("value_loss", critic.detach()[mask])
+        self.tally.add("values", values.detach()[mask])
+        if self.cfg.value_clip is not None:
+            moved = (values.detach() - batch["old_values"]).abs() > self.cfg.value_clip
+            self.tally.add("value_clip_ratio", moved[mask].float())
+        if "rollout_logps" in batch:
+            self.tally.add("rollout/logprob_gap", (logps.detach() - batch["rollout_logps"]).abs()[mask])
+
+    def metrics(self) -> MetricSums:
+        return self.tally.pop()
+
+
 ObjectiveFactory = Callable[[MethodConfig, "Reference | None"], Objective]
 
 OBJECTIVES: dict[str, ObjectiveFactory] = {
@@ -369,4 +422,5 @@ OBJECTIVES: dict[str, ObjectiveFactory] = {
     "dpo": PreferenceObjective,
     "kto": KTOObjective,
     "grpo": PolicyObjective,
+    "ppo": PPOObjective,
 }

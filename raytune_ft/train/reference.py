@@ -25,6 +25,7 @@ __all__ = [
     "Reference",
     "ReferenceLogps",
     "build_reference",
+    "policy_outputs",
     "sequence_logps",
     "token_logps",
     "with_reference_logps",
@@ -51,10 +52,19 @@ def token_logps(
     """log p(x_{t+1} | x_<=t) of every learned token at ``temperature`` (logits / T), shape (rows, seq - 1),
     0 where the label is masked; with ``entropy``, the policy's entropy at those positions too (else None).
     The LM head runs only where some row learns the next token."""
+    logps, spread, _ = policy_outputs(model, batch, temperature, entropy)
+    return logps, spread
+
+
+def policy_outputs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0, entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+    """``token_logps`` and the model's whole output (a critic's ``values`` ride along), from one forward."""
     from .objectives import learned_positions, model_inputs
 
     keep = learned_positions(batch["labels"])
-    logits = model(**model_inputs(batch), logits_to_keep=keep).logits.float()
+    out = model(**model_inputs(batch), logits_to_keep=keep)
+    logits = out.logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     targets = batch["labels"][:, 1:][:, keep]
@@ -62,12 +72,12 @@ def token_logps(
     picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     picked = picked * (targets != IGNORE_INDEX)
     shape = batch["labels"][:, 1:].shape
-    out = picked.new_zeros(shape).index_copy(1, keep, picked)
+    logps = picked.new_zeros(shape).index_copy(1, keep, picked)
     if not entropy:
-        return out, None
+        return logps, None, out
     with torch.no_grad():  # a metric: no graph through a second vocabulary-wide tensor
         spread = torch.stack([_entropy(row) for row in logits.detach()])
-    return out, spread.new_zeros(shape).index_copy(1, keep, spread)
+    return logps, spread.new_zeros(shape).index_copy(1, keep, spread), out
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
