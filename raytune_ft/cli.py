@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="fine-tune a model as described by a YAML config",
-        description="Fine-tune on Ray Train. Re-running a run_name resumes it. Online stages (method.stage: grpo) "
+        description="Fine-tune on Ray Train. Re-running a run_name resumes it. Online stages (method.stage: grpo, ppo) "
         "also start their vLLM rollout engines (and reward models) as Ray actors for the run's length.",
     )
     _config_args(train)

@@ -98,9 +98,20 @@ def _report_to(value: Any) -> dict[str, Any]:
 
 
 def _stage(value: Any) -> dict[str, Any]:
-    if value == "ppo":
-        raise Refused("PPO is not available yet; train a reward model (stage: rm) or use dpo/kto")
     return {"method.stage": value}
+
+
+def _reward_model(value: Any) -> dict[str, Any]:
+    return {"method.reward": [f"rm:{value}"]} if value else {}
+
+
+def _reward_model_type(value: Any) -> dict[str, Any]:
+    if value == "api":
+        raise Refused(
+            "a reward server is not supported; train a reward model with stage rm and point reward_model at it, "
+            "or write a reward function and name it in method.reward (module:function)"
+        )
+    return {}  # lora or full: our reward-model checkpoints say themselves whether they hold an adapter
 
 
 def _finetuning_type(value: Any) -> dict[str, Any]:
@@ -397,18 +408,17 @@ KEYS: dict[str, Rule] = {
     "ref_model": _refused("the reference is the base model (method.reference)", None),
     "ref_model_adapters": _refused("the reference is the base model (method.reference)", None),
     "ref_model_quantization_bit": _refused("the reference is the base model (method.reference)", None),
-    "reward_model": _refused("PPO is not available yet", None),
-    "reward_model_adapters": _refused("PPO is not available yet", None),
-    "reward_model_quantization_bit": _refused("PPO is not available yet", None),
-    "reward_model_type": _ignored("only used by PPO"),
-    **_same(
-        _ignored("only used by PPO"),
-        "ppo_buffer_size",
-        "ppo_epochs",
-        "ppo_score_norm",
-        "ppo_target",
-        "ppo_whiten_rewards",
+    "reward_model": _map(_reward_model, "method.reward: rm:<reward_model> (a checkpoint or run of stage rm)"),
+    "reward_model_adapters": _refused(
+        "a reward model is one checkpoint of stage rm, its adapter included: point reward_model at it", None
     ),
+    "reward_model_quantization_bit": _refused("quantized reward models are not supported", None),
+    "reward_model_type": _map(_reward_model_type, "lora or full: read from the checkpoint itself; api: refused"),
+    "ppo_buffer_size": _to("method.ppo_buffer_size"),
+    "ppo_epochs": _to("method.ppo_epochs"),
+    "ppo_score_norm": _to("method.ppo_score_norm"),
+    "ppo_target": _to("method.ppo_target", float),
+    "ppo_whiten_rewards": _to("method.ppo_whiten_rewards"),
     "use_galore": _map(_switch("galore_adamw"), "train.optimizer: galore_adamw"),
     "use_apollo": _map(_switch("apollo_adamw"), "train.optimizer: apollo_adamw"),
     "use_muon": _map(_switch("muon"), "train.optimizer: muon"),
@@ -543,7 +553,9 @@ KEYS: dict[str, Rule] = {
     "max_new_tokens": _to("eval.max_new_tokens"),
     "temperature": _to("eval.temperature", float),
     "do_sample": _map(_do_sample, "false: eval.temperature 0 (greedy)"),
-    "top_p": _ignored("sampling draws with temperature only"),
+    "top_p": _map(
+        lambda value: {"rollout.use.top_p": value}, "rollout.top_p for ppo (chat and eval sample with temperature only)"
+    ),
     "top_k": _ignored("sampling draws with temperature only"),
     "num_beams": _refused("beam search is not supported", 1),
     "repetition_penalty": _refused("a repetition penalty is not supported", 1.0, 1),
@@ -687,6 +699,7 @@ def _combine(flat: dict[str, Any], problems: list[str]) -> None:
         else:
             flat["model.source"] = f"{source}@{revision}"
     _combine_optimizer(flat, problems)
+    _combine_online(flat)
     if flat.pop("train.use.pure_bf16", False):  # LLaMA-Factory turns mixed precision off under pure_bf16
         flat.update({"model.dtype": "bfloat16", "train.precision": "pure_bf16"})
     filesystem = flat.pop("train.storage_filesystem", None)
@@ -697,6 +710,24 @@ def _combine(flat: dict[str, Any], problems: list[str]) -> None:
         else:
             path = str(flat.get("train.storage_path", "")).split("://", 1)[-1].lstrip("/")
             flat["train.storage_path"] = f"{scheme}://{path}"
+
+
+def _combine_online(flat: dict[str, Any]) -> None:
+    """PPO generates with the generation keys (``max_new_tokens``, ``temperature``, ``top_p``), and one
+    generated batch holds what LLaMA-Factory collects per PPO step on one device: per_device_train_batch_size
+    x gradient_accumulation_steps x ppo_buffer_size prompts (``rollout.prompts_per_step``; raise it with
+    more workers). Gradient accumulation is then implicit: each step learns from its whole mini-batch."""
+    top_p = flat.pop("rollout.use.top_p", None)
+    if flat.get("method.stage") != "ppo":
+        return
+    for ours, theirs in (("method.max_new_tokens", "eval.max_new_tokens"), ("method.temperature", "eval.temperature")):
+        if flat.get(theirs):
+            flat[ours] = flat[theirs]
+    if top_p is not None:
+        flat["rollout.top_p"] = top_p
+    batch = int(flat.get("train.per_device_batch_size", 8))  # Hugging Face's default
+    steps = int(flat.pop("train.gradient_accumulation_steps", 1))
+    flat["rollout.prompts_per_step"] = batch * steps * int(flat.get("method.ppo_buffer_size", 1))
 
 
 def _unknown(key: str) -> str:

@@ -14,8 +14,11 @@ from raytune_ft.models import CONFIG_FILE, STATE_FILE, checkpoint_step, is_adapt
 __all__ = ["CURVES", "CheckpointInfo", "Sweep", "find_runs", "find_sweeps", "list_checkpoints", "read_metrics",
            "read_sweep", "run_config"]  # fmt: skip
 
-CURVES = ("loss", "eval_loss", "lr", "tokens_per_s", "reward", "kl", "response_length", "rollout/tokens_per_s")
-"""The ``metrics.jsonl`` series the Monitor page plots against step (those a run logs; the last four are grpo's)."""
+CURVES = (
+    "loss", "eval_loss", "lr", "tokens_per_s", "reward", "kl", "response_length", "rollout/tokens_per_s", "value_loss",
+)  # fmt: skip
+"""The ``metrics.jsonl`` series the Monitor page plots against step (those a run logs; from ``reward`` on, the
+online stages', and ``value_loss`` PPO's)."""
 
 
 @dataclass(frozen=True)

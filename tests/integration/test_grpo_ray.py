@@ -1,6 +1,6 @@
-"""GRPO on local Ray with vLLM rollout engines as actors, on a tiny random model: the reward rises, the
-engines generate with the weights the trainer just published, runs resume, and a killed engine is
-replaced without losing the run."""
+"""GRPO and PPO on local Ray with vLLM rollout engines as actors, on a tiny random model: the reward rises,
+the engines generate with the weights the trainer just published, runs resume, a killed engine is
+replaced without losing the run, and a reward model trained with stage rm scores the answers."""
 
 from __future__ import annotations
 
@@ -174,14 +174,9 @@ def test_a_sweep_runs_each_trial_with_its_own_engines(policy_dir: Path, tmp_path
     assert not [actor for actor in alive if actor["name"].startswith("rollout-")], alive
 
 
-def test_a_reward_model_served_by_an_actor_raises_its_own_score(
-    policy_dir: Path, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """A reward model trained with stage rm, named as rm:<run dir>: its actor scores every answer, the policy
-    learns to please it, and the actor is stopped with the run."""
-    import ray
-
-    from raytune_ft.rl.launch import run_online
+@pytest.fixture(scope="module")
+def reward_model(local_ray: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A reward model trained with stage rm on preference pairs, named as the reward ``rm:<run dir>``."""
     from raytune_ft.train import run_training
 
     rm = run_training(JobConfig.model_validate({
@@ -189,15 +184,61 @@ def test_a_reward_model_served_by_an_actor_raises_its_own_score(
         "data": {"dataset": "pref_300", "cutoff_len": 128},
         "method": {"stage": "rm"},
         "adapter": {"rank": 4},
-        "train": {"run_name": "rm", "storage_path": str(tmp_path), "learning_rate": 3e-3, "max_steps": 8,
-                  "save_steps": 8, "per_device_batch_size": 4},
+        "train": {"run_name": "rm", "storage_path": str(tmp_path_factory.mktemp("rm")), "learning_rate": 3e-3,
+                  "max_steps": 8, "save_steps": 8, "per_device_batch_size": 4},
     }))  # fmt: skip
-    reward = f"rm:{rm.run_dir}"
+    return f"rm:{rm.run_dir}"
+
+
+def test_a_reward_model_served_by_an_actor_raises_its_own_score(
+    policy_dir: Path, reward_model: str, tmp_path: Path
+) -> None:
+    """A reward model trained with stage rm, named as rm:<run dir>: its actor scores every answer, the policy
+    learns to please it, and the actor is stopped with the run."""
+    import ray
+
+    from raytune_ft.rl.launch import run_online
+
     outcome = run_online(grpo_job(policy_dir, tmp_path, "judged", 12, adapter="full", lr=2e-2, group=8,
-                                  prompts_per_step=8, reward=reward))  # fmt: skip
+                                  prompts_per_step=8, reward=reward_model))  # fmt: skip
     logged = metrics(outcome.run_dir)
-    scores = [m[f"reward/{reward}"] for m in logged]
+    scores = [m[f"reward/{reward_model}"] for m in logged]
     assert scores == pytest.approx([m["reward"] for m in logged], abs=1e-5)  # the only reward, weight 1
     assert mean(scores[-4:]) > mean(scores[:4]) + 0.1, scores  # 12 steps moved it 0.24 here (step std ~0.04)
     alive = ray.util.list_named_actors(all_namespaces=True)
     assert not [actor for actor in alive if actor["name"].startswith(("reward-", "rollout-"))], alive
+
+
+def ppo_job(model: Path, storage: Path, steps: int, reward: str) -> JobConfig:
+    cfg = grpo_job(model, storage, "ppo", steps, reward=reward).model_dump(mode="json", by_alias=True)
+    cfg["method"] = {"stage": "ppo", "reward": reward, "max_new_tokens": 12, "ppo_epochs": 2, "ppo_buffer_size": 2,
+                     "ppo_target": 0.5, "ppo_score_norm": True}  # fmt: skip
+    cfg["train"].update(learning_rate=1e-2, per_device_batch_size=2)
+    return JobConfig.model_validate(cfg)
+
+
+def test_ppo_with_a_reward_model_trains_and_resumes(policy_dir: Path, reward_model: str, tmp_path: Path) -> None:
+    """PPO scored by our reward model: each generated batch makes ppo_epochs x ppo_buffer_size = 4 steps; the
+    critic and the policy change, the engine follows the policy, and a run stopped at step 4 resumes to 8 with
+    its critic, its adaptive KL coefficient and its reward moments."""
+    from safetensors.torch import load_file
+
+    from raytune_ft.models import CRITIC_WEIGHTS
+    from raytune_ft.rl.launch import run_online
+
+    first = run_online(ppo_job(policy_dir, tmp_path, 4, reward_model))
+    saved = json.loads(Path(first.checkpoint or "", "trainer_state.json").read_text())["online"]
+    assert {"kl_coef", "score_mean", "score_var", "score_n"} <= set(saved), saved
+    assert saved["score_n"] == 4  # one answer to each of the batch's 4 prompts
+    second = run_online(ppo_job(policy_dir, tmp_path, 8, reward_model))
+    logged = metrics(second.run_dir)
+    assert [m["step"] for m in logged] == list(range(1, 9))
+    generated = [m for m in logged if "kl_coef" in m]
+    assert [m["step"] for m in generated] == [1, 5]
+    assert generated[1]["kl_coef"] == pytest.approx(saved["kl_coef"])  # resumed: the coefficient adapted at step 1
+    assert generated[0]["kl_coef"] == pytest.approx(0.2) and saved["kl_coef"] != pytest.approx(0.2)
+    assert all(m["value_loss"] >= 0 and 0 <= m["clip_ratio/low"] <= 1 for m in logged)
+    assert max(m["rollout/logprob_gap"] for m in generated) < 2e-3  # engines generate with the published policy
+    heads = [load_file(str(Path(run.checkpoint or "", CRITIC_WEIGHTS)))["weight"] for run in (first, second)]
+    assert not heads[0].equal(heads[1])  # the critic kept training after the resume
+    assert Path(second.checkpoint or "", "adapter_model.safetensors").is_file()

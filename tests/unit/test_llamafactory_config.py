@@ -121,9 +121,31 @@ def test_template_names_are_checked_as_the_file_loads(tmp_path: Path) -> None:
         load_config(write(tmp_path, "model_name_or_path: x\ntemplate: qwen3_no_think\n"))
 
 
+def test_a_ppo_yaml_maps_its_reward_model_generation_and_batch(tmp_path: Path) -> None:
+    """LLaMA-Factory's PPO example as its users write it: the reward model becomes an rm: reward, the generation
+    keys drive the rollouts, and a PPO step's prompts (batch x accumulation x buffer) one generated batch."""
+    text = (
+        "model_name_or_path: x\nreward_model: saves/rm\nreward_model_type: lora\nstage: ppo\ndo_train: true\n"
+        "finetuning_type: lora\ndataset: arithmetic_1k\nper_device_train_batch_size: 2\n"
+        "gradient_accumulation_steps: 4\nppo_buffer_size: 2\nppo_epochs: 2\nppo_target: 3\nppo_score_norm: true\n"
+        "ppo_whiten_rewards: true\nmax_new_tokens: 64\ntemperature: 0.7\ntop_k: 0\ntop_p: 0.9\n"
+    )
+    with pytest.warns(ConfigWarning, match="top_k"):
+        cfg = load_config(write(tmp_path, text))
+    m = cfg.method
+    assert (m.stage, m.loss, m.reward, m.group_size, m.kl, m.kl_coef) == ("ppo", "ppo", ["rm:saves/rm"], 1, "k1", 0.2)
+    assert (m.ppo_buffer_size, m.ppo_epochs, m.ppo_target, m.ppo_score_norm, m.ppo_whiten_rewards) == (2, 2, 3.0, True,
+                                                                                                      True)  # fmt: skip
+    assert (m.max_new_tokens, m.temperature, cfg.rollout.top_p) == (64, 0.7, 0.9)
+    assert (cfg.rollout.prompts_per_step, cfg.train.gradient_accumulation_steps) == (16, 1)
+    assert cfg.train.per_device_batch_size == 2
+
+
 def test_unsupported_values_fail_in_our_terms(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"stage: 'ppo': PPO is not available yet"):
-        load_config(write(tmp_path, "model_name_or_path: x\nstage: ppo\n"))
+    with pytest.raises(ConfigError, match=r"reward_model_type: 'api': a reward server is not supported"):
+        load_config(
+            write(tmp_path, "model_name_or_path: x\nstage: ppo\nreward_model: http://x\nreward_model_type: api\n")
+        )
     with pytest.raises(ConfigError, match=r"method\.loss"):
         load_config(write(tmp_path, "model_name_or_path: x\nstage: dpo\npref_loss: kto_pair\n"))
 

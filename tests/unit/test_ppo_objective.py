@@ -159,7 +159,7 @@ def test_ppo_defaults_and_refusals() -> None:
         JobConfig.model_validate({"method": {"stage": "grpo", "group_size": 1}})
     with pytest.raises(ValueError, match="applies to stage ppo"):
         JobConfig.model_validate({"method": {"stage": "grpo", "ppo_buffer_size": 2}})
-    with pytest.raises(ValueError, match="make rollout.prompts_per_step a multiple of 6"):
+    with pytest.raises(ValueError, match=r"make rollout\.prompts_per_step a multiple of 6"):
         JobConfig.model_validate(
             {"method": {"stage": "ppo", "ppo_buffer_size": 3}, "rollout": {"prompts_per_step": 8},
              "scaling": {"num_workers": 2}}
