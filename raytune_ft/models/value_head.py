@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raytune_ft.config import ModelConfig, load_config
+from raytune_ft.config import JobConfig, ModelConfig, load_config
 
 from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
 
@@ -155,13 +155,13 @@ class RewardScorer:
     def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.tokenizer.padding_side = "right"  # the score is read at each row's last real token
+        self.closing = self._turn_closing()
 
     @classmethod
     def load(cls, path: str | Path) -> RewardScorer:
         from .loading import load_base, load_causal_lm, load_tokenizer
 
-        checkpoint = reward_model_checkpoint(path)
-        cfg = load_config(checkpoint / CONFIG_FILE)
+        checkpoint, cfg = _reward_model(path)
         model_cfg = ModelConfig(
             source=cfg.model.source,
             dtype=cfg.model.dtype,
@@ -182,9 +182,8 @@ class RewardScorer:
         """One reward per answer to a prompt already rendered up to its generation prompt (special tokens kept, as
         the policy's template wrote it): the text is scored as the conversation it ends, closed the way this
         model's chat template closes an assistant turn."""
-        closing = self._turn_closing()
-        return self._score_texts([prompt + answer + closing for prompt, answer in zip(prompts, answers, strict=True)],
-                                 batch_size)  # fmt: skip
+        texts = [prompt + answer + self.closing for prompt, answer in zip(prompts, answers, strict=True)]
+        return self._score_texts(texts, batch_size)
 
     def _turn_closing(self) -> str:
         """What the chat template writes after an assistant's text (``<|im_end|>\\n`` for ChatML)."""
@@ -213,8 +212,15 @@ class RewardScorer:
 
 def reward_model_checkpoint(path: str | Path) -> Path:
     """The newest checkpoint of ``path`` (a checkpoint or run directory), which ``stage: rm`` must have written."""
+    return _reward_model(path)[0]
+
+
+def _reward_model(path: str | Path) -> tuple[Path, JobConfig]:
+    """``reward_model_checkpoint`` and the config it was trained with."""
     checkpoint = latest_checkpoint(path)
-    stage = load_config(checkpoint / CONFIG_FILE).method.stage
-    if stage != "rm":
-        raise CheckpointError(f"{checkpoint}: trained with method.stage {stage}, not rm; a reward model comes from rm")
-    return checkpoint
+    cfg = load_config(checkpoint / CONFIG_FILE)
+    if cfg.method.stage != "rm":
+        raise CheckpointError(
+            f"{checkpoint}: trained with method.stage {cfg.method.stage}, not rm; a reward model comes from rm"
+        )
+    return checkpoint, cfg

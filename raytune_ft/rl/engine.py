@@ -30,9 +30,12 @@ __all__ = [
     "Generation",
     "RolloutEngine",
     "WeightStore",
+    "colocated_share",
     "engine_options",
+    "engine_threads",
     "merged_adapter",
     "start_engines",
+    "use_threads",
 ]
 
 STORE_POLL_S = 0.05
@@ -81,7 +84,7 @@ class RolloutEngine:
         # Set before vLLM reads them, over what the job's runtime_env gives: rollout.kv_cache_gib is this engine's.
         os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE=f"{cfg.rollout.kv_cache_gib:g}")
         self.cfg, self.store = cfg, store
-        _use_threads(engine_threads(cfg))
+        use_threads(engine_threads(cfg))
         self.adapter = cfg.adapter.type == "lora"
         max_len = cfg.data.cutoff_len + cfg.method.max_new_tokens
         engine = start_vllm(
@@ -220,18 +223,23 @@ def _model_weights(files: dict[str, bytes]) -> list[tuple[str, Any]]:
     ]
 
 
+def colocated_share(cfg: JobConfig, cores: float) -> float:
+    """The cores of a node that colocated engines and training each use while they run: all of them when they
+    take turns, half under ``rollout.async: one_step``, where the engines generate while the workers train (on
+    2 cores, both taking all of them made each step 1.5-2x slower than taking turns)."""
+    return cores / 2 if cfg.rollout.async_ == "one_step" else cores
+
+
 def engine_threads(cfg: JobConfig) -> int:
-    """Compute threads of an engine: every core of its node when colocated (generation and training take
-    turns), half of them under ``rollout.async: one_step`` (generation runs while training does; on 2 cores,
-    both taking all of them made each step 1.5-2x slower than taking turns), else its reserved CPUs. Ray would
-    give an actor that reserves no CPU a single thread."""
+    """Compute threads of an engine (or reward model) on the node it runs on: its colocated share of the node's
+    cores, else its reserved CPUs. Ray would give an actor that reserves no CPU a single thread."""
     if cfg.rollout.placement == "colocated":
-        cores = len(os.sched_getaffinity(0))
-        return max(1, cores // 2) if cfg.rollout.async_ == "one_step" else cores
+        return max(1, math.floor(colocated_share(cfg, len(os.sched_getaffinity(0)))))
     return max(1, math.floor(cfg.rollout.cpus_per_engine))
 
 
-def _use_threads(count: int) -> None:
+def use_threads(count: int) -> None:
+    """This process's compute threads (torch's and OpenMP's)."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(count)

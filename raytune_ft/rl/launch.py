@@ -16,25 +16,22 @@ from typing import Any
 from raytune_ft.config import JobConfig
 from raytune_ft.train import OFFLINE, TrainOutcome, WorkerSetup, run_training
 
-from .engine import WeightStore, start_engines
+from .engine import WeightStore, colocated_share, start_engines
 from .loop import rl_loop_per_worker
-from .reward_models import check_reward_models, start_reward_models
-from .rewards import REWARD_MODEL_PREFIX, load_reward
+from .reward_models import start_reward_models
+from .rewards import load_reward
 
 __all__ = ["ONLINE", "check_rewards", "rollout_actors", "run_online", "training_threads", "worker_setup"]
 
 
 def training_threads(cfg: JobConfig, cpus: float) -> int:
-    """Compute threads per training worker: its reserved CPUs, or with colocated engines, which reserve none
-    and take turns with training, its share of the cluster's CPUs (the prompts' tokenization is light); half
-    that share under ``rollout.async: one_step``, where the engines generate while the workers train."""
+    """Compute threads per training worker: its reserved CPUs, or with colocated engines, which reserve none,
+    its share of the cluster's CPUs (the prompts' tokenization is light) as ``colocated_share`` splits them."""
     import ray
 
     if cfg.rollout.placement != "colocated" or cfg.scaling.use_gpu:
         return math.ceil(cpus)
-    total = float(ray.cluster_resources().get("CPU", 1))
-    if cfg.rollout.async_ == "one_step":
-        total /= 2
+    total = colocated_share(cfg, float(ray.cluster_resources().get("CPU", 1)))
     return max(math.ceil(cpus), math.floor(total / cfg.scaling.num_workers))
 
 
@@ -49,12 +46,10 @@ def worker_setup(cfg: JobConfig) -> WorkerSetup:
 
 
 def check_rewards(cfg: JobConfig) -> None:
-    """Load every reward once on the driver, so a wrong name or import path fails before engines start (the
-    workers load them again; a function by import path must be importable there too)."""
+    """Load every reward once on the driver, so a wrong name, import path or reward-model path fails before
+    engines start (the workers load them again; a function by import path must be importable there too)."""
     for name in cfg.method.reward:
-        if not name.startswith(REWARD_MODEL_PREFIX):
-            load_reward(name, cfg.method.max_new_tokens)
-    check_reward_models(cfg)
+        load_reward(name, cfg.method.max_new_tokens)
 
 
 @contextmanager

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from raytune_ft.config import JobConfig
-from raytune_ft.models import RewardScorer, reward_model_checkpoint
+from raytune_ft.models import RewardScorer
 
-from .engine import engine_options, engine_threads
+from .engine import engine_options, engine_threads, use_threads
 from .rewards import REWARD_MODEL_PREFIX
 
-__all__ = ["RewardModelActor", "check_reward_models", "reward_model_names", "start_reward_models"]
+__all__ = ["RewardModelActor", "reward_model_names", "start_reward_models"]
 
 
 def reward_model_names(cfg: JobConfig) -> list[str]:
@@ -25,19 +25,11 @@ def reward_model_names(cfg: JobConfig) -> list[str]:
     return list(dict.fromkeys(name for name in cfg.method.reward if name.startswith(REWARD_MODEL_PREFIX)))
 
 
-def check_reward_models(cfg: JobConfig) -> None:
-    """Each reward model's path holds a checkpoint that ``stage: rm`` wrote (read on the driver, nothing loaded)."""
-    for name in reward_model_names(cfg):
-        reward_model_checkpoint(name[len(REWARD_MODEL_PREFIX) :])
-
-
 class RewardModelActor:
-    """One reward model, scoring answers to rendered prompts."""
+    """One reward model, scoring answers to rendered prompts with the threads of the node it landed on."""
 
-    def __init__(self, path: str, threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
+    def __init__(self, path: str, job: dict[str, Any]) -> None:
+        use_threads(engine_threads(JobConfig.model_validate(job)))
         self.scorer = RewardScorer.load(path)
 
     def score(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
@@ -54,10 +46,10 @@ def start_reward_models(cfg: JobConfig) -> dict[str, Any]:
     import ray
 
     actor = ray.remote(RewardModelActor)
-    options = engine_options(cfg)
+    options, job = engine_options(cfg), cfg.model_dump(mode="json")
     started = {
         name: actor.options(name=reward_actor_name(cfg, i), **options).remote(  # type: ignore[attr-defined]
-            name[len(REWARD_MODEL_PREFIX) :], engine_threads(cfg)
+            name[len(REWARD_MODEL_PREFIX) :], job
         )
         for i, name in enumerate(reward_model_names(cfg))
     }

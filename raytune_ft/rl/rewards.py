@@ -152,9 +152,12 @@ REWARD_MODEL_PREFIX = "rm:"
 def load_reward(name: str, max_new_tokens: int | None = None, actors: Mapping[str, Any] | None = None) -> RewardFn:
     """A built-in reward by name, ``overlong`` (a quarter of ``max_new_tokens`` as its buffer), any
     function by import path ``package.module:function``, or a reward model ``rm:<path>`` served by its
-    actor in ``actors`` (reward name -> actor handle)."""
+    actor in ``actors`` (reward name -> actor handle). Without ``actors``, a reward model's path is only
+    checked (it must hold a checkpoint of ``stage: rm``) and its reward cannot be called."""
     if name.startswith(REWARD_MODEL_PREFIX):
-        if actors is None or name not in actors:
+        if actors is None:
+            return _unserved_reward(name)
+        if name not in actors:
             raise RewardError(f"reward {name!r}: a reward model is scored by the actor its run starts; none was given")
         return _served_reward(actors[name])
     if name == "overlong":
@@ -177,6 +180,17 @@ def load_reward(name: str, max_new_tokens: int | None = None, actors: Mapping[st
     if not callable(fn):
         raise RewardError(f"reward {name!r} is not a function")
     return fn  # type: ignore[no-any-return]
+
+
+def _unserved_reward(name: str) -> RewardFn:
+    from raytune_ft.models import reward_model_checkpoint
+
+    reward_model_checkpoint(name[len(REWARD_MODEL_PREFIX) :])
+
+    def unserved(**_: Any) -> list[float | None]:
+        raise RewardError(f"reward {name!r}: a reward model is scored by the actor its run starts; none was given")
+
+    return unserved
 
 
 def _served_reward(actor: Any) -> RewardFn:

@@ -103,9 +103,13 @@ def test_a_reward_model_scores_an_answer_as_the_conversation_it_ends(tiny_model_
     assert len(set(whole)) == 3
 
 
-def test_a_reward_model_needs_its_actor() -> None:
+def test_a_reward_model_needs_an_rm_checkpoint_and_its_actor() -> None:
+    from raytune_ft.models import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"/no/such/run: no raytune_ft checkpoint here"):
+        load_reward("rm:/no/such/run")  # checked without an actor, as the driver does before anything starts
     with pytest.raises(RewardError, match=r"reward 'rm:saves/rm': a reward model is scored by the actor its run"):
-        load_reward("rm:saves/rm")
+        load_reward("rm:saves/rm", actors={})
 
 
 @pytest.mark.parametrize(("completion", "truth", "score"), [
