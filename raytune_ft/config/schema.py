@@ -30,6 +30,7 @@ __all__ = [
     "ExportConfig",
     "GaLoreConfig",
     "JobConfig",
+    "JudgeConfig",
     "MethodConfig",
     "ModelConfig",
     "RolloutConfig",
@@ -286,6 +287,45 @@ ONLINE_STAGES = frozenset({"grpo", "ppo"})
 """Stages that generate their own answers with rollout engines while they train."""
 
 
+JUDGE_PROMPT = (
+    "You grade answers. Question (as the model saw it):\n{question}\n\nReference answer: {reference}\n\n"
+    "Answer to grade:\n{answer}\n\nHow correct and helpful is the answer, from 0 (wrong) to 10 (perfect)? "
+    "Reply with the number only."
+)
+
+
+class JudgeConfig(Section):
+    """An LLM behind an OpenAI-compatible endpoint that grades answers: the ``judge`` reward."""
+
+    base_url: str | None = None
+    """The endpoint's base URL, e.g. ``http://judge-host:8000/v1`` (``raytune-ft serve`` gives one); needed
+    when ``method.reward`` names ``judge``."""
+
+    model: str = ""
+    """The model the endpoint serves that grades (``GET /v1/models`` lists them)."""
+
+    api_key_env: str = "OPENAI_API_KEY"
+    """The environment variable holding the endpoint's key (set it in the job's ``runtime_env`` on a cluster);
+    a key itself never goes in a config, which every checkpoint saves."""
+
+    prompt: str = JUDGE_PROMPT
+    """What the judge is asked, with ``{question}`` (the rendered prompt), ``{answer}`` and ``{reference}``
+    (the row's ground truth). The first number of the reply, over ``max_score``, is the reward (clamped to
+    0..1); a reply without one is not judged (None)."""
+
+    max_score: float = Field(default=10.0, gt=0)
+    """The top of the judge's scale."""
+
+    max_tokens: int = Field(default=16, ge=1)
+    """Longest reply of the judge, in tokens."""
+
+    concurrency: int = Field(default=8, ge=1)
+    """Requests each training worker keeps in flight."""
+
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Per request; a request that fails after two retries leaves its answer not judged."""
+
+
 class MethodConfig(Section):
     stage: Literal["sft", "pt", "rm", "dpo", "kto", "grpo", "ppo"] = "sft"
     """Training objective. ``sft``: supervised fine-tuning on chat/instruction data (answers are
@@ -352,6 +392,9 @@ class MethodConfig(Section):
     DAPO's soft length penalty) or import path ``module:function``, called as TRL calls its reward functions;
     or a reward model trained with ``stage: rm``, as ``rm:<checkpoint or run directory>``, which the run
     serves from a Ray actor of its own."""
+
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """The LLM judge of the ``judge`` reward."""
 
     reward_weights: list[float] | None = None
     """One weight per ``reward`` (all 1 when unset); the reward is their weighted sum."""
@@ -451,6 +494,11 @@ class MethodConfig(Section):
         if self.stage == "grpo" and self.group_size < 2:
             raise ValueError(
                 f"method.group_size {self.group_size}: grpo compares answers to the same prompt; use 2 or more"
+            )
+        if "judge" in self.reward and not self.judge.base_url:
+            raise ValueError(
+                "method.reward names judge but method.judge.base_url is not set: give the judge's OpenAI-compatible "
+                "endpoint (e.g. http://host:8000/v1) and method.judge.model"
             )
         if self.ppo_buffer_size > 1 and self.stage != "ppo":
             raise ValueError("method.ppo_buffer_size applies to stage ppo; for more steps per batch use ppo_epochs")

@@ -17,6 +17,7 @@ from raytune_ft.config import JobConfig
 from raytune_ft.train import OFFLINE, TrainOutcome, WorkerSetup, run_training
 
 from .engine import WeightStore, colocated_share, start_engines
+from .judge import check_judge
 from .loop import rl_loop_per_worker
 from .reward_models import start_reward_models
 from .rewards import load_reward
@@ -49,7 +50,9 @@ def check_rewards(cfg: JobConfig) -> None:
     """Load every reward once on the driver, so a wrong name, import path or reward-model path fails before
     engines start (the workers load them again; a function by import path must be importable there too)."""
     for name in cfg.method.reward:
-        load_reward(name, cfg.method.max_new_tokens)
+        load_reward(name, cfg.method.max_new_tokens, judge=cfg.method.judge)
+    if "judge" in cfg.method.reward:
+        check_judge(cfg.method.judge)
 
 
 @contextmanager

@@ -115,11 +115,11 @@ class RolloutFeed:
         share = cfg.rollout.prompts_per_step // ctx.world
         shard = ray.train.get_dataset_shard("train")
         self.prompts = _prompt_batches(shard, cfg, ctx.state, share, seed=cfg.train.seed + 1000 * ctx.rank)
+        weights, served = cfg.method.reward_weights or [1.0] * len(cfg.method.reward), ctx.extra.get("reward_models")
         self.rewards: dict[str, tuple[RewardFn, float]] = {
-            name: (load_reward(name, cfg.method.max_new_tokens, ctx.extra.get("reward_models")), weight)
-            for name, weight in zip(cfg.method.reward, cfg.method.reward_weights or [1.0] * len(cfg.method.reward),
-                                    strict=True)
-        }  # fmt: skip
+            name: (load_reward(name, cfg.method.max_new_tokens, served, cfg.method.judge), weight)
+            for name, weight in zip(cfg.method.reward, weights, strict=True)
+        }
         self.pending: list[list[dict[str, torch.Tensor]]] = []
         self.overlap = cfg.rollout.async_ == "one_step"
         self.ahead: _Request | None = None

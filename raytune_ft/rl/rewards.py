@@ -10,7 +10,8 @@ None ones, as TRL does.
 Built in, by name (``REWARDS``): ``exact_match`` (the completion's final answer against ``answer``,
 numbers compared as numbers), ``math_verify`` (the same answer compared as mathematics by
 ``math-verify``), ``answer_format`` (the completion ends with a marked final answer) and
-``overlong`` (DAPO's soft penalty near the generation limit). Any other is named by import path,
+``overlong`` (DAPO's soft penalty near the generation limit) and ``judge`` (an LLM behind an
+OpenAI-compatible endpoint grades, ``raytune_ft.rl.judge``). Any other is named by import path,
 ``package.module:function``. ``rm:<path>`` names a reward model (``stage: rm``) that the run serves from a
 Ray actor (``raytune_ft.rl.reward_models``).
 """
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from raytune_ft.config import InputError
+from raytune_ft.config import InputError, JudgeConfig
 from raytune_ft.config.template_names import did_you_mean
 
 __all__ = [
@@ -149,17 +150,29 @@ REWARD_MODEL_PREFIX = "rm:"
 """``rm:<path>``: a reward model's checkpoint or run directory, scored by an actor (``reward_models``)."""
 
 
-def load_reward(name: str, max_new_tokens: int | None = None, actors: Mapping[str, Any] | None = None) -> RewardFn:
-    """A built-in reward by name, ``overlong`` (a quarter of ``max_new_tokens`` as its buffer), any
-    function by import path ``package.module:function``, or a reward model ``rm:<path>`` served by its
-    actor in ``actors`` (reward name -> actor handle). Without ``actors``, a reward model's path is only
-    checked (it must hold a checkpoint of ``stage: rm``) and its reward cannot be called."""
+def load_reward(
+    name: str,
+    max_new_tokens: int | None = None,
+    actors: Mapping[str, Any] | None = None,
+    judge: JudgeConfig | None = None,
+) -> RewardFn:
+    """A built-in reward by name, ``overlong`` (a quarter of ``max_new_tokens`` as its buffer), ``judge``
+    (the LLM ``judge`` grades), any function by import path ``package.module:function``, or a reward model
+    ``rm:<path>`` served by its actor in ``actors`` (reward name -> actor handle). Without ``actors``, a
+    reward model's path is only checked (it must hold a checkpoint of ``stage: rm``) and its reward cannot
+    be called."""
     if name.startswith(REWARD_MODEL_PREFIX):
         if actors is None:
             return _unserved_reward(name)
         if name not in actors:
             raise RewardError(f"reward {name!r}: a reward model is scored by the actor its run starts; none was given")
         return _served_reward(actors[name])
+    if name == "judge":
+        if judge is None or not judge.base_url:
+            raise RewardError("reward 'judge' needs method.judge.base_url (an OpenAI-compatible endpoint)")
+        from .judge import judge_reward
+
+        return judge_reward(judge)
     if name == "overlong":
         if max_new_tokens is None:
             raise RewardError("reward 'overlong' needs the generation limit (max_new_tokens)")
@@ -167,7 +180,7 @@ def load_reward(name: str, max_new_tokens: int | None = None, actors: Mapping[st
     if name in REWARDS:
         return REWARDS[name]
     if ":" not in name:
-        names = [*REWARDS, "overlong"]
+        names = [*REWARDS, "overlong", "judge"]
         raise RewardError(
             f"unknown reward {name!r}{did_you_mean(name, names)}: use one of {', '.join(names)}, "
             "or a function by import path, package.module:function"

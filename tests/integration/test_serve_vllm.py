@@ -199,6 +199,30 @@ def test_serve_yaml_builds_the_same_app(app: App) -> None:
     assert built._bound_deployment.name.startswith("OpenAIServer:")
 
 
+def test_an_llm_judge_grades_answers_through_the_endpoint(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The judge reward of online RL against this endpoint: the driver's check reaches it, and every answer gets
+    a grade in 0..1 from the served model's reply (the builtin model replies with a number at temperature 0);
+    a wrong key or model stops the run with a clear error."""
+    from raytune_ft.config import JudgeConfig
+    from raytune_ft.rl.judge import check_judge, judge_reward
+    from raytune_ft.rl.rewards import RewardError
+
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    cfg = JudgeConfig(base_url=f"{app.url}/v1", model=app.model, api_key_env="JUDGE_KEY", max_tokens=8)
+    check_judge(cfg)
+    answers = ["2 + 3 = 5. #### 5", "#### 7", "I do not know."]
+    grades = judge_reward(cfg)(prompts=["What is 2 + 3?"] * 3, completions=answers, answer=["5"] * 3)
+    assert len(grades) == 3 and all(g is not None and 0.0 <= g <= 1.0 for g in grades), grades
+    monkeypatch.setenv("JUDGE_KEY", "wrong")
+    with pytest.raises(RewardError, match=r"refused the key in \$JUDGE_KEY \(401\)"):
+        check_judge(cfg)
+    with pytest.raises(RewardError, match=r"refused the key"):
+        judge_reward(cfg)(prompts=["q"], completions=["a"], answer=["a"])
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    with pytest.raises(RewardError, match=r"no model 'nobody' there"):
+        check_judge(cfg.model_copy(update={"model": "nobody"}))
+
+
 def test_killing_a_replica_under_16_streams_recovers(app: App) -> None:
     import ray
     from ray import serve

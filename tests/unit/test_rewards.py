@@ -133,3 +133,26 @@ def test_math_verify_compares_answers_as_mathematics(completion: str, truth: str
     thread.start()
     thread.join()
     assert found == [[score]]
+
+
+@pytest.mark.parametrize(("reply", "grade"), [
+    ("8", 0.8), ("I would rate it 7/10.", 0.7), ("10", 1.0), ("Score: 12", 1.0), ("-3", 0.0), ("9.5", 0.95),
+    ("excellent", None), ("", None),
+])  # fmt: skip
+def test_a_judge_reply_grades_by_its_first_number(reply: str, grade: float | None) -> None:
+    from raytune_ft.rl.judge import parse_grade
+
+    assert parse_grade(reply, 10.0) == (None if grade is None else pytest.approx(grade))
+
+
+def test_the_judge_reward_needs_its_endpoint() -> None:
+    from raytune_ft.config import JobConfig, JudgeConfig
+    from raytune_ft.rl.judge import check_judge
+
+    with pytest.raises(ValueError, match=r"method\.reward names judge but method\.judge\.base_url is not set"):
+        JobConfig.model_validate({"method": {"stage": "grpo", "reward": "judge"}})
+    with pytest.raises(RewardError, match=r"reward 'judge' needs method\.judge\.base_url"):
+        load_reward("judge")
+    closed = JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout_s=2)  # the discard port: nothing listens
+    with pytest.raises(RewardError, match=r"judge http://127\.0\.0\.1:9/v1: cannot reach it"):
+        check_judge(closed)
