@@ -113,11 +113,11 @@ def test_one_step_overlap_trains_on_answers_one_update_old(policy_dir: Path, tmp
 def test_a_run_resumes_where_it_stopped(policy_dir: Path, tmp_path: Path) -> None:
     from raytune_ft.rl.launch import run_online
 
-    first = run_online(grpo_job(policy_dir, tmp_path, "resumed", 4))
-    second = run_online(grpo_job(policy_dir, tmp_path, "resumed", 8))
-    assert first.run_dir == second.run_dir
-    assert [m["step"] for m in metrics(second.run_dir)] == list(range(1, 9))
-    assert Path(second.checkpoint or "").name == "checkpoint-000008"
+    first = run_online(grpo_job(policy_dir, tmp_path, "resumed", 2))
+    second = run_online(grpo_job(policy_dir, tmp_path, "resumed", 4))
+    assert first.run_dir == second.run_dir and Path(first.checkpoint or "").name == "checkpoint-000002"
+    assert [m["step"] for m in metrics(second.run_dir)] == list(range(1, 5))
+    assert Path(second.checkpoint or "").name == "checkpoint-000004"
 
 
 def test_a_killed_engine_is_replaced_and_the_run_finishes(policy_dir: Path, tmp_path: Path) -> None:
