@@ -113,12 +113,12 @@ def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
 
 def plan_total_steps(cfg: JobConfig, rows: int) -> int:
     """Optimizer steps for ``num_epochs`` over ``rows`` rows split evenly across workers; for an online stage,
-    one step per ``rollout.prompts_per_step`` prompts, ``method.ppo_epochs`` times over each generated batch."""
+    ``method.ppo_epochs`` x ``method.ppo_buffer_size`` steps per ``rollout.prompts_per_step`` prompts."""
     if cfg.method.online:
         batches = rows // cfg.rollout.prompts_per_step
         if batches == 0:
             raise no_trainable_rows(cfg.data, cfg.method.rows, f"{rows} prompts, fewer than rollout.prompts_per_step")
-        return max(1, int(cfg.train.num_epochs * batches)) * cfg.method.ppo_epochs
+        return max(1, int(cfg.train.num_epochs * batches)) * cfg.method.ppo_epochs * cfg.method.ppo_buffer_size
     per_worker = rows // cfg.scaling.num_workers
     if per_worker == 0:
         raise ConfigError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raytune_ft.config import ConfigError, load_config
+from raytune_ft.config import ConfigError, JobConfig, load_config
 from raytune_ft.train import plan_total_steps, worker_cpus
 
 
@@ -37,3 +37,13 @@ def test_worker_cpus(cluster: float, workers: int, configured: float | None, exp
     extra = [] if configured is None else [f"scaling.cpus_per_worker={configured}"]
     cfg = load_config(None, [f"scaling.num_workers={workers}", *extra])
     assert worker_cpus(cfg, cluster) == expected
+
+
+def online(method: dict[str, object]) -> JobConfig:
+    return JobConfig.model_validate({"method": method, "rollout": {"prompts_per_step": 8}, "train": {"num_epochs": 1}})
+
+
+def test_online_stages_step_per_generated_batch() -> None:
+    """A generated batch of rollout.prompts_per_step prompts makes ppo_epochs x ppo_buffer_size steps."""
+    assert plan_total_steps(online({"stage": "grpo", "ppo_epochs": 2}), 100) == 12 * 2
+    assert plan_total_steps(online({"stage": "ppo", "ppo_buffer_size": 2}), 100) == 12 * 4 * 2  # ppo_epochs 4 unset
