@@ -45,7 +45,10 @@ __all__ = [
 # Sections that define what the saved weights are; resuming under different values would mix them.
 _RESUME_SECTIONS = ("model", "adapter", "method")
 # Keys of those sections that change how training runs, not what the weights are.
-_RESUME_FREE = {"model.compile", "model.gradient_checkpointing", "model.trust_remote_code", "model.cache_dir"}
+_RESUME_FREE = {
+    "model.compile", "model.gradient_checkpointing", "model.trust_remote_code", "model.cache_dir",
+    "method.judge",  # where the judge is reached; a moved endpoint does not change what was learned
+}  # fmt: skip
 
 # HF_HUB_OFFLINE is not set here: a worker on a node whose cache lacks the pinned Hub snapshot downloads it,
 # unless the node's own environment (or the local driver's, which local workers inherit) says offline.
@@ -299,8 +302,10 @@ def check_resume_compatible(cfg: JobConfig, run_dir: str) -> None:
     changed = [
         f"{section}.{key}: {old!r} -> {new!r}"
         for section in _RESUME_SECTIONS
-        for key, old in getattr(saved, section).model_dump().items()
-        if (new := getattr(getattr(cfg, section), key)) != old and f"{section}.{key}" not in _RESUME_FREE
+        for (key, old), new in zip(
+            getattr(saved, section).model_dump().items(), getattr(cfg, section).model_dump().values(), strict=True
+        )
+        if new != old and f"{section}.{key}" not in _RESUME_FREE
     ]
     if saved.data.template != cfg.data.template:  # the prompt format the weights have learned
         changed.append(f"data.template: {saved.data.template!r} -> {cfg.data.template!r}")

@@ -49,6 +49,17 @@ def test_changed_strategy_is_refused_but_compile_is_free(tmp_path: Path) -> None
     check_resume_compatible(load_config(None, ["scaling.strategy=fsdp2", "model.compile=true"]), str(run))
 
 
+def test_nested_settings_compare_by_value_and_the_judge_may_move(tmp_path: Path) -> None:
+    """``method.judge`` is a section inside a section: read back from the checkpoint it equals the config's;
+    its endpoint may change on resume, the stage's objective may not."""
+    run = fake_run(tmp_path, "method.stage=ppo", "method.kl_coef=0.1")
+    check_resume_compatible(load_config(None, ["method.stage=ppo", "method.kl_coef=0.1"]), str(run))
+    moved = ["method.stage=ppo", "method.kl_coef=0.1", "method.judge.base_url=http://elsewhere:8000/v1"]
+    check_resume_compatible(load_config(None, moved), str(run))
+    with pytest.raises(ConfigError, match=r"method\.kl_coef: 0\.1 -> 0\.2"):
+        check_resume_compatible(load_config(None, ["method.stage=ppo"]), str(run))
+
+
 def test_a_restart_keeps_the_hub_revision_its_checkpoints_hold(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
