@@ -38,7 +38,7 @@ from raytune_ft.train.losses import (
     update_moments,
 )
 from raytune_ft.train.objectives import MetricSums
-from raytune_ft.train.reference import policy_outputs, token_logps
+from raytune_ft.train.reference import policy_outputs
 
 from .engine import Generation
 from .rewards import RewardFn, load_reward, score_completions
@@ -186,12 +186,22 @@ class RolloutFeed:
         return scores, metrics
 
     @torch.no_grad()
+    def current_policy(self, batches: list[dict[str, torch.Tensor]]) -> list[tuple[torch.Tensor, Any]]:
+        """The policy as it is now (it generated these answers), per batch: its per-token log-probs and
+        whole output (PPO's critic values ride along), one no-grad forward each."""
+        core = self.ctx.core
+        model = core.strategy.unwrap(core.model)
+        outputs = []
+        with core.precision.autocast():
+            for batch in batches:
+                logps, _, out = policy_outputs(model, batch, self.ctx.cfg.method.temperature)
+                outputs.append((logps, out))
+        return outputs
+
     def add_old_logps(self, window: list[dict[str, torch.Tensor]]) -> None:
         """The generating policy's log-probs, before the first of several updates on the same answers."""
-        model = self.ctx.core.strategy.unwrap(self.ctx.core.model)
-        with self.ctx.core.precision.autocast():
-            for batch in window:
-                batch["old_logps"] = token_logps(model, batch, self.ctx.cfg.method.temperature)[0]
+        for batch, (logps, _) in zip(window, self.current_policy(window), strict=True):
+            batch["old_logps"] = logps
 
 
 Windows = list[list[dict[str, torch.Tensor]]]
@@ -247,24 +257,20 @@ def critic_windows(
     return windows, made
 
 
-@torch.no_grad()
 def _generating_policy(feed: RolloutFeed, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
     """Adds each batch's ``old_logps`` (the engine's under ``rollout.async: one_step``, generated one update
     ago) and ``old_values``; returns its per-token KL to the reference (0 without one)."""
     core, method = feed.ctx.core, feed.ctx.cfg.method
-    model = core.strategy.unwrap(core.model)
-    reference = getattr(core.objective, "reference", None)
-    kls = []
+    for batch, (logps, out) in zip(batches, feed.current_policy(batches), strict=True):
+        batch["old_values"] = out["values"][:, :-1].float() * (batch["labels"][:, 1:] != IGNORE_INDEX)
+        batch["old_logps"] = batch["rollout_logps"] if feed.overlap else logps
+    if core.reference is None or method.kl == "none":
+        return [torch.zeros_like(batch["old_logps"]) for batch in batches]
     with core.precision.autocast():
-        for batch in batches:
-            logps, _, out = policy_outputs(model, batch, method.temperature)
-            batch["old_values"] = out["values"][:, :-1].float() * (batch["labels"][:, 1:] != IGNORE_INDEX)
-            batch["old_logps"] = batch["rollout_logps"] if feed.overlap else logps
-            if reference is None or method.kl == "none":
-                kls.append(torch.zeros_like(logps))
-                continue
-            kls.append(token_kl(batch["old_logps"], reference.token_logps(batch, method.temperature), method.kl))
-    return kls
+        return [
+            token_kl(batch["old_logps"], core.reference.token_logps(batch, method.temperature), method.kl)
+            for batch in batches
+        ]
 
 
 def _normalized_scores(feed: RolloutFeed, scores: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,7 @@ def build_training(
         scheduler=build_scheduler(optimizer, cfg.train, total_steps),
         max_grad_norm=cfg.train.max_grad_norm,
         precision=build_precision(cfg, device, sharded=cfg.scaling.strategy == "fsdp2" and is_distributed()),
+        reference=reference,
     )
     return core, tokenizer
 

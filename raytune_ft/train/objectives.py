@@ -373,7 +373,7 @@ class PPOObjective:
     """
 
     def __init__(self, cfg: MethodConfig, reference: Reference | None) -> None:
-        self.cfg, self.reference = cfg, reference  # the feed scores the KL of the rewards with the reference
+        self.cfg = cfg  # the feed scores the KL of the rewards with the reference (``StepCore.reference``)
         self.tally = _Tally(
             "clip_ratio/low", "clip_ratio/high", "entropy", "rollout/logprob_gap", "value_loss", "value_clip_ratio",
             "values",

@@ -21,6 +21,7 @@ from raytune_ft.config import TrainConfig
 from .objectives import MetricSums, Objective
 from .optimizers import build_optimizer
 from .precision import Precision
+from .reference import Reference
 from .strategies import Strategy
 
 __all__ = ["StepCore", "StepStats", "build_optimizer", "build_scheduler", "move_batch"]
@@ -55,6 +56,8 @@ class StepCore:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     max_grad_norm: float | None
     precision: Precision = field(default_factory=lambda: Precision("fp32"))
+    reference: Reference | None = None
+    """The objective's reference model (None without one): PPO's feed scores the KL of its rewards with it."""
 
     def step(self, micro_batches: Sequence[dict[str, torch.Tensor]]) -> StepStats:
         """Forward/backward every micro-batch, then clip, step and advance the schedule."""

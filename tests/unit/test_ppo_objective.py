@@ -70,6 +70,25 @@ def test_the_critic_rides_along_the_policy_forward(policy: Any) -> None:
     torch.testing.assert_close(out.logits, plain)  # the head changes nothing of the policy
 
 
+def test_the_lora_reference_is_the_base_lm_without_the_critic(tiny_model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base = lm(tiny_model_dir)
+    batch = rollout(attach_head(lm(tiny_model_dir), "ppo"))
+    expected = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    policy = attach_head(get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])), "ppo")
+    for name, weight in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight)  # the adapters now change the output
+    with torch.no_grad(), policy.disable_adapter():
+        off = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert "values" not in off and off.hidden_states is None
+    torch.testing.assert_close(off.logits, expected)
+    on = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert on["values"].shape == batch["input_ids"].shape, "the critic is back once the adapters are"
+    assert not torch.allclose(on.logits, expected)
+
+
 def test_loss_is_the_clipped_surrogate_plus_the_weighted_value_loss(policy: Any) -> None:
     batch = rollout(policy)
     cfg = method(vf_coef=0.5, value_clip=0.1)
