@@ -310,8 +310,8 @@ class JudgeConfig(Section):
 
     prompt: str = JUDGE_PROMPT
     """What the judge is asked, with ``{question}`` (the rendered prompt), ``{answer}`` and ``{reference}``
-    (the row's ground truth). The first number of the reply, over ``max_score``, is the reward (clamped to
-    0..1); a reply without one is not judged (None)."""
+    (the row's ground truth). The reply's last fraction ("7/10") on its own scale, else its last number over
+    ``max_score``, is the reward (clamped to 0..1); a reply without a number is not judged (None)."""
 
     max_score: float = Field(default=10.0, gt=0)
     """The top of the judge's scale."""

@@ -11,14 +11,16 @@ policy's ``*.safetensors`` (serving, export, the rollout engines).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raytune_ft.config import JobConfig, ModelConfig, load_config
+from raytune_ft.config import AdapterConfig, ModelConfig, load_config
 
-from .checkpoint import CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
+from .checkpoint import ADAPTER_CONFIG, CONFIG_FILE, CheckpointError, is_adapter_checkpoint, latest_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +42,12 @@ CRITIC_WEIGHTS = "critic/value_head.safetensors"
 
 HEAD_FILES = {"rm": VALUE_HEAD_WEIGHTS, "ppo": CRITIC_WEIGHTS}
 """The stages whose model carries a value head, and the checkpoint file that holds it."""
+
+LLAMAFACTORY_HEAD_BIN = "value_head.bin"
+"""LLaMA-Factory's reward-model head when it saved without safetensors (its safetensors file has our name)."""
+
+LLAMAFACTORY_HEAD_PREFIX = "v_head.summary."
+"""How LLaMA-Factory (TRL's value-head model) names the head's ``weight`` and ``bias``."""
 
 
 def value_head_model(lm: torch.nn.Module, stage: str = "rm") -> torch.nn.Module:
@@ -109,8 +117,22 @@ def _policy_value_class() -> Any:
         ``logits_to_keep``) plus ``values``, float32 (rows, seq), the value head at every position."""
 
         head_file = CRITIC_WEIGHTS
+        critic_on = True
+
+        @contextlib.contextmanager
+        def disable_adapter(self) -> Iterator[None]:
+            """The reference model of a LoRA run: the LM with its adapters off, and no critic (its forward
+            returns the LM's output alone, without keeping every layer's hidden states for the head)."""
+            with self.lm.disable_adapter():
+                self.critic_on = False
+                try:
+                    yield
+                finally:
+                    self.critic_on = True
 
         def forward(self, input_ids: torch.Tensor, **inputs: Any) -> Any:  # type: ignore[override]
+            if not self.critic_on:
+                return self.lm(input_ids=input_ids, **inputs)
             out = self.lm(input_ids=input_ids, output_hidden_states=True, **inputs)
             hidden = out.hidden_states[-1]
             out["values"] = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
@@ -135,14 +157,29 @@ def attach_head(model: torch.nn.Module, stage: str, checkpoint: Path | None = No
 
 
 def load_value_head(model: torch.nn.Module, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
-
+    """The head of ``checkpoint`` into ``model``: ours, or a reward model's as LLaMA-Factory saved it."""
     name = str(model.head_file)
-    path = Path(checkpoint) / name
-    if not path.is_file():
+    path = _head_file(Path(checkpoint), name)
+    if path is None:
         kind = "a PPO" if name == CRITIC_WEIGHTS else "a reward-model"
         raise CheckpointError(f"{checkpoint}: no {name}; it is not {kind} checkpoint")
-    model.value_head.load_state_dict(load_file(str(path)))  # type: ignore[union-attr, operator]
+    model.value_head.load_state_dict(_read_head(path))  # type: ignore[union-attr, operator]
+
+
+def _head_file(checkpoint: Path, name: str) -> Path | None:
+    for path in (checkpoint / name, *([checkpoint / LLAMAFACTORY_HEAD_BIN] if name == VALUE_HEAD_WEIGHTS else [])):
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_head(path: Path) -> dict[str, torch.Tensor]:
+    """A head's ``weight`` and ``bias``, from either file format and either naming."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = torch.load(path, map_location="cpu", weights_only=True) if path.suffix == ".bin" else load_file(path)
+    return {key.removeprefix(LLAMAFACTORY_HEAD_PREFIX): value for key, value in state.items()}
 
 
 class RewardScorer:
@@ -160,23 +197,21 @@ class RewardScorer:
     @classmethod
     def load(cls, path: str | Path) -> RewardScorer:
         from .loading import load_base, load_causal_lm, load_tokenizer
+        from .source import resolve_model
 
-        checkpoint, cfg = _reward_model(path)
-        model_cfg = ModelConfig(
-            source=cfg.model.source,
-            dtype=cfg.model.dtype,
-            trust_remote_code=cfg.model.trust_remote_code,
-            cache_dir=cfg.model.cache_dir,
-        )
+        checkpoint, model_cfg, adapter = _reward_model(path)
         lm: Any
         if is_adapter_checkpoint(checkpoint):
             from peft import PeftModel
 
-            lm = PeftModel.from_pretrained(load_base(model_cfg, cfg.adapter), checkpoint)  # init_from's merged base
+            lm = PeftModel.from_pretrained(load_base(model_cfg, adapter), checkpoint)  # init_from's merged base
         else:
             lm = load_causal_lm(model_cfg, checkpoint)
-        trust = cfg.model.trust_remote_code
-        return cls(attach_head(lm, "rm", checkpoint), load_tokenizer(checkpoint, trust_remote_code=trust))
+        has_tokenizer = (checkpoint / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(
+            checkpoint if has_tokenizer else resolve_model(model_cfg), trust_remote_code=model_cfg.trust_remote_code
+        )
+        return cls(attach_head(lm, "rm", checkpoint), tokenizer)
 
     def score_answers(self, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8) -> list[float]:
         """One reward per answer to a prompt already rendered up to its generation prompt (special tokens kept, as
@@ -211,16 +246,51 @@ class RewardScorer:
 
 
 def reward_model_checkpoint(path: str | Path) -> Path:
-    """The newest checkpoint of ``path`` (a checkpoint or run directory), which ``stage: rm`` must have written."""
+    """The newest checkpoint of ``path`` (a checkpoint or run directory) of ``stage: rm``, or a reward model
+    LLaMA-Factory trained (``stage: rm``: its output or ``checkpoint-N`` folder)."""
     return _reward_model(path)[0]
 
 
-def _reward_model(path: str | Path) -> tuple[Path, JobConfig]:
-    """``reward_model_checkpoint`` and the config it was trained with."""
+def _reward_model(path: str | Path) -> tuple[Path, ModelConfig, AdapterConfig]:
+    """``reward_model_checkpoint``, and the base model and adapter settings it was trained on."""
+    if (theirs := _llamafactory_reward_model(Path(path).expanduser())) is not None:
+        return theirs
     checkpoint = latest_checkpoint(path)
     cfg = load_config(checkpoint / CONFIG_FILE)
     if cfg.method.stage != "rm":
         raise CheckpointError(
             f"{checkpoint}: trained with method.stage {cfg.method.stage}, not rm; a reward model comes from rm"
         )
-    return checkpoint, cfg
+    model = ModelConfig(
+        source=cfg.model.source,
+        dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
+        cache_dir=cfg.model.cache_dir,
+    )
+    return checkpoint, model, cfg.adapter
+
+
+def _llamafactory_reward_model(folder: Path) -> tuple[Path, ModelConfig, AdapterConfig] | None:
+    """A reward model LLaMA-Factory saved: its head (``v_head.summary.*`` in ``value_head.safetensors``, or
+    ``value_head.bin``) beside a LoRA adapter (on the base its ``adapter_config.json`` names) or a whole
+    model; ``folder`` itself, else its newest ``checkpoint-N``. None for anything else."""
+    steps = sorted(folder.glob("checkpoint-*/"), key=lambda p: int(p.name.rpartition("-")[2] or 0), reverse=True)
+    for candidate in (folder, *steps):
+        if (candidate / CONFIG_FILE).is_file() or not _is_llamafactory_head(candidate):
+            continue
+        if is_adapter_checkpoint(candidate):
+            config = json.loads((candidate / ADAPTER_CONFIG).read_text())
+            return candidate, ModelConfig(source=str(config["base_model_name_or_path"])), AdapterConfig()
+        return candidate, ModelConfig(source=str(candidate)), AdapterConfig(type="full")
+    return None
+
+
+def _is_llamafactory_head(folder: Path) -> bool:
+    from safetensors import safe_open
+
+    if (folder / LLAMAFACTORY_HEAD_BIN).is_file():
+        return True
+    if not (folder / VALUE_HEAD_WEIGHTS).is_file():
+        return False
+    with safe_open(str(folder / VALUE_HEAD_WEIGHTS), framework="pt") as head:
+        return any(key.startswith(LLAMAFACTORY_HEAD_PREFIX) for key in head.keys())  # noqa: SIM118

@@ -1,5 +1,6 @@
 """An LLM judge as a reward: any OpenAI-compatible endpoint (``raytune-ft serve``, vLLM, a hosted API) grades
-each answer, and the first number of its reply, over ``method.judge.max_score``, is the reward.
+each answer, and the grade in its reply (``parse_grade``: its last fraction, else its last number over
+``method.judge.max_score``) is the reward.
 
 The training workers call the endpoint, ``method.judge.concurrency`` requests at a time, through the
 ``openai`` client. A request that still fails after the client's retries leaves its answer not judged
@@ -21,15 +22,23 @@ from .rewards import RewardError, RewardFn
 
 __all__ = ["check_judge", "judge_reward", "parse_grade"]
 
-_FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_FRACTION = re.compile(rf"({_NUMBER})\s*(?:/|out of)\s*({_NUMBER})")
+_ANY_NUMBER = re.compile(_NUMBER)
 
 
 def parse_grade(reply: str, max_score: float) -> float | None:
-    """The first number of ``reply`` over ``max_score``, clamped to 0..1; None when the reply holds none."""
-    found = _FIRST_NUMBER.search(reply)
-    if found is None:
+    """The grade in ``reply``, clamped to 0..1: its last fraction ("7/10", "4 out of 5") on that fraction's
+    own scale, else its last number over ``max_score`` (so "from 0 to 10, I'd say 7" is 0.7); None when
+    the reply holds no number."""
+    if fractions := _FRACTION.findall(reply):
+        points, scale = (float(x) for x in fractions[-1])
+        grade = points / scale if scale > 0 else 0.0
+    elif numbers := _ANY_NUMBER.findall(reply):
+        grade = float(numbers[-1]) / max_score
+    else:
         return None
-    return min(max(float(found.group()) / max_score, 0.0), 1.0)
+    return min(max(grade, 0.0), 1.0)
 
 
 def _client(cfg: JudgeConfig) -> Any:

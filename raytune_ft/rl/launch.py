@@ -50,9 +50,10 @@ def check_rewards(cfg: JobConfig) -> None:
     """Load every reward once on the driver, so a wrong name, import path or reward-model path fails before
     engines start (the workers load them again; a function by import path must be importable there too)."""
     for name in cfg.method.reward:
-        load_reward(name, cfg.method.max_new_tokens, judge=cfg.method.judge)
-    if "judge" in cfg.method.reward:
-        check_judge(cfg.method.judge)
+        if name == "judge":  # reached once: it answers, takes the key and serves the model
+            check_judge(cfg.method.judge)
+        else:
+            load_reward(name, cfg.method.max_new_tokens)
 
 
 @contextmanager

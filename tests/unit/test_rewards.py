@@ -3,9 +3,12 @@ penalty at its bounds, loading by name or import path, and weighted sums that sk
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from raytune_ft.rl import RewardError, final_answer, load_reward, overlong_penalty, weighted_reward
 from raytune_ft.rl.rewards import answer_format, exact_match
@@ -137,9 +140,10 @@ def test_math_verify_compares_answers_as_mathematics(completion: str, truth: str
 
 @pytest.mark.parametrize(("reply", "grade"), [
     ("8", 0.8), ("I would rate it 7/10.", 0.7), ("10", 1.0), ("Score: 12", 1.0), ("-3", 0.0), ("9.5", 0.95),
-    ("excellent", None), ("", None),
+    ("On a scale from 0 to 10, I'd give it 7", 0.7), ("4 out of 5", 0.8), ("2 / 4 (step 3 is wrong)", 0.5),
+    ("3/0", 0.0), ("excellent", None), ("", None),
 ])  # fmt: skip
-def test_a_judge_reply_grades_by_its_first_number(reply: str, grade: float | None) -> None:
+def test_a_judge_reply_grades_by_its_last_fraction_or_number(reply: str, grade: float | None) -> None:
     from raytune_ft.rl.judge import parse_grade
 
     assert parse_grade(reply, 10.0) == (None if grade is None else pytest.approx(grade))
@@ -156,3 +160,47 @@ def test_the_judge_reward_needs_its_endpoint() -> None:
     closed = JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout_s=2)  # the discard port: nothing listens
     with pytest.raises(RewardError, match=r"judge http://127\.0\.0\.1:9/v1: cannot reach it"):
         check_judge(closed)
+
+
+@pytest.mark.parametrize("form", ["full", "lora"])
+def test_a_reward_model_llamafactory_trained_scores_as_it_did_there(
+    tiny_model_dir: Path, tmp_path: Path, form: str
+) -> None:
+    """LLaMA-Factory saves the LM (whole, or a LoRA adapter naming its base) and the head apart, as TRL names it
+    (``v_head.summary.*``, safetensors or .bin): loaded from its output folder, or the run's newest
+    ``checkpoint-N``, the scorer gives the scores of the model that was saved."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raytune_ft.models import RewardScorer, reward_model_checkpoint, value_head_model
+
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    if form == "lora":
+        lm = get_peft_model(lm, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    trained = value_head_model(lm).eval()
+    torch.nn.init.normal_(trained.value_head.weight)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [[{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": a}] for a in ("5", "6")]
+    expected = RewardScorer(trained, tokenizer).score(conversations)
+
+    head = {f"v_head.summary.{k}": v.contiguous() for k, v in trained.value_head.state_dict().items()}
+    run = tmp_path / "lf-rm"
+    final, step = run, run / "checkpoint-8"  # a finished run keeps its model on top; a stopped one in checkpoints
+    for folder, as_bin in ((final, False), (step, True)):
+        lm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if as_bin:
+            torch.save(head, folder / "value_head.bin")
+        else:
+            save_file(head, str(folder / "value_head.safetensors"))
+    if form == "lora":  # LLaMA-Factory's adapter names its base as the user gave it
+        assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+
+    assert reward_model_checkpoint(run) == final
+    assert RewardScorer.load(run).score(conversations) == pytest.approx(expected, abs=1e-5)
+    (final / "value_head.safetensors").unlink()
+    assert reward_model_checkpoint(run) == step
+    assert RewardScorer.load(run).score(conversations) == pytest.approx(expected, abs=1e-5)
+    assert load_reward(f"rm:{run}") is not None  # the driver's check passes
