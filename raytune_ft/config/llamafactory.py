@@ -408,7 +408,9 @@ KEYS: dict[str, Rule] = {
     "ref_model": _refused("the reference is the base model (method.reference)", None),
     "ref_model_adapters": _refused("the reference is the base model (method.reference)", None),
     "ref_model_quantization_bit": _refused("the reference is the base model (method.reference)", None),
-    "reward_model": _map(_reward_model, "method.reward: rm:<reward_model> (a reward model of stage rm, ours or LLaMA-Factory's)"),
+    "reward_model": _map(
+        _reward_model, "method.reward: rm:<reward_model> (a reward model of stage rm, ours or LLaMA-Factory's)"
+    ),
     "reward_model_adapters": _refused(
         "a reward model is one checkpoint of stage rm, its adapter included: point reward_model at it", None
     ),

@@ -34,6 +34,7 @@ from raytune_ft.train.losses import (
     gae,
     kl_penalized_rewards,
     masked_whiten,
+    summed_moments,
     token_kl,
     update_moments,
 )
@@ -198,6 +199,11 @@ class RolloutFeed:
                 outputs.append((logps, out))
         return outputs
 
+    def batch_moments(self, values: torch.Tensor) -> tuple[float, float]:
+        """Mean and std of ``values`` over every worker's share of the generated batch (``BatchMoments``)."""
+        sums = [float(values.numel()), float(values.sum()), float((values.double() ** 2).sum())]
+        return summed_moments(*self.ctx.core.strategy.all_reduce_sum(sums))
+
     def add_old_logps(self, window: list[dict[str, torch.Tensor]]) -> None:
         """The generating policy's log-probs, before the first of several updates on the same answers."""
         for batch, (logps, _) in zip(window, self.current_policy(window), strict=True):
@@ -212,7 +218,7 @@ def group_windows(
 ) -> tuple[Windows, MetricSums]:
     """The GRPO family: one window of every answer kept, each carrying its group-relative advantage."""
     cfg = feed.ctx.cfg
-    advantages = ADVANTAGE_ESTIMATORS[cfg.method.loss](scores, cfg.method.group_size)
+    advantages = ADVANTAGE_ESTIMATORS[cfg.method.loss](scores, cfg.method.group_size, feed.batch_moments)
     kept = _kept_answers(scores, cfg.method.group_size, cfg.method.loss in FILTERED_LOSSES)
     window = feed.batches(prompts, generation, advantages, kept, "advantages")
     if feed.overlap:  # generated one update ago: the engine's log-probs are the old policy's

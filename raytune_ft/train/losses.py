@@ -16,6 +16,7 @@ it, and to the paper's closed form where it does not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "POLICY_AGGREGATIONS",
+    "BatchMoments",
     "Moments",
     "PairLoss",
     "PolicyLoss",
@@ -38,12 +40,14 @@ __all__ = [
     "ipo_loss",
     "kl_penalized_rewards",
     "kto_loss",
+    "local_moments",
     "masked_whiten",
     "orpo_loss",
     "pairwise_reward_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
     "simpo_loss",
+    "summed_moments",
     "token_kl",
     "update_moments",
     "value_loss",
@@ -200,32 +204,58 @@ def group_advantages(
     return centred / (std + GROUP_EPS)
 
 
-def rloo_advantages(rewards: torch.Tensor, group_size: int, normalize: bool = False) -> torch.Tensor:
+BatchMoments = Callable[[torch.Tensor], tuple[float, float]]
+"""Values -> (mean, unbiased std) over the whole batch they belong to (several workers' shares of it)."""
+
+
+def local_moments(values: torch.Tensor) -> tuple[float, float]:
+    """``BatchMoments`` of a batch held whole."""
+    return float(values.mean()), float(values.std())
+
+
+def summed_moments(count: float, total: float, squares: float) -> tuple[float, float]:
+    """Mean and unbiased std from a batch's count, sum and sum of squares (added up over its shares)."""
+    mean = total / count
+    variance = (squares - count * mean**2) / max(count - 1.0, 1.0)
+    return mean, max(variance, 0.0) ** 0.5
+
+
+def rloo_advantages(
+    rewards: torch.Tensor, group_size: int, normalize: bool = False, moments: BatchMoments = local_moments
+) -> torch.Tensor:
     """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, arXiv:2402.14740, RLOO): each completion's
     reward minus the mean of the other k - 1 in its group, A_i = r_i - (sum_j r_j - r_i) / (k - 1).
     ``normalize`` then whitens them over the batch, (A - mean(A)) / std(A)."""
     grouped = _groups(rewards, group_size)
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     advantages = (grouped - baseline).view(-1)
-    return (advantages - advantages.mean()) / (advantages.std() + GROUP_EPS) if normalize else advantages
+    if not normalize:
+        return advantages
+    mean, std = moments(advantages)
+    return (advantages - mean) / (std + GROUP_EPS)
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, group_size: int, moments: BatchMoments = local_moments
+) -> torch.Tensor:
     """REINFORCE++ with a group baseline (Hu et al. 2025, arXiv:2501.03262): subtract the group's mean
     reward, then normalise over the whole batch, A = (A' - mean_batch(A')) / std_batch(A'), so no
-    per-group std amplifies groups whose rewards barely differ."""
+    per-group std amplifies groups whose rewards barely differ. ``moments`` reads the batch's mean and std
+    (all workers' answers: ``summed_moments`` of their all-reduced sums)."""
     centred = group_advantages(rewards, group_size, scale="none")
-    return (centred - centred.mean()) / (centred.std() + GROUP_EPS)
+    mean, std = moments(centred)
+    return (centred - mean) / (std + GROUP_EPS)
 
 
-ADVANTAGE_ESTIMATORS = {
-    "grpo": lambda rewards, k: group_advantages(rewards, k, "group"),
-    "dapo": lambda rewards, k: group_advantages(rewards, k, "group"),
-    "dr_grpo": lambda rewards, k: group_advantages(rewards, k, "none"),
-    "rloo": rloo_advantages,
+ADVANTAGE_ESTIMATORS: dict[str, Callable[[torch.Tensor, int, BatchMoments], torch.Tensor]] = {
+    "grpo": lambda rewards, k, moments: group_advantages(rewards, k, "group"),
+    "dapo": lambda rewards, k, moments: group_advantages(rewards, k, "group"),
+    "dr_grpo": lambda rewards, k, moments: group_advantages(rewards, k, "none"),
+    "rloo": lambda rewards, k, moments: rloo_advantages(rewards, k),
     "reinforce_pp": reinforce_pp_advantages,
 }
-"""Per-completion advantages from grouped rewards, by ``method.loss``."""
+"""Per-completion advantages from grouped rewards, by ``method.loss``; the batch-wide statistics they use
+come from ``BatchMoments`` (the generated batch of every worker)."""
 
 
 def gae(

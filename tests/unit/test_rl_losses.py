@@ -22,9 +22,11 @@ from raytune_ft.train.losses import (
     clipped_policy_loss,
     gae,
     group_advantages,
+    local_moments,
     masked_whiten,
     reinforce_pp_advantages,
     rloo_advantages,
+    summed_moments,
     token_kl,
     value_loss,
 )
@@ -222,6 +224,21 @@ def test_reinforce_pp_centres_per_group_then_whitens_over_the_batch(rollout: dic
     by_hand = rewards - rewards.view(2, 3).mean(1).repeat_interleave(3)
     torch.testing.assert_close(a, (by_hand - by_hand.mean()) / (by_hand.std() + 1e-4))
     assert a.mean().abs().item() < 1e-6 and a.std().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_batch_statistics_span_every_workers_share(rollout: dict[str, Any]) -> None:
+    """Two workers, one group each: with the moments of their summed shares (what each worker's all-reduce
+    returns), each worker's REINFORCE++ advantages are its part of the whole batch's."""
+    rewards = rollout["rewards"]
+    shares = rewards.view(2, 3)
+    centred = [group_advantages(share, 3, scale="none") for share in shares]
+    sums = [float(sum(c.numel() for c in centred)), sum(float(c.sum()) for c in centred)]
+    sums.append(sum(float((c.double() ** 2).sum()) for c in centred))
+    moments = summed_moments(*sums)
+    assert moments == pytest.approx(local_moments(torch.cat(centred)), abs=1e-6)
+    parts = [reinforce_pp_advantages(share, 3, lambda _: moments) for share in shares]
+    torch.testing.assert_close(torch.cat(parts), reinforce_pp_advantages(rewards, 3))
+    assert not torch.allclose(reinforce_pp_advantages(shares[0], 3), parts[0]), "a share whitened alone differs"
 
 
 def test_groups_must_divide_the_batch() -> None:
