@@ -420,6 +420,12 @@ class MethodConfig(Section):
     max_new_tokens: int = Field(default=256, ge=1)
     """``grpo``: longest generated answer, in tokens (also the constant length of ``dr_grpo``'s normaliser)."""
 
+    max_refills: int = Field(default=4, ge=0)
+    """``dapo``'s dynamic sampling (Yu et al. 2025, sec. 3.2): when fewer of a step's groups have answers
+    that scored differently than the step has prompts, generate for up to this many more batches of prompts
+    and fill the step with their informative groups (verl's ``max_num_gen_batches``); 0 trains on the groups
+    kept. A step that still falls short trains on what it found (``rollout/refills`` counts the rounds)."""
+
     ppo_epochs: int = Field(default=1, ge=1)
     """Optimizer passes over each generated batch (TRL's ``num_iterations``; 4 for ``ppo`` unless set, as
     LLaMA-Factory's). With more than one, the ratio to the generating policy departs from 1 and the clip

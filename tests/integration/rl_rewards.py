@@ -1,5 +1,6 @@
-"""A reward a tiny random model can learn in a few steps, importable by Ray workers (tests/ is on their
-PYTHONPATH): the share of an answer's tokens whose id is even."""
+"""Rewards for the online-stage tests, importable by Ray workers (tests/ is on their PYTHONPATH): one a tiny
+random model can learn in a few steps (the share of an answer's tokens whose id is even), and one that
+scores every answer the same (no group is informative)."""
 
 from __future__ import annotations
 
@@ -9,3 +10,7 @@ from typing import Any
 
 def even_tokens(completion_ids: Sequence[Sequence[int]], **_: Any) -> list[float]:
     return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
+
+
+def same_for_all(completion_ids: Sequence[Sequence[int]], **_: Any) -> list[float]:
+    return [1.0 for _ in completion_ids]

@@ -87,16 +87,19 @@ def test_reward_rises_with_synced_engines(policy_dir: Path, tmp_path: Path, plac
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "deepspeed"])
 def test_sharded_workers_publish_whole_weights(policy_dir: Path, tmp_path: Path, strategy: str) -> None:
-    """Two LoRA workers under a sharding strategy: the adapter is gathered from the shards, the engine generates
-    with it (its log-probs equal the policy's after every update), and the run checkpoints."""
+    """Two LoRA workers under a sharding strategy, REINFORCE++ (whitened over both workers' answers), two
+    updates per generated batch: the adapter is gathered from the shards, the engine generates with it (its
+    log-probs equal the policy's at each step that generated), and the run checkpoints."""
     from raytune_ft.rl.launch import run_online
 
     cfg = grpo_job(policy_dir, tmp_path, strategy, 3).model_dump(mode="json", by_alias=True)
     cfg["scaling"] = {"num_workers": 2, "strategy": strategy}
+    cfg["method"].update(loss="reinforce_pp", ppo_epochs=2)
     outcome = run_online(JobConfig.model_validate(cfg))
     logged = metrics(outcome.run_dir)
     assert [m["step"] for m in logged] == [1, 2, 3]
-    assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3, [m["rollout/logprob_gap"] for m in logged]
+    gaps = [m["rollout/logprob_gap"] for m in logged]
+    assert max(gaps[0], gaps[2]) < 2e-3 and gaps[1] > gaps[0], gaps  # step 2 reuses step 1's answers
     assert outcome.checkpoint is not None and Path(outcome.checkpoint, "adapter_model.safetensors").is_file()
 
 
@@ -111,13 +114,28 @@ def test_one_step_overlap_trains_on_answers_one_update_old(policy_dir: Path, tmp
 
 
 def test_a_run_resumes_where_it_stopped(policy_dir: Path, tmp_path: Path) -> None:
+    """DAPO whose groups never differ (every answer scores the same): each step generates for 1 + max_refills
+    batches of prompts in search of informative groups, and a resumed run goes on after the last one used."""
     from raytune_ft.rl.launch import run_online
 
-    first = run_online(grpo_job(policy_dir, tmp_path, "resumed", 2))
-    second = run_online(grpo_job(policy_dir, tmp_path, "resumed", 4))
+    def job(steps: int) -> JobConfig:
+        cfg = grpo_job(policy_dir, tmp_path, "resumed", steps, reward="tests.integration.rl_rewards:same_for_all")
+        dump = cfg.model_dump(mode="json", by_alias=True)
+        dump["method"].update(loss="dapo", max_refills=2)
+        return JobConfig.model_validate(dump)
+
+    def position(run: Any) -> tuple[int, int]:
+        state = json.loads(Path(run.checkpoint or "", "trainer_state.json").read_text())
+        return state["epoch"], state["batches_in_epoch"]
+
+    first = run_online(job(2))
+    assert position(first) == (0, 6), "2 steps x 3 batches of prompts (200 prompts: 50 batches an epoch)"
+    second = run_online(job(4))
     assert first.run_dir == second.run_dir and Path(first.checkpoint or "").name == "checkpoint-000002"
-    assert [m["step"] for m in metrics(second.run_dir)] == list(range(1, 5))
-    assert Path(second.checkpoint or "").name == "checkpoint-000004"
+    logged = metrics(second.run_dir)
+    assert [m["step"] for m in logged] == list(range(1, 5))
+    assert [(m["rollout/refills"], m["rollout/groups_kept"]) for m in logged] == [(2.0, 0.0)] * 4
+    assert Path(second.checkpoint or "").name == "checkpoint-000004" and position(second) == (0, 12)
 
 
 def test_a_killed_engine_is_replaced_and_the_run_finishes(policy_dir: Path, tmp_path: Path) -> None:
