@@ -274,14 +274,17 @@ def _llamafactory_reward_model(folder: Path) -> tuple[Path, ModelConfig, Adapter
     """A reward model LLaMA-Factory saved: its head (``v_head.summary.*`` in ``value_head.safetensors``, or
     ``value_head.bin``) beside a LoRA adapter (on the base its ``adapter_config.json`` names) or a whole
     model; ``folder`` itself, else its newest ``checkpoint-N``. None for anything else."""
-    steps = sorted(folder.glob("checkpoint-*/"), key=lambda p: int(p.name.rpartition("-")[2] or 0), reverse=True)
+    numbered = [p for p in folder.glob("checkpoint-*/") if p.name.rpartition("-")[2].isdigit()]
+    steps = sorted(numbered, key=lambda p: int(p.name.rpartition("-")[2]), reverse=True)
     for candidate in (folder, *steps):
         if (candidate / CONFIG_FILE).is_file() or not _is_llamafactory_head(candidate):
             continue
-        if is_adapter_checkpoint(candidate):
-            config = json.loads((candidate / ADAPTER_CONFIG).read_text())
-            return candidate, ModelConfig(source=str(config["base_model_name_or_path"])), AdapterConfig()
-        return candidate, ModelConfig(source=str(candidate)), AdapterConfig(type="full")
+        if not is_adapter_checkpoint(candidate):
+            return candidate, ModelConfig(source=str(candidate)), AdapterConfig(type="full")
+        base = json.loads((candidate / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        if not base:
+            raise CheckpointError(f"{candidate / ADAPTER_CONFIG}: names no base model (base_model_name_or_path)")
+        return candidate, ModelConfig(source=str(base)), AdapterConfig()
     return None
 
 

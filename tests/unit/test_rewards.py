@@ -204,3 +204,10 @@ def test_a_reward_model_llamafactory_trained_scores_as_it_did_there(
     assert reward_model_checkpoint(run) == step
     assert RewardScorer.load(run).score(conversations) == pytest.approx(expected, abs=1e-5)
     assert load_reward(f"rm:{run}") is not None  # the driver's check passes
+    if form == "lora":
+        from raytune_ft.models import CheckpointError
+
+        config = json.loads((step / "adapter_config.json").read_text())
+        (step / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+        with pytest.raises(CheckpointError, match=r"checkpoint-8/adapter_config\.json: names no base model"):
+            reward_model_checkpoint(run)
