@@ -41,7 +41,7 @@ def ours(steps: int, storage: str, overlap: str) -> dict[str, Any]:
         f"train.save_steps={steps}", f"rollout.prompts_per_step={PROMPTS}", f"method.group_size={GROUP}",
         f"method.max_new_tokens={MAX_NEW}", f"train.learning_rate={LR}", f"adapter.rank={RANK}",
         f"method.reward={','.join(WEIGHTS)}", f"method.reward_weights=[{','.join(map(str, WEIGHTS.values()))}]",
-        f"rollout.async={overlap}", "train.lr_scheduler=constant",
+        f"rollout.async={overlap}", "train.lr_scheduler=constant", "method.loss=grpo", "method.temperature=1.0",
     ]  # fmt: skip
     start = time.time()
     command = [
