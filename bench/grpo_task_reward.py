@@ -122,11 +122,10 @@ def main() -> None:
         "eval": f"arithmetic_test_200, greedy, {EVAL_TOKENS} new tokens, exact_match", "runs": {},
     }  # fmt: skip
     earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if "base_scores" in earlier and all(
-        earlier.get(key) == report[key] for key in ("config", "steps", "overrides", "eval")
-    ):
-        # the same job: greedy answers of the same base are the same, so its scores and other placements stay
-        report.update(runs=earlier["runs"], base_scores=earlier["base_scores"])
+    same_job = all(earlier.get(key) == report[key] for key in ("config", "steps", "overrides", "eval"))
+    if same_job:  # another placement of the same job: the file keeps the ones measured before
+        report["runs"] = earlier["runs"]
+    if same_job and "base_scores" in earlier:  # greedy answers of the same base do not change
         base = {"scores": earlier["base_scores"], "accuracy": earlier["base_held_out"],
                 "mean_length": earlier["base_mean_length"]}  # fmt: skip
     else:
