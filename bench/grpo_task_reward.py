@@ -87,7 +87,7 @@ def train(placement: str, steps: int, storage: Path, extra: list[str]) -> dict[s
         f"train.run_name={name}", f"rollout.placement={placement}", *extra,
     ]  # fmt: skip
     if placement == "separate":
-        overrides.append("rollout.cpus_per_engine=1")
+        overrides.append("rollout.cpus_per_engine=0.5")  # a whole CPU each leaves Ray Data none on 2 CPUs
     log = storage / f"{name}.log"
     start = time.time()
     with log.open("w") as sink:
