@@ -5,12 +5,21 @@ from .collate import SCORED_SEQUENCES, balanced_groups, pack_batch, pad_batch, p
 from .encode import IGNORE_INDEX, encode_batch, encode_full, render_segments, truncate
 from .formats import fill_placeholders, normalize_example, normalize_row
 from .packing import pack_samples, padding_efficiency
-from .pipeline import EncodeOptions, PreparedData, build_datasets, build_train_dataset, encode_rows, no_trainable_rows
+from .pipeline import (
+    DATA_TASK_CPUS,
+    EncodeOptions,
+    PreparedData,
+    build_datasets,
+    build_train_dataset,
+    encode_rows,
+    no_trainable_rows,
+)
 from .records import RecordSelection, read_records
 from .sources import BUILTIN_DATASETS, DataError, DatasetSource, dataset_names, resolve_datasets
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DATA_TASK_CPUS",
     "IGNORE_INDEX",
     "SCORED_SEQUENCES",
     "DataError",

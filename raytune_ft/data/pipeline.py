@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
+    "DATA_TASK_CPUS",
     "EncodeOptions",
     "PreparedData",
     "TokenizeRows",
@@ -51,7 +52,7 @@ __all__ = [
 # Read and tokenizer tasks ask for half a CPU each, so one of each fits in the single CPU
 # a small machine has left beside its training workers; at 1 CPU each the stream stalls
 # ("backpressured: ResourceBudget") and the trainer waits forever.
-_DATA_CPUS = 0.5
+DATA_TASK_CPUS = 0.5
 _BATCH_ROWS = 256
 _LOGGED_BAD_ROWS = 10
 
@@ -342,13 +343,13 @@ def _tokenized(
         fn_args=(pickle.dumps((load_tokenizer, options, sources)),),
         batch_size=_BATCH_ROWS,
         compute=ray.data.TaskPoolStrategy(size=concurrency),
-        num_cpus=_DATA_CPUS,
+        num_cpus=DATA_TASK_CPUS,
     )
 
 
 def _read(source: DatasetSource, selection: RecordSelection) -> Any:
     return read_records(
-        source.read_paths(), source.reader, selection, num_cpus=_DATA_CPUS, extensions=source.extensions
+        source.read_paths(), source.reader, selection, num_cpus=DATA_TASK_CPUS, extensions=source.extensions
     )
 
 
@@ -362,7 +363,7 @@ def file_counts(source: DatasetSource, seed: int) -> dict[str, int]:
     one (file, count) pair per block comes to the driver)."""
     counts: dict[str, int] = {}
     per_block = _read(source, RecordSelection(seed=seed)).map_batches(
-        _count_paths, batch_format="pyarrow", batch_size=None, num_cpus=_DATA_CPUS
+        _count_paths, batch_format="pyarrow", batch_size=None, num_cpus=DATA_TASK_CPUS
     )
     for row in per_block.iter_rows():
         counts[row["path"]] = counts.get(row["path"], 0) + int(row["n"])

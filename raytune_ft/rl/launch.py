@@ -19,7 +19,7 @@ from raytune_ft.train import OFFLINE, TrainOutcome, WorkerSetup, run_training
 from .engine import WeightStore, colocated_share, start_engines
 from .judge import check_judge
 from .loop import rl_loop_per_worker
-from .reward_models import start_reward_models
+from .reward_models import reserved_cpus, start_reward_models
 from .rewards import load_reward
 
 __all__ = ["ONLINE", "check_rewards", "rollout_actors", "run_online", "training_threads", "worker_setup"]
@@ -79,4 +79,7 @@ def rollout_actors(cfg: JobConfig) -> Iterator[dict[str, Any]]:
             ray.kill(actor)
 
 
-ONLINE = WorkerSetup(loop=rl_loop_per_worker, actors=rollout_actors, threads=training_threads, check=check_rewards)
+ONLINE = WorkerSetup(
+    loop=rl_loop_per_worker, actors=rollout_actors, threads=training_threads, check=check_rewards,
+    reserved_cpus=reserved_cpus,
+)  # fmt: skip

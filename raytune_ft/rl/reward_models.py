@@ -17,7 +17,7 @@ from raytune_ft.models import RewardScorer
 from .engine import engine_options, engine_threads, use_threads
 from .rewards import REWARD_MODEL_PREFIX
 
-__all__ = ["RewardModelActor", "reward_model_names", "start_reward_models"]
+__all__ = ["RewardModelActor", "reserved_cpus", "reward_model_names", "start_reward_models"]
 
 
 def reward_model_names(cfg: JobConfig) -> list[str]:
@@ -34,6 +34,14 @@ class RewardModelActor:
 
     def score(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
         return self.scorer.score_answers(prompts, answers)
+
+
+def reserved_cpus(cfg: JobConfig) -> float:
+    """CPUs a run's rollout engines and reward models reserve: ``rollout.cpus_per_engine`` each when they are
+    placed apart, none when colocated (or for an offline stage, which starts neither)."""
+    if not cfg.method.online or cfg.rollout.placement == "colocated":
+        return 0.0
+    return (cfg.rollout.num_engines + len(reward_model_names(cfg))) * cfg.rollout.cpus_per_engine
 
 
 def reward_actor_name(cfg: JobConfig, index: int) -> str:

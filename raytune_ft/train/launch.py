@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raytune_ft.config import ConfigError, JobConfig, load_config
-from raytune_ft.data import PreparedData, build_datasets, no_trainable_rows
+from raytune_ft.data import DATA_TASK_CPUS, PreparedData, build_datasets, no_trainable_rows
 from raytune_ft.data.cache import data_fingerprint, load_or_write
 from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_row_tokenizer, pin_sources
 
@@ -32,6 +32,7 @@ __all__ = [
     "WorkerSetup",
     "absolute_storage",
     "build_trainer",
+    "check_data_cpus",
     "check_resume_compatible",
     "plan_total_steps",
     "prepare_data",
@@ -114,6 +115,27 @@ def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
     return max(0.1, (cluster_cpus - 1) / cfg.scaling.num_workers)
 
 
+def check_data_cpus(cfg: JobConfig, cluster_cpus: float, reserved: float, cpus: float, *, one_node: bool) -> None:
+    """Refuse a run whose training workers (``cpus`` each) and actors (``reserved`` CPUs) leave Ray Data less
+    than one task's CPUs: its stream would never start and the trainer would wait forever. A cluster of more
+    than one node may be autoscaling, so there it is a warning."""
+    left = cluster_cpus - reserved - cpus * cfg.scaling.num_workers
+    if left >= DATA_TASK_CPUS or cluster_cpus <= 0:
+        return
+    taken = f"{cfg.scaling.num_workers} training worker(s) x {cpus:g} CPU"
+    fixes = ["scaling.cpus_per_worker" if cfg.scaling.cpus_per_worker is not None else "scaling.num_workers"]
+    if reserved:
+        taken += f" and {reserved:g} CPU for the rollout engines and reward models (rollout.placement: separate)"
+        fixes.insert(0, f"rollout.cpus_per_engine (now {cfg.rollout.cpus_per_engine:g}; 0.5 fits a 2-CPU machine)")
+    message = (
+        f"{taken} leave {max(left, 0.0):g} of the cluster's {cluster_cpus:g} CPUs to Ray Data, whose tasks take "
+        f"{DATA_TASK_CPUS:g} each, so no row would reach the workers; lower {' or '.join(fixes)}, or add CPUs"
+    )
+    if one_node:
+        raise ConfigError(message)
+    print(f"raytune_ft: warning: {message} (unless the cluster adds nodes)", flush=True)
+
+
 def plan_total_steps(cfg: JobConfig, rows: int) -> int:
     """Optimizer steps for ``num_epochs`` over ``rows`` rows split evenly across workers; for an online stage,
     ``method.ppo_epochs`` x ``method.ppo_buffer_size`` steps per ``rollout.prompts_per_step`` prompts."""
@@ -145,6 +167,10 @@ def _nothing_to_check(cfg: JobConfig) -> None:
     return None
 
 
+def _no_cpus(cfg: JobConfig) -> float:
+    return 0.0
+
+
 @dataclass(frozen=True)
 class WorkerSetup:
     """What a run's training workers run, and what the driver starts beside them for the run's length: the
@@ -158,6 +184,8 @@ class WorkerSetup:
     """Compute threads of a worker holding ``cpus`` CPUs."""
     check: Callable[[JobConfig], None] = _nothing_to_check
     """Refuses, before anything starts, what the workers would only find wrong later (an online stage's rewards)."""
+    reserved_cpus: Callable[[JobConfig], float] = _no_cpus
+    """CPUs the ``actors`` reserve, which the training workers and Ray Data do without."""
 
 
 OFFLINE = WorkerSetup()
@@ -177,8 +205,10 @@ def run_training(cfg: JobConfig, address: str | None = None, setup: WorkerSetup 
     start_ray(address, init=cfg.scaling.ray_init)
     # Convert a builtin model once, before workers race for it, and fail here on a missing template.
     tokenizer = job_tokenizer(cfg)
-    cpus = worker_cpus(cfg, float(ray.cluster_resources().get("CPU", 1)))
-    job_data = prepare_job_data(cfg, tokenizer, cpus * cfg.scaling.num_workers, share=False)
+    cluster_cpus, reserved = float(ray.cluster_resources().get("CPU", 1)), setup.reserved_cpus(cfg)
+    cpus = worker_cpus(cfg, cluster_cpus - reserved)
+    check_data_cpus(cfg, cluster_cpus, reserved, cpus, one_node=len([n for n in ray.nodes() if n["Alive"]]) == 1)
+    job_data = prepare_job_data(cfg, tokenizer, cpus * cfg.scaling.num_workers + reserved, share=False)
     total_steps = job_data.total_steps(cfg)
     has_eval = "eval" in job_data.datasets
     plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=has_eval, threads=setup.threads(cfg, cpus))

@@ -61,20 +61,13 @@ def plan_sweep(cfg: JobConfig, cluster_cpus: float, cluster_gpus: float = 0.0) -
     scaling = cfg.tune.scaling or cfg.scaling
     workers = scaling.num_workers
     wanted = scaling.cpus_per_worker or 1.0
-    engines = _engine_cpus(cfg)
+    engines = worker_setup(cfg).reserved_cpus(cfg)  # a trial's own rollout engines and reward models
     fits = int(cluster_gpus // workers) if scaling.use_gpu else int(cluster_cpus // (wanted * workers + engines))
     concurrency = cfg.tune.max_concurrent_trials or max(1, fits)
     if scaling.cpus_per_worker is not None:
         return SweepPlan(concurrency, scaling.cpus_per_worker)
     share = (cluster_cpus - (_DRIVER_CPU + engines) * concurrency) / (concurrency * workers)
     return SweepPlan(concurrency, max(0.1, min(1.0, math.floor(share * 100) / 100)))
-
-
-def _engine_cpus(cfg: JobConfig) -> float:
-    """CPUs a trial's own rollout engines reserve: none unless an online stage places them apart."""
-    if not cfg.method.online or cfg.rollout.placement == "colocated":
-        return 0.0
-    return cfg.rollout.num_engines * cfg.rollout.cpus_per_engine
 
 
 def check_sweep(cfg: JobConfig) -> None:

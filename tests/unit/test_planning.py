@@ -47,3 +47,31 @@ def test_online_stages_step_per_generated_batch() -> None:
     """A generated batch of rollout.prompts_per_step prompts makes ppo_epochs x ppo_buffer_size steps."""
     assert plan_total_steps(online({"stage": "grpo", "ppo_epochs": 2}), 100) == 12 * 2
     assert plan_total_steps(online({"stage": "ppo", "ppo_buffer_size": 2}), 100) == 12 * 4 * 2  # ppo_epochs 4 unset
+
+
+def test_separate_engines_and_reward_models_reserve_their_cpus() -> None:
+    from raytune_ft.rl.launch import worker_setup
+
+    apart = {"placement": "separate", "num_engines": 2, "cpus_per_engine": 1.5}
+    grpo = JobConfig.model_validate({"method": {"stage": "grpo", "reward": ["format", "rm:/r"]}, "rollout": apart})
+    assert worker_setup(grpo).reserved_cpus(grpo) == 3 * 1.5  # two engines and one reward model
+    colocated = grpo.model_copy(update={"rollout": grpo.rollout.model_copy(update={"placement": "colocated"})})
+    assert worker_setup(colocated).reserved_cpus(colocated) == 0
+    sft = JobConfig.model_validate({"rollout": apart})
+    assert worker_setup(sft).reserved_cpus(sft) == 0  # an offline stage starts no engine
+
+
+def test_workers_and_engines_must_leave_ray_data_a_task() -> None:
+    """One worker and one separate engine of 1 CPU each on 2 CPUs left Ray Data nothing: the run waited forever."""
+    from raytune_ft.train import check_data_cpus
+
+    cfg = JobConfig.model_validate({"method": {"stage": "grpo"}, "rollout": {"placement": "separate"}})
+    cpus = worker_cpus(cfg, 2 - 1.0)  # the default shrinks to what the engine leaves
+    assert cpus == pytest.approx(0.1)
+    check_data_cpus(cfg, 2, 1.0, cpus, one_node=True)
+    with pytest.raises(ConfigError, match=r"leave 0 of the cluster's 2 CPUs.*rollout\.cpus_per_engine \(now 1;"):
+        check_data_cpus(cfg, 2, 1.0, 1.0, one_node=True)
+    pinned = JobConfig.model_validate({"scaling": {"num_workers": 2, "cpus_per_worker": 1.0}})
+    with pytest.raises(ConfigError, match=r"2 training worker\(s\) x 1 CPU leave 0 .* lower scaling\.cpus_per_worker,"):
+        check_data_cpus(pinned, 2, 0.0, 1.0, one_node=True)
+    check_data_cpus(pinned, 2, 0.0, 1.0, one_node=False)  # more nodes may come: a warning only
