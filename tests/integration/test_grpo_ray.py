@@ -63,19 +63,16 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-@pytest.mark.parametrize("placement", ["colocated", "separate"])
-def test_reward_rises_with_synced_engines(policy_dir: Path, tmp_path: Path, placement: str) -> None:
-    """Full tuning, whose whole weights are published after every step: 16 steps raise the mean reward of
-    the last 4 by at least 0.15 (of 1) over the first 4, and the engine's log-probs of its answers equal the trained
-    policy's after every update (the policy moved, the gap did not)."""
+def test_reward_rises_with_synced_separate_engines(policy_dir: Path, tmp_path: Path) -> None:
+    """Full tuning on an engine placed apart (its own CPU), whose whole weights are published after every step:
+    16 steps raise the mean reward of the last 4 by at least 0.15 (of 1) over the first 4, and the engine's
+    log-probs of its answers equal the trained policy's after every update (the policy moved, the gap did not).
+    Colocated engines learn the same way in the reward-model test below."""
     from raytune_ft.rl.launch import run_online
 
-    extra = {"placement": placement, "cpus_per_engine": 0.5} if placement == "separate" else {}
-    outcome = run_online(
-        grpo_job(
-            policy_dir, tmp_path, f"grpo-{placement}", 16, adapter="full", lr=2e-2, group=8, prompts_per_step=8, **extra
-        )
-    )
+    job = grpo_job(policy_dir, tmp_path, "grpo-separate", 16, adapter="full", lr=2e-2, group=8, prompts_per_step=8,
+                   placement="separate", cpus_per_engine=0.5)  # fmt: skip
+    outcome = run_online(job)
     logged = metrics(outcome.run_dir)
     rewards = [m["reward"] for m in logged]
     assert [m["step"] for m in logged] == list(range(1, 17))
@@ -211,8 +208,9 @@ def reward_model(local_ray: None, tiny_model_dir: Path, tmp_path_factory: pytest
 def test_a_reward_model_served_by_an_actor_raises_its_own_score(
     policy_dir: Path, reward_model: str, tmp_path: Path
 ) -> None:
-    """A reward model trained with stage rm, named as rm:<run dir>: its actor scores every answer, the policy
-    learns to please it, and the actor is stopped with the run."""
+    """A reward model trained with stage rm, named as rm:<run dir>: its actor scores every answer, the fully
+    tuned policy learns to please it on a colocated engine that generates with its published weights, and the
+    actor is stopped with the run."""
     import ray
 
     from raytune_ft.rl.launch import run_online
@@ -223,6 +221,7 @@ def test_a_reward_model_served_by_an_actor_raises_its_own_score(
     scores = [m[f"reward/{reward_model}"] for m in logged]
     assert scores == pytest.approx([m["reward"] for m in logged], abs=1e-5)  # the only reward, weight 1
     assert mean(scores[-4:]) > mean(scores[:4]) + 0.1, scores  # 12 steps moved it 0.24 here (step std ~0.04)
+    assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3  # the colocated engine follows the whole weights
     alive = ray.util.list_named_actors(all_namespaces=True)
     assert not [actor for actor in alive if actor["name"].startswith(("reward-", "rollout-"))], alive
 
@@ -260,3 +259,21 @@ def test_ppo_with_a_reward_model_trains_and_resumes(policy_dir: Path, reward_mod
     heads = [load_file(str(Path(run.checkpoint or "", CRITIC_WEIGHTS)))["weight"] for run in (first, second)]
     assert not heads[0].equal(heads[1])  # the critic kept training after the resume
     assert Path(second.checkpoint or "", "adapter_model.safetensors").is_file()
+
+
+def test_engines_that_leave_ray_data_no_cpu_are_refused(
+    policy_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One worker and a separate engine pinned to 1 CPU each on this 2-CPU Ray: refused before any actor starts."""
+    from raytune_ft.cli import main
+    from raytune_ft.config import dump_config
+
+    config = tmp_path / "grpo.yaml"
+    cfg = grpo_job(policy_dir, tmp_path, "starved", 2, placement="separate", cpus_per_engine=1.0)
+    config.write_text(
+        dump_config(cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"cpus_per_worker": 1.0})}))
+    )
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "leave 0 of the cluster's 2 CPUs to Ray Data" in err and "rollout.cpus_per_engine (now 1;" in err, err
+    assert not (tmp_path / "starved").exists()
