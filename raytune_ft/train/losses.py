@@ -213,10 +213,11 @@ def local_moments(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), float(values.std())
 
 
-def summed_moments(count: float, total: float, squares: float) -> tuple[float, float]:
-    """Mean and unbiased std from a batch's count, sum and sum of squares (added up over its shares)."""
+def summed_moments(count: float, total: float, squares: float, *, ddof: int = 1) -> tuple[float, float]:
+    """Mean and std (unbiased with ``ddof`` 1, the population's with 0) from a batch's count, sum and sum of
+    squares (added up over its shares)."""
     mean = total / count
-    variance = (squares - count * mean**2) / max(count - 1.0, 1.0)
+    variance = (squares - count * mean**2) / max(count - ddof, 1.0)
     return mean, max(variance, 0.0) ** 0.5
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "PreferenceObjective",
     "RewardObjective",
     "SFTObjective",
+    "add_metric_sums",
     "causal_lm_loss_sum",
     "learned_positions",
     "model_inputs",
@@ -52,6 +53,13 @@ __all__ = [
 
 MetricSums = dict[str, tuple[float, float]]
 """Metric name -> (sum, count) since the last ``metrics()`` call; the mean is sum / count."""
+
+
+def add_metric_sums(into: MetricSums, more: MetricSums) -> None:
+    """Add ``more``'s sums and counts to ``into``'s, name by name."""
+    for name, (total, count) in more.items():
+        old_total, old_count = into.get(name, (0.0, 0.0))
+        into[name] = (old_total + total, old_count + count)
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

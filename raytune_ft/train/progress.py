@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .objectives import MetricSums
+from .objectives import MetricSums, add_metric_sums
 from .step import StepStats
 from .strategies import Strategy
 
@@ -43,9 +43,7 @@ class Meter:
         self._skipped += stats.skipped
         for i, value in enumerate((stats.loss_sum, stats.terms, stats.tokens, stats.padded_tokens)):
             self._sums[i] += value
-        for name, (total, count) in stats.metrics.items():
-            old_total, old_count = self._metrics.get(name, (0.0, 0.0))
-            self._metrics[name] = (old_total + total, old_count + count)
+        add_metric_sums(self._metrics, stats.metrics)
         self._last = stats
 
     def flush(self, strategy: Strategy, step: int) -> dict[str, Any]:
