@@ -127,10 +127,18 @@ def identity_batch(tokenizer: Any) -> Any:
 
 
 def make_adapter_checkpoint(
-    base: Path, run: Path, step: int, seed: int, template: str | None = None, source: str = BUILTIN, dora: bool = False
+    base: Path,
+    run: Path,
+    step: int,
+    seed: int,
+    template: str | None = None,
+    source: str = BUILTIN,
+    dora: bool = False,
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
 ) -> Path:
-    """A LoRA checkpoint of ``base`` in raytune_ft's layout whose random, non-zero adapter visibly changes
-    the output; ``template`` replaces the chat template saved with it, ``source`` is its model.source."""
+    """A LoRA checkpoint of ``base`` in raytune_ft's layout whose random, non-zero adapter (on ``targets``)
+    visibly changes the output; ``template`` replaces the chat template saved with it, ``source`` is its
+    model.source."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,7 +148,7 @@ def make_adapter_checkpoint(
     torch.manual_seed(seed)  # lora_A's initialisation: the same adapter on every run
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], use_dora=dora),
+        LoraConfig(r=8, lora_alpha=16, target_modules=list(targets), use_dora=dora),
     )
     generator = torch.Generator().manual_seed(seed)
     for name, weight in model.named_parameters():
@@ -159,8 +167,8 @@ def make_adapter_checkpoint(
 
 @pytest.fixture(scope="session")
 def adapter_checkpoint() -> Any:
-    """``adapter_checkpoint(base, run_dir, step, seed, template=None, source=BUILTIN, dora=False)``: see
-    make_adapter_checkpoint."""
+    """``adapter_checkpoint(base, run_dir, step, seed, template=None, source=BUILTIN, dora=False, targets=...)``:
+    see make_adapter_checkpoint."""
     return make_adapter_checkpoint
 
 

@@ -203,8 +203,9 @@ class DataConfig(Section):
     comma-separated string is accepted. Default: equal shares."""
 
     val_size: float = Field(default=0.0, ge=0)
-    """Rows held out for validation, reported as ``eval_loss``: a fraction (< 1) or a row count
-    (>= 1). Rows are chosen by a seeded hash of file and row number, so the split is stable."""
+    """Rows held out for validation, reported as ``eval_loss`` (online stages: ``eval_reward`` of one greedy
+    answer per prompt): a fraction (< 1) or a row count (>= 1). Rows are chosen by a seeded hash of file and row
+    number, so the split is stable."""
 
     eval_dataset: CommaList | None = None
     """Datasets used for validation instead of a ``val_size`` split (same forms as ``dataset``)."""
@@ -718,7 +719,8 @@ class TrainConfig(Section):
     """Report loss, learning rate and throughput every N optimizer steps."""
 
     eval_steps: int | None = Field(default=None, ge=1)
-    """Compute ``eval_loss`` on the validation split every N optimizer steps (and at the end).
+    """Compute ``eval_loss`` (online stages: ``eval_reward``) on the validation split every N optimizer steps
+    (and at the end).
     Default: at every checkpoint (``save_steps``). Only used when ``data.val_size`` or
     ``data.eval_dataset`` gives a validation split."""
 
@@ -972,7 +974,8 @@ class TuneConfig(Section):
     metric: str = "eval_loss"
     """Reported metric that ranks trials: ``eval_loss`` (needs ``data.val_size`` or
     ``data.eval_dataset``), another ``eval_*`` metric of the objective, or the training ``loss``; for an
-    online stage, ``reward`` (the mean reward of each step's answers, with ``mode: max``)."""
+    online stage, ``reward`` (the mean reward of each step's answers) or ``eval_reward`` (of the validation
+    split's greedy answers), with ``mode: max``."""
 
     mode: Literal["min", "max"] = "min"
     """Whether lower (``min``) or higher (``max``, e.g. ``eval_accuracy``) ``metric`` is better."""
@@ -1388,12 +1391,6 @@ class JobConfig(Section):
             raise ValueError(
                 f"method.reference: precomputed does not apply to stage {stage}: the answers it scores are generated "
                 "during training; use live"
-            )
-        if self.adapter.type == "lora" and (self.adapter.use_dora or self.adapter.init_from):
-            raise ValueError(
-                f"stage {stage} with LoRA publishes the adapter to the rollout engines, which merge plain LoRA into "
-                "the base model: adapter.use_dora and adapter.init_from are not supported there yet (merge an "
-                "init_from adapter into a model first with raytune-ft export)"
             )
         if self.scaling.use_gpu and self.rollout.placement == "colocated":
             raise ValueError(

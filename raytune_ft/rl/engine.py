@@ -2,7 +2,8 @@
 
 Every ``generate`` call names the policy version it needs. An engine behind that version pulls the
 weights from the run's ``WeightStore`` first: a LoRA run's adapter files, which the engine merges into
-its copy of the base weights, W + (alpha / r) B A, and loads into the running model; a whole model's
+its copy of the base weights (W + (alpha / r) B A, or DoRA's rescaled rows; with ``adapter.init_from``, the
+base holds the adapters merged before the continued one), and loads into the running model; a whole model's
 safetensors otherwise. Merging keeps generation at the base model's speed (vLLM's LoRA kernels ran 5x
 slower on CPU) while only the adapter crosses the object store. So a replaced engine
 (Ray restarts a killed actor, ``rollout.max_restarts``) catches up on its first call, and Ray runs the
@@ -17,17 +18,19 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raytune_ft.config import JobConfig
-from raytune_ft.models import resolve_model
+from raytune_ft.models import adapter_folder, merged_adapters, resolve_model
 from raytune_ft.models.vllm_engine import start_vllm
 
 __all__ = [
     "BaseWeights",
     "Generation",
+    "LoraWeights",
     "RolloutEngine",
     "WeightStore",
     "colocated_share",
@@ -95,14 +98,21 @@ class RolloutEngine:
         # An adapter reloads only the blocks it changed; vLLM warns about every weight left as it was.
         logging.getLogger("vllm.model_executor.model_loader.reload.inplace").setLevel(logging.ERROR)
         self.version = -1
-        self.base: BaseWeights | None = BaseWeights(resolve_model(cfg.model)) if self.adapter else None
+        self.base: BaseWeights | None = None
+        if self.adapter:
+            merged = [LoraWeights.from_folder(adapter_folder(entry, cfg.model.cache_dir)) for entry in
+                      merged_adapters(cfg.adapter)]  # fmt: skip
+            self.base = BaseWeights(resolve_model(cfg.model), merged)
+            if self.base.changed():  # adapter.init_from's merged adapters belong to the base it generates with
+                self._reload(self.base.whole_blocks({name: self.base[name] for name in self.base.changed()}))
 
     def ready(self) -> int:
         """The engine's process id, once vLLM is up."""
         return os.getpid()
 
-    def generate(self, prompts: list[list[int]], version: int, group: int) -> Generation:
-        """``group`` sampled answers per prompt from policy ``version`` (waiting for it to be published).
+    def generate(self, prompts: list[list[int]], version: int, group: int, greedy: bool = False) -> Generation:
+        """``group`` sampled answers per prompt from policy ``version`` (waiting for it to be published);
+        ``greedy``: the most likely answer instead (temperature 0).
 
         Sampling draws from the engine's own generator (seeded once at start): vLLM's per-request seeds
         fail on CPU when a long batch of prompts is prefilled in chunks."""
@@ -111,7 +121,8 @@ class RolloutEngine:
         sync_s = self._catch_up(version)
         m = self.cfg.method
         params = SamplingParams(
-            n=group, temperature=m.temperature, top_p=self.cfg.rollout.top_p, max_tokens=m.max_new_tokens,
+            n=group, temperature=0.0 if greedy else m.temperature, top_p=self.cfg.rollout.top_p,
+            max_tokens=m.max_new_tokens,
             logprobs=0,
         )  # fmt: skip
         start = time.perf_counter()
@@ -145,14 +156,16 @@ class RolloutEngine:
         return time.perf_counter() - start
 
     def _load(self, version: int, files: dict[str, bytes]) -> None:
-        weights = merged_adapter(files, self.base) if self.base is not None else _model_weights(files)
+        self._reload(merged_adapter(files, self.base) if self.base is not None else _model_weights(files))
+        self.version = version
+
+    def _reload(self, weights: list[tuple[str, Any]]) -> None:
         # vLLM's in-place reload: on CPU the loaded linear weights were repacked for its GEMM kernels (and the
         # plain tensors dropped), so new weights go through the loader and are repacked again.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if any(name.endswith("embed_tokens.weight") for name, _ in weights):
             self.llm.apply_model(_retie_lm_head)
         self.llm.reset_prefix_cache()
-        self.version = version
 
 
 def _retie_lm_head(model: Any) -> None:
@@ -167,17 +180,30 @@ def _retie_lm_head(model: Any) -> None:
 
 
 class BaseWeights:
-    """The base model's weights as its safetensors hold them, read on first use and kept (the merge
-    starts from them at every version)."""
+    """The base model's weights as its safetensors hold them, with ``merged`` LoRA adapters (``adapter.init_from``
+    but the continued one) merged in, in order; read on first use and kept (the merge of every published
+    adapter starts from them)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, merged: Sequence[LoraWeights] = ()) -> None:
         from safetensors import safe_open
 
         self.files: dict[str, Path] = {}
         for path in sorted(folder.glob("*.safetensors")):
             with safe_open(str(path), framework="pt") as f:
                 self.files.update(dict.fromkeys(f.keys(), path))
+        self.merged = list(merged)
         self.kept: dict[str, Any] = {}
+
+    def changed(self) -> list[str]:
+        """The weights the ``merged`` adapters change, which an engine started on the plain base must load."""
+        return sorted({f"{module}.weight" for adapter in self.merged for module in adapter.modules()})
+
+    def whole_blocks(self, weights: dict[str, Any]) -> list[tuple[str, Any]]:
+        """``weights`` and this base's weights of every other module in the same parent (an attention or MLP
+        block), which vLLM fuses with them (q/k/v, gate/up) and must reload whole."""
+        blocks = tuple({name.rsplit(".", 2)[0] + "." for name in weights})
+        siblings = sorted(name for name in self.files if name.startswith(blocks) and name not in weights)
+        return [*weights.items(), *((name, self[name]) for name in siblings)]
 
     def __getitem__(self, name: str) -> Any:
         from safetensors import safe_open
@@ -186,33 +212,82 @@ class BaseWeights:
             if name not in self.files:
                 raise KeyError(f"the base model has no weight {name!r} for the adapter to merge into")
             with safe_open(str(self.files[name]), framework="pt") as f:
-                self.kept[name] = f.get_tensor(name).float()
+                weight = f.get_tensor(name).float()
+            for adapter in self.merged:
+                weight = adapter.merged(name.removesuffix(".weight"), weight)
+            self.kept[name] = weight
         return self.kept[name]
 
 
-def merged_adapter(files: dict[str, bytes], base: BaseWeights) -> list[tuple[str, Any]]:
-    """(weight name, W + s B A) for every module of a peft LoRA checkpoint's files, with s = alpha / r (rsLoRA:
-    alpha / sqrt(r)), plus the base weights of every other module in the same parent (an attention or MLP
-    block), which vLLM fuses with them (q/k/v, gate/up) and must reload whole. Names are the base model's
-    safetensors names, what vLLM's ``load_weights`` reads."""
-    from safetensors.torch import load
+@dataclass(frozen=True)
+class LoraWeights:
+    """A peft LoRA (or DoRA) adapter: its ``adapter_config.json`` and its tensors by their saved names."""
 
-    config = json.loads(files["adapter_config.json"])
-    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora"):
-        raise ValueError("rollout engines merge plain LoRA adapters (one rank and alpha, no DoRA)")
-    rank = config["r"]
-    scale = config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
-    tensors = load(files["adapter_model.safetensors"])
-    merged: dict[str, Any] = {}
-    for key, a in tensors.items():
-        if ".lora_A." not in key:
-            continue
-        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-        b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        merged[f"{module}.weight"] = base[f"{module}.weight"] + scale * (b.float() @ a.float())
-    blocks = {name.rsplit(".", 2)[0] + "." for name in merged}
-    siblings = [name for name in base.files if name.startswith(tuple(blocks)) and name not in merged]
-    return [*merged.items(), *((name, base[name]) for name in sorted(siblings))]
+    config: dict[str, Any]
+    tensors: dict[str, Any]
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> LoraWeights:
+        """From a published adapter's file contents (``adapter_config.json``, ``adapter_model.safetensors``)."""
+        from safetensors.torch import load
+
+        return cls(json.loads(files["adapter_config.json"]), load(files["adapter_model.safetensors"]))
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> LoraWeights:
+        """From an adapter folder (``adapter_model.safetensors``, or an older peft's ``adapter_model.bin``)."""
+        import torch
+        from safetensors.torch import load_file
+
+        config = json.loads((folder / "adapter_config.json").read_text())
+        if (folder / "adapter_model.safetensors").is_file():
+            return cls(config, load_file(str(folder / "adapter_model.safetensors")))
+        return cls(config, torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True))
+
+    def modules(self) -> list[str]:
+        """The base model's modules the adapter changes, by their names in the base model."""
+        return [key.split(".lora_A.")[0].removeprefix("base_model.model.") for key in self.tensors if ".lora_A." in key]
+
+    def scale(self, module: str) -> float:
+        """s = alpha / r (rsLoRA: alpha / sqrt(r)), with ``rank_pattern`` / ``alpha_pattern`` matched as peft does."""
+        from peft.utils.other import get_pattern_key
+
+        ranks, alphas = self.config.get("rank_pattern") or {}, self.config.get("alpha_pattern") or {}
+        rank = ranks.get(get_pattern_key(list(ranks), module), self.config["r"])
+        alpha = alphas.get(get_pattern_key(list(alphas), module), self.config["lora_alpha"])
+        return float(alpha / (math.sqrt(rank) if self.config.get("use_rslora") else rank))
+
+    def merged(self, module: str, weight: Any) -> Any:
+        """``module``'s merged weight W' = W + s B A (Hu et al. 2021, eq. 3); under DoRA (Liu et al. 2024, eq. 5)
+        W' = m (W + s B A) / ||W + s B A||, the norm of each output row, ``m`` the learned magnitudes. ``weight``
+        itself where the adapter leaves the module alone."""
+        prefix = f"base_model.model.{module}"
+        if f"{prefix}.lora_A.weight" not in self.tensors:
+            return weight
+        a, b = self.tensors[f"{prefix}.lora_A.weight"].float(), self.tensors[f"{prefix}.lora_B.weight"].float()
+        updated = weight + self.scale(module) * (b @ a)
+        magnitude = self.tensors.get(f"{prefix}.lora_magnitude_vector")
+        if magnitude is None:
+            return updated
+        return (magnitude.float() / updated.norm(dim=1)).unsqueeze(1) * updated
+
+
+def merged_adapter(files: dict[str, bytes], base: BaseWeights) -> list[tuple[str, Any]]:
+    """(weight name, merged weight) for every module of a published peft LoRA or DoRA adapter (``LoraWeights``),
+    plus the base weights of every other module in the same parent (an attention or MLP block), which vLLM
+    fuses with them (q/k/v, gate/up) and must reload whole. Names are the base model's safetensors names, what
+    vLLM's ``load_weights`` reads."""
+    adapter = LoraWeights.from_files(files)
+    unknown = [
+        key
+        for key in adapter.tensors
+        if not key.endswith((".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"))
+    ]
+    if unknown:
+        raise ValueError(f"rollout engines merge LoRA and DoRA weights only, not {unknown[0]!r}")
+    return base.whole_blocks(
+        {f"{module}.weight": adapter.merged(module, base[f"{module}.weight"]) for module in adapter.modules()}
+    )
 
 
 def _model_weights(files: dict[str, bytes]) -> list[tuple[str, Any]]:

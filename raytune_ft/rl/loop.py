@@ -26,7 +26,7 @@ from raytune_ft.config import JobConfig
 from raytune_ft.data import IGNORE_INDEX, no_trainable_rows, pad_batch
 from raytune_ft.models import save_weights
 from raytune_ft.train import StepCore, TrainState
-from raytune_ft.train.loop import WorkerContext, run_worker
+from raytune_ft.train.loop import Evaluation, WorkerContext, run_worker
 from raytune_ft.train.losses import (
     ADVANTAGE_ESTIMATORS,
     Moments,
@@ -39,6 +39,7 @@ from raytune_ft.train.losses import (
     update_moments,
 )
 from raytune_ft.train.objectives import MetricSums, add_metric_sums
+from raytune_ft.train.progress import reduce_metrics
 from raytune_ft.train.reference import policy_outputs
 
 from .engine import Generation
@@ -186,10 +187,13 @@ class RolloutFeed:
     def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
         return {"sync/publish_s": (publish_weights(core, self.store, state.global_step), 1.0)}
 
+    def evaluation(self, shard: Any) -> Evaluation:
+        return _RewardEvaluation(self, shard)
+
     def _score(
-        self, rows: dict[str, Any], prompts: list[np.ndarray], generation: Generation
+        self, rows: dict[str, Any], prompts: list[np.ndarray], generation: Generation, group: int | None = None
     ) -> tuple[torch.Tensor, MetricSums]:
-        group = self.ctx.cfg.method.group_size
+        group = group or self.ctx.cfg.method.group_size
         decode = self.ctx.tokenizer.batch_decode
         answers = decode(generation.completions, skip_special_tokens=True)
         prompt_texts = [text for text in decode(prompts, skip_special_tokens=False) for _ in range(group)]
@@ -328,6 +332,38 @@ def _whitened(tensors: list[torch.Tensor], masks: list[torch.Tensor], shift_mean
         start += int(mask.sum())
         out.append(placed)
     return out
+
+
+class _RewardEvaluation:
+    """The validation prompts (``data.val_size``, ``data.eval_dataset``), each answered once, greedily, by the
+    engine with the weights just published, and scored by the run's rewards: ``eval_reward``, each
+    ``eval_reward/<name>``, ``eval_response_length`` and ``eval_truncated``. Each worker answers every
+    world-th batch of ``rollout.prompts_per_step`` x ``method.group_size`` prompts (as many answers as a
+    step generates) on its own engine."""
+
+    headline = "eval_reward"
+
+    def __init__(self, feed: RolloutFeed, shard: Any) -> None:
+        self.feed, self.shard = feed, shard
+        self.every = feed.ctx.cfg.train.eval_steps or feed.ctx.cfg.train.save_steps
+
+    def metrics(self, core: StepCore, device: torch.device) -> dict[str, float]:
+        import ray
+
+        ctx = self.feed.ctx
+        kept = {"reward": "reward", "response_length": "response_length", "rollout/truncated": "truncated"}
+        kept.update({f"reward/{name}": f"reward/{name}" for name in ctx.cfg.method.reward})
+        sums: MetricSums = dict.fromkeys(kept.values(), (0.0, 0.0))  # every worker reduces the same names
+        size = ctx.cfg.rollout.prompts_per_step * ctx.cfg.method.group_size
+        batches = self.shard.iter_batches(batch_size=size, batch_format="numpy")
+        for i, rows in enumerate(batches):
+            if i % ctx.world != ctx.rank:
+                continue
+            prompts = list(rows["prompt_ids"])
+            answers = self.feed.engine.generate.remote(prompts, ctx.state.global_step, 1, greedy=True)
+            _, made = self.feed._score(rows, prompts, ray.get(answers), group=1)
+            add_metric_sums(sums, {kept[name]: value for name, value in made.items() if name in kept})
+        return reduce_metrics(core.strategy, sums, "eval_")
 
 
 WINDOWS = {"grpo": group_windows, "ppo": critic_windows}

@@ -45,8 +45,8 @@ from .strategies import STRATEGIES, is_distributed
 from .tokenizer import job_tokenizer
 from .tracking import Trackers, open_trackers, plot_loss
 
-__all__ = ["Feed", "RunPlan", "WorkerContext", "build_training", "collator", "data_feed", "run_worker",
-           "train_loop_per_worker"]  # fmt: skip
+__all__ = ["Evaluation", "Feed", "RunPlan", "WorkerContext", "build_training", "collator", "data_feed",
+           "run_worker", "train_loop_per_worker"]  # fmt: skip
 
 Collate = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
 """A numpy batch of token rows -> model-ready tensors."""
@@ -103,6 +103,18 @@ def build_training(
     return core, tokenizer
 
 
+class Evaluation(Protocol):
+    """How a run measures itself on its validation split, every ``every`` steps."""
+
+    every: int
+    headline: str
+    """The metric the console line shows (``eval_loss``, ``eval_reward``)."""
+
+    def metrics(self, core: StepCore, device: torch.device) -> dict[str, float]:
+        """Cluster-wide ``eval_*`` metrics (all workers must call it)."""
+        ...
+
+
 class Feed(Protocol):
     """Where a worker's optimizer steps get their micro-batches."""
 
@@ -112,6 +124,10 @@ class Feed(Protocol):
 
     def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
         """Called by every worker after each optimizer step (``state`` already counts it)."""
+        ...
+
+    def evaluation(self, shard: Any) -> Evaluation:
+        """How this feed's run is measured on the validation ``shard`` (every worker holds it whole)."""
         ...
 
 
@@ -160,10 +176,7 @@ def run_worker(config: dict[str, Any], make_feed: Callable[[WorkerContext], Feed
         trackers = open_trackers(cfg, plan.run_dir, state.global_step)
     world = ray.train.get_context().get_world_size()
     feed = make_feed(WorkerContext(cfg, plan, core, tokenizer, state, rank, world, device, config.get("feed", {})))
-    evaluation = None
-    if plan.has_eval:
-        collate = collator(cfg, core.strategy.unwrap(core.model), tokenizer.pad_token_id)
-        evaluation = _Evaluation(ray.train.get_dataset_shard("eval"), cfg, collate, rank, world)
+    evaluation = feed.evaluation(ray.train.get_dataset_shard("eval")) if plan.has_eval else None
     try:
         _run(core, tokenizer, cfg, plan, state, feed, evaluation, rank, device, trackers)
     finally:
@@ -175,14 +188,18 @@ def run_worker(config: dict[str, Any], make_feed: Callable[[WorkerContext], Feed
 class _BatchFeed:
     """``gradient_accumulation_steps`` micro-batches of the dataset shard per step."""
 
-    def __init__(self, batches: Iterator[dict[str, torch.Tensor]], steps: int, device: torch.device) -> None:
-        self.batches, self.steps, self.device = batches, steps, device
+    def __init__(self, ctx: WorkerContext, batches: Iterator[dict[str, torch.Tensor]], collate: Collate) -> None:
+        self.ctx, self.batches, self.collate = ctx, batches, collate
 
     def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
-        return [move_batch(next(self.batches), self.device) for _ in range(self.steps)], {}
+        steps = self.ctx.cfg.train.gradient_accumulation_steps
+        return [move_batch(next(self.batches), self.ctx.device) for _ in range(steps)], {}
 
     def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
         return {}
+
+    def evaluation(self, shard: Any) -> Evaluation:
+        return _Evaluation(shard, self.ctx.cfg, self.collate, self.ctx.rank, self.ctx.world)
 
 
 def data_feed(ctx: WorkerContext) -> Feed:
@@ -195,7 +212,7 @@ def data_feed(ctx: WorkerContext) -> Feed:
     balance = ctx.world > 1 and cfg.data.balance_micro_batches and _padding_free(cfg, model)
     seed = cfg.train.seed + 1000 * ctx.rank
     batches = _micro_batches(shard, cfg, collate, ctx.state, seed=seed, balance=balance)
-    return _BatchFeed(batches, cfg.train.gradient_accumulation_steps, ctx.device)
+    return _BatchFeed(ctx, batches, collate)
 
 
 def _run(
@@ -205,7 +222,7 @@ def _run(
     plan: RunPlan,
     state: TrainState,
     feed: Feed,
-    evaluation: _Evaluation | None,
+    evaluation: Evaluation | None,
     rank: int,
     device: torch.device,
     trackers: Trackers,
@@ -238,7 +255,8 @@ def _run(
             metrics.update(evaluation.metrics(core, device))
         if (log or evaluate) and rank == 0:
             print(meter.format(metrics) if log else f"step {state.global_step}", end="", flush=True)
-            print(f" | eval_loss {metrics['eval_loss']:.4f}" if evaluate else "", flush=True)
+            headline = evaluation.headline if evaluate and evaluation is not None else ""
+            print(f" | {headline} {metrics[headline]:.4f}" if headline else "", flush=True)
             _append_metrics(plan.run_dir, metrics)
             trackers.log(metrics)
         if save:
@@ -311,6 +329,8 @@ def _regrouped(rows: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:
 
 class _Evaluation:
     """The validation shard and how to turn it into one cluster-wide ``eval_loss``."""
+
+    headline = "eval_loss"
 
     def __init__(self, shard: Any, cfg: JobConfig, collate: Collate, rank: int, world_size: int) -> None:
         self.shard = shard

@@ -70,6 +70,10 @@ def plan_sweep(cfg: JobConfig, cluster_cpus: float, cluster_gpus: float = 0.0) -
     return SweepPlan(concurrency, max(0.1, min(1.0, math.floor(share * 100) / 100)))
 
 
+ONLINE_EVAL = ("eval_reward", "eval_response_length", "eval_truncated")
+"""What an online stage reports on its validation split."""
+
+
 def check_sweep(cfg: JobConfig) -> None:
     """Refuse a sweep that cannot rank its trials before starting anything."""
     if not cfg.tune.space:
@@ -78,10 +82,11 @@ def check_sweep(cfg: JobConfig) -> None:
             "{loguniform: [1.0e-5, 1.0e-3]}}"
         )
     worker_setup(cfg).check(cfg)
-    if cfg.method.online and cfg.tune.metric.startswith("eval_"):
+    if cfg.method.online and cfg.tune.metric.startswith("eval_") and not cfg.tune.metric.startswith(ONLINE_EVAL):
         raise ConfigError(
-            f"tune.metric {cfg.tune.metric}: method.stage {cfg.method.stage} has no validation split; rank its trials "
-            "by the mean reward of their answers (tune.metric: reward, tune.mode: max)"
+            f"tune.metric {cfg.tune.metric}: method.stage {cfg.method.stage} measures its validation split by reward, "
+            "not loss; rank its trials by eval_reward (with data.val_size or data.eval_dataset) or by the mean reward "
+            "of their answers (tune.metric: reward), with tune.mode: max"
         )
     if "://" in cfg.train.storage_path:
         raise ConfigError(

@@ -1,6 +1,7 @@
 """Rewards for the online-stage tests, importable by Ray workers (tests/ is on their PYTHONPATH): one a tiny
-random model can learn in a few steps (the share of an answer's tokens whose id is even), and one that
-scores every answer the same (no group is informative)."""
+random model can learn in a few steps (the share of an answer's tokens whose id is even), one that
+scores every answer the same (no group is informative), and one that scores the question, not the answer
+(its mean over a set of prompts is known before anything is generated)."""
 
 from __future__ import annotations
 
@@ -14,3 +15,7 @@ def even_tokens(completion_ids: Sequence[Sequence[int]], **_: Any) -> list[float
 
 def same_for_all(completion_ids: Sequence[Sequence[int]], **_: Any) -> list[float]:
     return [1.0 for _ in completion_ids]
+
+
+def answer_value(answer: Sequence[str], **_: Any) -> list[float]:
+    return [float(truth) / 100 for truth in answer]

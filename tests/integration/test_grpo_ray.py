@@ -30,6 +30,7 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path
 
 
 REWARD = "tests.integration.rl_rewards:even_tokens"
+VALUE = "tests.integration.rl_rewards:answer_value"  # scores the question: its held-out mean is known
 
 
 def grpo_job(
@@ -86,18 +87,26 @@ def test_reward_rises_with_synced_separate_engines(policy_dir: Path, tmp_path: P
 def test_sharded_workers_publish_whole_weights(policy_dir: Path, tmp_path: Path, strategy: str) -> None:
     """Two LoRA workers under a sharding strategy, REINFORCE++ (whitened over both workers' answers), two
     updates per generated batch: the adapter is gathered from the shards, the engine generates with it (its
-    log-probs equal the policy's at each step that generated), and the run checkpoints."""
+    log-probs equal the policy's at each step that generated), and the run checkpoints. The held-out prompts
+    (data.eval_dataset) are answered and scored once each at the last step, split between the workers."""
+    from raytune_ft.data import BUILTIN_DATASETS
     from raytune_ft.rl.launch import run_online
 
     cfg = grpo_job(policy_dir, tmp_path, strategy, 3).model_dump(mode="json", by_alias=True)
     cfg["scaling"] = {"num_workers": 2, "strategy": strategy}
-    cfg["method"].update(loss="reinforce_pp", ppo_epochs=2)
+    cfg["method"].update(loss="reinforce_pp", ppo_epochs=2, reward=[REWARD, VALUE], reward_weights=[1.0, 0.0])
+    cfg["data"]["eval_dataset"] = "arithmetic_test_200"
     outcome = run_online(JobConfig.model_validate(cfg))
     logged = metrics(outcome.run_dir)
     assert [m["step"] for m in logged] == [1, 2, 3]
     gaps = [m["rollout/logprob_gap"] for m in logged]
     assert max(gaps[0], gaps[2]) < 2e-3 and gaps[1] > gaps[0], gaps  # step 2 reuses step 1's answers
     assert outcome.checkpoint is not None and Path(outcome.checkpoint, "adapter_model.safetensors").is_file()
+    held_out = [json.loads(line) for line in BUILTIN_DATASETS["arithmetic_test_200"].read_text().splitlines()]
+    evaluated = logged[-1]
+    assert evaluated[f"eval_reward/{VALUE}"] == pytest.approx(mean([float(r["answer"]) / 100 for r in held_out]))
+    assert evaluated["eval_reward"] == pytest.approx(evaluated[f"eval_reward/{REWARD}"])
+    assert 0 < evaluated["eval_response_length"] <= 12 and "eval_reward" not in logged[0]
 
 
 def test_one_step_overlap_trains_on_answers_one_update_old(policy_dir: Path, tmp_path: Path) -> None:
@@ -135,15 +144,24 @@ def test_a_run_resumes_where_it_stopped(policy_dir: Path, tmp_path: Path) -> Non
     assert Path(second.checkpoint or "").name == "checkpoint-000004" and position(second) == (0, 12)
 
 
-def test_a_killed_engine_is_replaced_and_the_run_finishes(policy_dir: Path, tmp_path: Path) -> None:
-    """The engine is killed after step 2; Ray restarts it, it catches up with the published weights, and the
-    generation it lost runs again."""
+def test_a_killed_engine_is_replaced_and_the_run_finishes(
+    policy_dir: Path, tmp_path: Path, adapter_checkpoint: Any
+) -> None:
+    """The run starts from two adapters (adapter.init_from): a LoRA of the MLP merged into the base and a DoRA
+    adapter of the attention it continues. The engine is killed after step 2; Ray restarts it, it loads the
+    merged MLP weights again, catches up with the published DoRA weights, and the generation it lost runs
+    again."""
     import ray
 
     from raytune_ft.rl.engine import engine_name
     from raytune_ft.rl.launch import run_online
 
-    cfg = grpo_job(policy_dir, tmp_path, "killed", 6)
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    merged = adapter_checkpoint(policy_dir, tmp_path / "merged", 1, 1, source=str(policy_dir), targets=mlp)
+    continued = adapter_checkpoint(policy_dir, tmp_path / "continued", 1, 2, source=str(policy_dir), dora=True)
+    dump = grpo_job(policy_dir, tmp_path, "killed", 6).model_dump(mode="json", by_alias=True)
+    dump["adapter"]["init_from"] = [str(merged), str(continued)]
+    cfg = JobConfig.model_validate(dump)
     log = tmp_path / "killed" / "metrics.jsonl"
     killed: list[float] = []
 

@@ -42,7 +42,6 @@ def test_a_kl_estimator_asks_for_a_reference() -> None:
         ),
         ({"method": {"stage": "grpo"}, "train": {"gradient_accumulation_steps": 2}}, "set it to 1"),
         ({"method": {"stage": "grpo", "kl": "k3", "reference": "precomputed"}}, "use live"),
-        ({"method": {"stage": "grpo"}, "adapter": {"use_dora": True}}, "use_dora"),
         ({"method": {"stage": "grpo"}, "scaling": {"use_gpu": True}}, "placement: separate"),
     ],
 )

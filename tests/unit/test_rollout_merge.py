@@ -1,5 +1,6 @@
-"""What a rollout engine loads for a LoRA run: the adapter merged into the base weights, held equal to peft's
-own merge, and whole attention/MLP blocks (vLLM fuses q/k/v and gate/up and reloads them whole)."""
+"""What a rollout engine loads for a LoRA run: the adapter (LoRA or DoRA, per-module ranks included) merged into
+the base weights, held equal to peft's own merge; with adapter.init_from, into a base holding the adapters merged
+before it; and whole attention/MLP blocks (vLLM fuses q/k/v and gate/up and reloads them whole)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import torch
 
-from raytune_ft.rl.engine import BaseWeights, merged_adapter
+from raytune_ft.rl.engine import BaseWeights, LoraWeights, merged_adapter
 
 
 def adapter_files(folder: Path) -> dict[str, bytes]:
@@ -34,3 +35,64 @@ def test_untargeted_blocks_are_left_alone(tiny_model_dir: Path, tmp_path: Path, 
     folder = adapter_checkpoint(tiny_model_dir, tmp_path / "run", 1, seed=6)
     names = {name for name, _ in merged_adapter(adapter_files(folder), BaseWeights(tiny_model_dir))}
     assert names and all(".self_attn." in name for name in names)
+
+
+def peft_adapter(base: Path, folder: Path, seed: int, **lora: Any) -> Path:
+    """A peft adapter on ``base`` with random, non-zero LoRA B (and DoRA magnitudes moved off their start)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig(**lora))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name or "magnitude" in name:
+                weight.add_(torch.randn_like(weight) * 0.1)
+    model.save_pretrained(folder)
+    return folder
+
+
+def peft_merged(base: Path, *folders: Path) -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    for folder in folders:
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    return dict(model.state_dict())
+
+
+def test_dora_and_per_module_ranks_merge_as_peft_does(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = peft_adapter(
+        tiny_model_dir, tmp_path / "dora", 3, r=8, lora_alpha=16, use_dora=True, target_modules=["q_proj", "up_proj"],
+        rank_pattern={"up_proj": 4}, alpha_pattern={"q_proj": 4},
+    )  # fmt: skip
+    merged = dict(merged_adapter(adapter_files(folder), BaseWeights(tiny_model_dir)))
+    reference = peft_merged(tiny_model_dir, folder)
+    for name, weight in merged.items():
+        torch.testing.assert_close(weight, reference[name], rtol=1e-5, atol=1e-6)
+    assert LoraWeights.from_folder(folder).scale("model.layers.0.mlp.up_proj") == 16 / 4
+    assert LoraWeights.from_folder(folder).scale("model.layers.1.self_attn.q_proj") == 4 / 8
+
+
+def test_init_from_adapters_merged_before_the_continued_one_make_the_base(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """init_from [first, second]: the engine's base holds first merged (its MLP weights, which second never
+    touches, must be loaded at start), and each published version of second merges on top of that."""
+    first = peft_adapter(tiny_model_dir, tmp_path / "first", 4, r=4, lora_alpha=8, target_modules=["up_proj"])
+    second = peft_adapter(tiny_model_dir, tmp_path / "second", 5, r=4, lora_alpha=8, target_modules=["q_proj"])
+    base = BaseWeights(tiny_model_dir, [LoraWeights.from_folder(first)])
+    assert base.changed() == [f"model.layers.{i}.mlp.up_proj.weight" for i in (0, 1)]
+    reference = peft_merged(tiny_model_dir, first, second)
+    at_start = dict(base.whole_blocks({name: base[name] for name in base.changed()}))
+    assert {name.rsplit(".", 2)[1] for name in at_start} == {"gate_proj", "up_proj", "down_proj"}
+    for name, weight in [*at_start.items(), *merged_adapter(adapter_files(second), base)]:
+        torch.testing.assert_close(weight, reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_weights_the_engine_cannot_merge_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import pytest
+
+    folder = peft_adapter(tiny_model_dir, tmp_path / "saved", 6, r=4, target_modules=["q_proj"],
+                          modules_to_save=["lm_head"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"LoRA and DoRA weights only, not 'base_model\.model\.lm_head"):
+        merged_adapter(adapter_files(folder), BaseWeights(tiny_model_dir))

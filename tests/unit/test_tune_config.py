@@ -107,9 +107,14 @@ def test_a_sweep_needs_keys_and_a_validation_split_for_eval_metrics(tmp_path: Pa
         check_sweep(load_config(None, ["tune.space={adapter.rank: {choice: [4]}}", "tune.metric=loss",
                                        "train.storage_path=s3://bucket/saves"]))  # fmt: skip
     online = ["tune.space={method.kl_coef: {choice: [0.01, 0.1]}}", "method.stage=grpo", "method.kl=k3"]
-    with pytest.raises(ConfigError, match=r"tune.metric eval_loss: method.stage grpo has no validation split.*reward"):
+    with pytest.raises(
+        ConfigError, match=r"tune.metric eval_loss: method.stage grpo measures .* by reward.*eval_reward"
+    ):
         check_sweep(load_config(None, online))
     check_sweep(load_config(None, [*online, "tune.metric=reward", "tune.mode=max"]))
+    with pytest.raises(ConfigError, match=r"tune.metric eval_reward is measured on a validation split"):
+        check_sweep(load_config(None, [*online, "tune.metric=eval_reward", "tune.mode=max"]))
+    check_sweep(load_config(None, [*online, "tune.metric=eval_reward", "tune.mode=max", "data.val_size=0.1"]))
 
 
 def test_trials_use_tune_scaling_and_fit_the_cluster(tmp_path: Path) -> None:
