@@ -219,12 +219,21 @@ class BaseWeights:
         return self.kept[name]
 
 
+_MERGEABLE = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")
+"""The adapter tensors an engine merges; any other (``modules_to_save``, LoRA on embeddings) is refused."""
+
+
 @dataclass(frozen=True)
 class LoraWeights:
     """A peft LoRA (or DoRA) adapter: its ``adapter_config.json`` and its tensors by their saved names."""
 
     config: dict[str, Any]
     tensors: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        unknown = [key for key in self.tensors if not key.endswith(_MERGEABLE)]
+        if unknown:
+            raise ValueError(f"rollout engines merge LoRA and DoRA weights only, not {unknown[0]!r}")
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> LoraWeights:
@@ -278,13 +287,6 @@ def merged_adapter(files: dict[str, bytes], base: BaseWeights) -> list[tuple[str
     fuses with them (q/k/v, gate/up) and must reload whole. Names are the base model's safetensors names, what
     vLLM's ``load_weights`` reads."""
     adapter = LoraWeights.from_files(files)
-    unknown = [
-        key
-        for key in adapter.tensors
-        if not key.endswith((".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"))
-    ]
-    if unknown:
-        raise ValueError(f"rollout engines merge LoRA and DoRA weights only, not {unknown[0]!r}")
     return base.whole_blocks(
         {f"{module}.weight": adapter.merged(module, base[f"{module}.weight"]) for module in adapter.modules()}
     )

@@ -13,16 +13,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from raytune_ft.config import JobConfig
+from raytune_ft.config import ConfigError, JobConfig
+from raytune_ft.models import adapter_folder
 from raytune_ft.train import OFFLINE, TrainOutcome, WorkerSetup, run_training
 
-from .engine import WeightStore, colocated_share, start_engines
+from .engine import LoraWeights, WeightStore, colocated_share, start_engines
 from .judge import check_judge
 from .loop import rl_loop_per_worker
 from .reward_models import reserved_cpus, start_reward_models
 from .rewards import load_reward
 
-__all__ = ["ONLINE", "check_rewards", "rollout_actors", "run_online", "training_threads", "worker_setup"]
+__all__ = [
+    "ONLINE",
+    "check_online",
+    "check_rewards",
+    "rollout_actors",
+    "run_online",
+    "training_threads",
+    "worker_setup",
+]
 
 
 def training_threads(cfg: JobConfig, cpus: float) -> int:
@@ -56,6 +65,19 @@ def check_rewards(cfg: JobConfig) -> None:
             load_reward(name, cfg.method.max_new_tokens)
 
 
+def check_online(cfg: JobConfig) -> None:
+    """What the engines would refuse only once started: every reward (``check_rewards``), and ``adapter.init_from``
+    adapters they cannot merge (``modules_to_save``, LoRA on embeddings)."""
+    check_rewards(cfg)
+    for entry in cfg.adapter.init_from:
+        try:
+            LoraWeights.from_folder(adapter_folder(entry, cfg.model.cache_dir))
+        except ValueError as err:
+            raise ConfigError(
+                f"adapter.init_from {entry}: {err}; merge it into a model with raytune-ft export"
+            ) from None
+
+
 @contextmanager
 def rollout_actors(cfg: JobConfig) -> Iterator[dict[str, Any]]:
     """The run's weight store, rollout engines and reward models, as the ``feed`` its training workers take;
@@ -80,6 +102,6 @@ def rollout_actors(cfg: JobConfig) -> Iterator[dict[str, Any]]:
 
 
 ONLINE = WorkerSetup(
-    loop=rl_loop_per_worker, actors=rollout_actors, threads=training_threads, check=check_rewards,
+    loop=rl_loop_per_worker, actors=rollout_actors, threads=training_threads, check=check_online,
     reserved_cpus=reserved_cpus,
 )  # fmt: skip

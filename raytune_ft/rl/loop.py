@@ -339,7 +339,7 @@ class _RewardEvaluation:
     engine with the weights just published, and scored by the run's rewards: ``eval_reward``, each
     ``eval_reward/<name>``, ``eval_response_length`` and ``eval_truncated``. Each worker answers every
     world-th batch of ``rollout.prompts_per_step`` x ``method.group_size`` prompts (as many answers as a
-    step generates) on its own engine."""
+    step generates) on the engine it generates with."""
 
     headline = "eval_reward"
 

@@ -40,6 +40,7 @@ __all__ = [
     "resumed_config",
     "run_training",
     "start_ray",
+    "streams_rows",
     "worker_cpus",
 ]
 
@@ -115,12 +116,19 @@ def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
     return max(0.1, (cluster_cpus - 1) / cfg.scaling.num_workers)
 
 
+def streams_rows(cfg: JobConfig, share: bool = False) -> bool:
+    """Whether Ray Data streams the training rows to the workers while they train (and so needs CPUs then):
+    with ``train.max_steps`` and not shared by a sweep they are tokenized on the way; from
+    ``data.tokenized_path`` they are read on the way; otherwise they are materialized before training."""
+    return bool(cfg.data.tokenized_path) or (cfg.train.max_steps is not None and not share)
+
+
 def check_data_cpus(cfg: JobConfig, cluster_cpus: float, reserved: float, cpus: float, *, one_node: bool) -> None:
     """Refuse a run whose training workers (``cpus`` each) and actors (``reserved`` CPUs) leave Ray Data less
-    than one task's CPUs: its stream would never start and the trainer would wait forever. A cluster of more
-    than one node may be autoscaling, so there it is a warning."""
+    than one task's CPUs while it streams the rows (``streams_rows``): the stream would never start and the
+    trainer would wait forever. A cluster of more than one node may be autoscaling, so there it is a warning."""
     left = cluster_cpus - reserved - cpus * cfg.scaling.num_workers
-    if left >= DATA_TASK_CPUS or cluster_cpus <= 0:
+    if left >= DATA_TASK_CPUS or cluster_cpus <= 0 or not streams_rows(cfg):
         return
     taken = f"{cfg.scaling.num_workers} training worker(s) x {cpus:g} CPU"
     fixes = ["scaling.cpus_per_worker" if cfg.scaling.cpus_per_worker is not None else "scaling.num_workers"]
@@ -258,7 +266,7 @@ def prepare_job_data(cfg: JobConfig, tokenizer: Any, training_cpus: float, *, sh
         )
     train, rows = prepared.train, None
     if cfg.train.max_steps is None or share:  # epochs need a row count: tokenize once, then count
-        train = train if cfg.data.tokenized_path else train.materialize()
+        train = train if streams_rows(cfg, share) else train.materialize()
         counted = train.count()  # cheap here: the rows are materialized or cached
         if counted == 0:
             raise no_trainable_rows(cfg.data, cfg.method.rows)

@@ -60,7 +60,7 @@ class RunPlan:
     run_dir: str
     """Absolute ``storage_path/run_name`` (local path or URI)."""
     has_eval: bool = False
-    """Whether an ``eval`` dataset shard exists (``eval_loss`` is then reported)."""
+    """Whether an ``eval`` dataset shard exists (the feed's ``Evaluation`` then reports on it)."""
     threads: int = 0
     """Intra-op threads per worker on CPU: its reserved CPUs rounded up (0 leaves torch's choice).
     Ray starts a worker with 1.5 CPUs with one OpenMP thread; it may use 2."""

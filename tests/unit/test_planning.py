@@ -65,13 +65,16 @@ def test_workers_and_engines_must_leave_ray_data_a_task() -> None:
     """One worker and one separate engine of 1 CPU each on 2 CPUs left Ray Data nothing: the run waited forever."""
     from raytune_ft.train import check_data_cpus
 
-    cfg = JobConfig.model_validate({"method": {"stage": "grpo"}, "rollout": {"placement": "separate"}})
+    steps = {"max_steps": 4}  # the rows are streamed while the workers train
+    cfg = JobConfig.model_validate({"method": {"stage": "grpo"}, "rollout": {"placement": "separate"}, "train": steps})
     cpus = worker_cpus(cfg, 2 - 1.0)  # the default shrinks to what the engine leaves
     assert cpus == pytest.approx(0.1)
     check_data_cpus(cfg, 2, 1.0, cpus, one_node=True)
     with pytest.raises(ConfigError, match=r"leave 0 of the cluster's 2 CPUs.*rollout\.cpus_per_engine \(now 1;"):
         check_data_cpus(cfg, 2, 1.0, 1.0, one_node=True)
-    pinned = JobConfig.model_validate({"scaling": {"num_workers": 2, "cpus_per_worker": 1.0}})
+    pinned = JobConfig.model_validate({"scaling": {"num_workers": 2, "cpus_per_worker": 1.0}, "train": steps})
     with pytest.raises(ConfigError, match=r"2 training worker\(s\) x 1 CPU leave 0 .* lower scaling\.cpus_per_worker,"):
         check_data_cpus(pinned, 2, 0.0, 1.0, one_node=True)
     check_data_cpus(pinned, 2, 0.0, 1.0, one_node=False)  # more nodes may come: a warning only
+    epochs = pinned.model_copy(update={"train": pinned.train.model_copy(update={"max_steps": None})})
+    check_data_cpus(epochs, 2, 0.0, 1.0, one_node=True)  # rows materialized before training need no CPU then

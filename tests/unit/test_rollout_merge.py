@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from raytune_ft.rl.engine import BaseWeights, LoraWeights, merged_adapter
+
+MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def adapter_files(folder: Path) -> dict[str, bytes]:
@@ -69,10 +72,21 @@ def test_dora_and_per_module_ranks_merge_as_peft_does(tiny_model_dir: Path, tmp_
     )  # fmt: skip
     merged = dict(merged_adapter(adapter_files(folder), BaseWeights(tiny_model_dir)))
     reference = peft_merged(tiny_model_dir, folder)
+    assert {name.rsplit(".", 2)[1] for name in merged} == {"q_proj", "k_proj", "v_proj", "o_proj", *MLP}
     for name, weight in merged.items():
         torch.testing.assert_close(weight, reference[name], rtol=1e-5, atol=1e-6)
     assert LoraWeights.from_folder(folder).scale("model.layers.0.mlp.up_proj") == 16 / 4
     assert LoraWeights.from_folder(folder).scale("model.layers.1.self_attn.q_proj") == 4 / 8
+
+
+def test_rslora_scales_by_the_root_of_the_rank(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = peft_adapter(tiny_model_dir, tmp_path / "rs", 7, r=16, lora_alpha=8, use_rslora=True,
+                          target_modules=["v_proj"])  # fmt: skip
+    merged = dict(merged_adapter(adapter_files(folder), BaseWeights(tiny_model_dir)))
+    assert merged and LoraWeights.from_folder(folder).scale("model.layers.0.self_attn.v_proj") == 8 / 4
+    reference = peft_merged(tiny_model_dir, folder)
+    for name, weight in merged.items():
+        torch.testing.assert_close(weight, reference[name], rtol=1e-5, atol=1e-6)
 
 
 def test_init_from_adapters_merged_before_the_continued_one_make_the_base(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -84,15 +98,29 @@ def test_init_from_adapters_merged_before_the_continued_one_make_the_base(tiny_m
     assert base.changed() == [f"model.layers.{i}.mlp.up_proj.weight" for i in (0, 1)]
     reference = peft_merged(tiny_model_dir, first, second)
     at_start = dict(base.whole_blocks({name: base[name] for name in base.changed()}))
-    assert {name.rsplit(".", 2)[1] for name in at_start} == {"gate_proj", "up_proj", "down_proj"}
+    assert {name.rsplit(".", 2)[1] for name in at_start} == set(MLP)
     for name, weight in [*at_start.items(), *merged_adapter(adapter_files(second), base)]:
         torch.testing.assert_close(weight, reference[name], rtol=1e-5, atol=1e-6)
 
 
 def test_weights_the_engine_cannot_merge_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import pytest
-
     folder = peft_adapter(tiny_model_dir, tmp_path / "saved", 6, r=4, target_modules=["q_proj"],
                           modules_to_save=["lm_head"])  # fmt: skip
     with pytest.raises(ValueError, match=r"LoRA and DoRA weights only, not 'base_model\.model\.lm_head"):
         merged_adapter(adapter_files(folder), BaseWeights(tiny_model_dir))
+    with pytest.raises(ValueError, match=r"LoRA and DoRA weights only"):
+        LoraWeights.from_folder(folder)  # an adapter.init_from adapter the engine would merge into its base
+
+
+def test_an_online_run_refuses_init_from_adapters_the_engines_cannot_merge(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from raytune_ft.config import ConfigError, JobConfig
+    from raytune_ft.rl.launch import check_online
+
+    folder = peft_adapter(tiny_model_dir, tmp_path / "saved", 6, r=4, target_modules=["q_proj"],
+                          modules_to_save=["lm_head"])  # fmt: skip
+    cfg = JobConfig.model_validate({"model": {"source": str(tiny_model_dir)}, "method": {"stage": "grpo"},
+                                    "adapter": {"init_from": [str(folder)]}})  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"adapter.init_from {folder}: .*lm_head.*raytune-ft export"):
+        check_online(cfg)
