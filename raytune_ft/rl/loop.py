@@ -230,8 +230,13 @@ class RolloutFeed:
 
     def batch_moments(self, values: torch.Tensor) -> tuple[float, float]:
         """Mean and std of ``values`` over every worker's share of the generated batch (``BatchMoments``)."""
+        return summed_moments(*self.batch_sums(values))
+
+    def batch_sums(self, values: torch.Tensor) -> tuple[float, float, float]:
+        """Count, sum and sum of squares of ``values`` over every worker's share of the generated batch."""
         sums = [float(values.numel()), float(values.sum()), float((values.double() ** 2).sum())]
-        return summed_moments(*self.ctx.core.strategy.all_reduce_sum(sums))
+        count, total, squares = self.ctx.core.strategy.all_reduce_sum(sums)
+        return count, total, squares
 
     def add_old_logps(self, window: list[dict[str, torch.Tensor]]) -> None:
         """The generating policy's log-probs, before the first of several updates on the same answers."""
@@ -311,9 +316,7 @@ def _generating_policy(feed: RolloutFeed, batches: list[dict[str, torch.Tensor]]
 def _normalized_scores(feed: RolloutFeed, scores: torch.Tensor) -> torch.Tensor:
     """Scores minus the running mean of every score so far, over the running std (all workers' answers)."""
     state = feed.ctx.state
-    count, total, squares = feed.ctx.core.strategy.all_reduce_sum(
-        [float(scores.numel()), float(scores.sum()), float((scores**2).sum())]
-    )
+    count, total, squares = feed.batch_sums(scores)
     mean, std = summed_moments(count, total, squares, ddof=0)
     saved = Moments(*(state.online.get(f"score_{name}", 0.0) for name in Moments._fields))
     moments = update_moments(saved, mean, std**2, count)
