@@ -733,6 +733,11 @@ class TrainConfig(Section):
     seed: int = 42
     """Seed for model init of new weights, data shuffling and dropout."""
 
+    @property
+    def eval_every(self) -> int:
+        """Optimizer steps between evaluations of the validation split: ``eval_steps``, else ``save_steps``."""
+        return self.eval_steps or self.save_steps
+
 
 def _yaml_off(value: object) -> object:
     return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false

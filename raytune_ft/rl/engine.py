@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,8 +103,8 @@ class RolloutEngine:
             merged = [LoraWeights.from_folder(adapter_folder(entry, cfg.model.cache_dir)) for entry in
                       merged_adapters(cfg.adapter)]  # fmt: skip
             self.base = BaseWeights(resolve_model(cfg.model), merged)
-            if self.base.changed():  # adapter.init_from's merged adapters belong to the base it generates with
-                self._reload(self.base.whole_blocks({name: self.base[name] for name in self.base.changed()}))
+            if changed := self.base.changed():  # adapter.init_from's merged adapters belong to the base it uses
+                self._reload(self.base.whole_blocks({name: self.base[name] for name in changed}))
 
     def ready(self) -> int:
         """The engine's process id, once vLLM is up."""
@@ -223,6 +223,12 @@ _MERGEABLE = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")
 """The adapter tensors an engine merges; any other (``modules_to_save``, LoRA on embeddings) is refused."""
 
 
+def _check_mergeable(names: Iterable[str]) -> None:
+    unknown = [key for key in names if not key.endswith(_MERGEABLE)]
+    if unknown:
+        raise ValueError(f"rollout engines merge LoRA and DoRA weights only, not {unknown[0]!r}")
+
+
 @dataclass(frozen=True)
 class LoraWeights:
     """A peft LoRA (or DoRA) adapter: its ``adapter_config.json`` and its tensors by their saved names."""
@@ -231,9 +237,19 @@ class LoraWeights:
     tensors: dict[str, Any]
 
     def __post_init__(self) -> None:
-        unknown = [key for key in self.tensors if not key.endswith(_MERGEABLE)]
-        if unknown:
-            raise ValueError(f"rollout engines merge LoRA and DoRA weights only, not {unknown[0]!r}")
+        _check_mergeable(self.tensors)
+
+    @staticmethod
+    def check_folder(folder: Path) -> None:
+        """Refuse an adapter folder whose weights the engines cannot merge, reading only their names where
+        the folder has ``adapter_model.safetensors``."""
+        if not (folder / "adapter_model.safetensors").is_file():
+            LoraWeights.from_folder(folder)
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
+            _check_mergeable(weights.keys())
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> LoraWeights:

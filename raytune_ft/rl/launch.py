@@ -71,7 +71,7 @@ def check_online(cfg: JobConfig) -> None:
     check_rewards(cfg)
     for entry in cfg.adapter.init_from:
         try:
-            LoraWeights.from_folder(adapter_folder(entry, cfg.model.cache_dir))
+            LoraWeights.check_folder(adapter_folder(entry, cfg.model.cache_dir))
         except ValueError as err:
             raise ConfigError(
                 f"adapter.init_from {entry}: {err}; merge it into a model with raytune-ft export"

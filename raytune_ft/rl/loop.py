@@ -45,7 +45,7 @@ from raytune_ft.train.reference import policy_outputs
 from .engine import Generation
 from .rewards import RewardFn, load_reward, score_completions
 
-__all__ = ["WINDOWS", "RolloutFeed", "answer_batches", "publish_weights", "rl_loop_per_worker"]
+__all__ = ["ONLINE_EVAL", "WINDOWS", "RolloutFeed", "answer_batches", "publish_weights", "rl_loop_per_worker"]
 
 FILTERED_LOSSES = frozenset({"dapo"})
 """Losses that leave out groups whose answers all scored the same (DAPO's dynamic sampling, without refill)."""
@@ -337,6 +337,13 @@ def _whitened(tensors: list[torch.Tensor], masks: list[torch.Tensor], shift_mean
     return out
 
 
+EVAL_KEPT = {"reward": "reward", "response_length": "response_length", "rollout/truncated": "truncated"}
+"""A step's metric -> its name (after ``eval_``) on the validation split; so is each ``reward/<name>``."""
+
+ONLINE_EVAL = tuple(f"eval_{name}" for name in EVAL_KEPT.values())
+"""What an online stage reports on its validation split (and each ``eval_reward/<name>``)."""
+
+
 class _RewardEvaluation:
     """The validation prompts (``data.val_size``, ``data.eval_dataset``), each answered once, greedily, by the
     engine with the weights just published, and scored by the run's rewards: ``eval_reward``, each
@@ -348,13 +355,13 @@ class _RewardEvaluation:
 
     def __init__(self, feed: RolloutFeed, shard: Any) -> None:
         self.feed, self.shard = feed, shard
-        self.every = feed.ctx.cfg.train.eval_steps or feed.ctx.cfg.train.save_steps
+        self.every = feed.ctx.cfg.train.eval_every
 
     def metrics(self, core: StepCore, device: torch.device) -> dict[str, float]:
         import ray
 
         ctx = self.feed.ctx
-        kept = {"reward": "reward", "response_length": "response_length", "rollout/truncated": "truncated"}
+        kept = dict(EVAL_KEPT)
         kept.update({f"reward/{name}": f"reward/{name}" for name in ctx.cfg.method.reward})
         sums: MetricSums = dict.fromkeys(kept.values(), (0.0, 0.0))  # every worker reduces the same names
         size = ctx.cfg.rollout.prompts_per_step * ctx.cfg.method.group_size

@@ -37,11 +37,11 @@ class RewardModelActor:
 
 
 def reserved_cpus(cfg: JobConfig) -> float:
-    """CPUs a run's rollout engines and reward models reserve: ``rollout.cpus_per_engine`` each when they are
-    placed apart, none when colocated (or for an offline stage, which starts neither)."""
-    if not cfg.method.online or cfg.rollout.placement == "colocated":
+    """CPUs a run's rollout engines and reward models reserve, each as ``engine_options`` places it (none for
+    an offline stage, which starts neither)."""
+    if not cfg.method.online:
         return 0.0
-    return (cfg.rollout.num_engines + len(reward_model_names(cfg))) * cfg.rollout.cpus_per_engine
+    return float(engine_options(cfg)["num_cpus"]) * (cfg.rollout.num_engines + len(reward_model_names(cfg)))
 
 
 def reward_actor_name(cfg: JobConfig, index: int) -> str:

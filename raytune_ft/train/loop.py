@@ -338,7 +338,7 @@ class _Evaluation:
         self.batch_size = cfg.train.per_device_batch_size
         self.collate = collate
         self.perplexity = cfg.method.rows in ("sft", "pt")  # exp(loss) means something for LM losses only
-        self.every = cfg.train.eval_steps or cfg.train.save_steps
+        self.every = cfg.train.eval_every
 
     def metrics(self, core: StepCore, device: torch.device) -> dict[str, float]:
         """``eval_loss`` (the token mean over every worker's validation rows), its perplexity and the

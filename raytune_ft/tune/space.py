@@ -64,7 +64,7 @@ def grace_steps(cfg: JobConfig, total_steps: int) -> int:
     if cfg.tune.grace_period is not None:
         return min(cfg.tune.grace_period, total_steps)
     first = cfg.train.logging_steps if not cfg.tune.metric.startswith("eval_") else None
-    return min(first or cfg.train.eval_steps or cfg.train.save_steps, total_steps)
+    return min(first or cfg.train.eval_every, total_steps)
 
 
 def _asha(cfg: JobConfig, total_steps: int) -> Any:

@@ -17,6 +17,7 @@ from ray.tune import Callback
 from raytune_ft.config import ConfigError, JobConfig, dump_config, load_config
 from raytune_ft.models import pin_sources
 from raytune_ft.rl.launch import worker_setup
+from raytune_ft.rl.loop import ONLINE_EVAL
 from raytune_ft.train import absolute_storage, job_tokenizer, prepare_job_data, start_ray
 
 from .results import SweepFiles, TrialRow, best_trial, stopped_early, trial_rows, write_results
@@ -68,10 +69,6 @@ def plan_sweep(cfg: JobConfig, cluster_cpus: float, cluster_gpus: float = 0.0) -
         return SweepPlan(concurrency, scaling.cpus_per_worker)
     share = (cluster_cpus - (_DRIVER_CPU + engines) * concurrency) / (concurrency * workers)
     return SweepPlan(concurrency, max(0.1, min(1.0, math.floor(share * 100) / 100)))
-
-
-ONLINE_EVAL = ("eval_reward", "eval_response_length", "eval_truncated")
-"""What an online stage reports on its validation split."""
 
 
 def check_sweep(cfg: JobConfig) -> None:
