@@ -789,6 +789,15 @@ class RolloutConfig(Section):
     max_restarts: int = Field(default=3, ge=0)
     """How often a failed engine actor is restarted; its unfinished generation is run again."""
 
+    weight_sync: Literal["auto", "store", "broadcast"] = "auto"
+    """How the policy's weights reach the engines after each update. ``store``: rank 0 puts them (a LoRA run's
+    adapter, else the whole model as safetensors) in Ray's object store and each engine pulls the newest when
+    it needs them; a restarted engine catches up by itself. ``broadcast``: rank 0 and the engines form a
+    process group of their own (NCCL on GPUs, gloo on CPU) and the whole model's tensors go straight to every
+    engine, with no copy in the object store; a restarted engine cannot catch up, so the step that finds it
+    fails and the workers resume from their newest checkpoint (set ``scaling.max_failures``). Whole weights
+    only (``adapter.type`` full or freeze). ``auto``: broadcast for whole weights on GPUs, else store."""
+
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """More ``vllm.LLM`` arguments (e.g. ``gpu_memory_utilization``, ``tensor_parallel_size``)."""
 
@@ -1396,6 +1405,11 @@ class JobConfig(Section):
             raise ValueError(
                 f"method.reference: precomputed does not apply to stage {stage}: the answers it scores are generated "
                 "during training; use live"
+            )
+        if self.rollout.weight_sync == "broadcast" and self.adapter.type == "lora":
+            raise ValueError(
+                "rollout.weight_sync: broadcast sends whole weights (adapter.type full or freeze); a LoRA run's "
+                "adapter is small and goes through the object store: use weight_sync: store or auto"
             )
         if self.scaling.use_gpu and self.rollout.placement == "colocated":
             raise ValueError(

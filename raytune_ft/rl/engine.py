@@ -7,8 +7,10 @@ base holds the adapters merged before the continued one), and loads into the run
 safetensors otherwise. Merging keeps generation at the base model's speed (vLLM's LoRA kernels ran 5x
 slower on CPU) while only the adapter crosses the object store. So a replaced engine
 (Ray restarts a killed actor, ``rollout.max_restarts``) catches up on its first call, and Ray runs the
-call it lost again (``max_task_retries``). The engine runs vLLM in its own process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), where the weights can be loaded into the model directly.
+call it lost again (``max_task_retries``). Under ``rollout.weight_sync: broadcast`` the whole weights arrive
+instead through ``receive``, from a process group with the trainer's rank 0 (``raytune_ft.rl.sync``). The
+engine runs vLLM in its own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), where the weights can be loaded
+into the model directly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 from raytune_ft.config import JobConfig
 from raytune_ft.models import adapter_folder, merged_adapters, resolve_model
 from raytune_ft.models.vllm_engine import start_vllm
+
+from .sync import EngineBehind, GroupAddress, Meta, join_group, receive_weights, weight_sync
 
 __all__ = [
     "BaseWeights",
@@ -95,9 +99,13 @@ class RolloutEngine:
             engine_kwargs={"logprobs_mode": "processed_logprobs", **cfg.rollout.engine_kwargs},
         )  # fmt: skip
         self.llm = engine.llm
-        # An adapter reloads only the blocks it changed; vLLM warns about every weight left as it was.
-        logging.getLogger("vllm.model_executor.model_loader.reload.inplace").setLevel(logging.ERROR)
+        # An adapter reloads only the blocks it changed, and whole weights hold none for the rotary embedding's
+        # cache: vLLM warns at every reload about each layer left as it was.
+        logging.getLogger("vllm.model_executor.model_loader.reload").setLevel(logging.ERROR)
         self.version = -1
+        self.broadcast = weight_sync(cfg) == "broadcast"
+        self.address: GroupAddress | None = None
+        self.group: Any = None
         self.base: BaseWeights | None = None
         if self.adapter:
             merged = [LoraWeights.from_folder(adapter_folder(entry, cfg.model.cache_dir)) for entry in
@@ -140,11 +148,31 @@ class RolloutEngine:
     def loaded_version(self) -> int:
         return self.version
 
+    def receive(self, version: int, address: GroupAddress, rank: int, meta: Meta, joining: bool) -> float:
+        """Policy ``version``'s whole weights, broadcast by rank 0 of the group at ``address``, where this engine
+        is member ``rank`` (``rollout.weight_sync: broadcast``); ``joining``: the group is new. Returns the
+        seconds it took."""
+        start = time.perf_counter()
+        if address != self.address:
+            if not joining:  # restarted since the group formed: only a new group (the workers' resume) takes it in
+                raise EngineBehind(f"rollout engine {os.getpid()} was restarted after its weight group formed")
+            self.group, self.address = join_group(address, rank), address
+        device = "cuda" if address.backend == "nccl" else "cpu"
+        self._reload(receive_weights(self.group, meta, device))
+        self.version = version
+        return time.perf_counter() - start
+
     def _catch_up(self, version: int) -> float:
         import ray
 
         if self.version >= version:
             return 0.0
+        if self.broadcast:
+            raise EngineBehind(
+                f"rollout engine {os.getpid()} holds policy version {self.version} and was asked for {version}: it "
+                "was restarted, and under rollout.weight_sync broadcast only the workers can send it the weights; "
+                "they resume from their newest checkpoint if scaling.max_failures allows"
+            )
         start = time.perf_counter()
         published, refs = ray.get(self.store.latest.remote())
         while published < version:

@@ -5,18 +5,15 @@ its Ray Data shard, asks its engine (worker r uses engine r mod ``rollout.num_en
 ``method.group_size`` answers to each, scores them with the rewards, and turns the scores into the
 micro-batches it steps on (``WINDOWS[method.stage]``): the GRPO family derives one advantage per answer
 from its group (``ADVANTAGE_ESTIMATORS[method.loss]``); PPO asks its critic for per-token values and runs
-GAE over KL-penalised per-token rewards. After each step the weights are published for the engines
-(``publish_weights``). The loop around it is the offline stages' own (``run_worker``), so checkpoints,
-exact resume, logging and trackers work the same.
+GAE over KL-penalised per-token rewards. After each step the weights go to the engines (``rollout.weight_sync``,
+``raytune_ft.rl.sync``). The loop around it is the offline stages' own (``run_worker``), so checkpoints, exact
+resume, logging and trackers work the same.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +21,6 @@ import torch
 
 from raytune_ft.config import JobConfig
 from raytune_ft.data import IGNORE_INDEX, no_trainable_rows, pad_batch
-from raytune_ft.models import save_weights
 from raytune_ft.train import StepCore, TrainState
 from raytune_ft.train.loop import Evaluation, WorkerContext, run_worker
 from raytune_ft.train.losses import (
@@ -44,8 +40,9 @@ from raytune_ft.train.reference import policy_outputs
 
 from .engine import Generation
 from .rewards import RewardFn, load_reward, score_completions
+from .sync import SYNCS, weight_sync
 
-__all__ = ["ONLINE_EVAL", "WINDOWS", "RolloutFeed", "answer_batches", "publish_weights", "rl_loop_per_worker"]
+__all__ = ["ONLINE_EVAL", "WINDOWS", "RolloutFeed", "answer_batches", "rl_loop_per_worker"]
 
 FILTERED_LOSSES = frozenset({"dapo"})
 """Losses that leave out groups whose answers all scored the same (DAPO's dynamic sampling, without refill)."""
@@ -55,23 +52,6 @@ def rl_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point of the online stages: ``config`` as for the offline ones, plus ``feed``
     holding the rollout ``engines`` and the run's weight ``store``."""
     run_worker(config, RolloutFeed)
-
-
-def publish_weights(core: StepCore, store: Any, version: int) -> float:
-    """Put the policy's weights (the adapter of a LoRA run, else the whole model) in the object store and
-    register them with ``store`` as ``version``; every worker calls it (gathering may be collective), rank
-    0 publishes. Returns the seconds it took."""
-    import ray
-
-    start = time.perf_counter()
-    weights = core.strategy.full_state_dict(core.model)
-    if weights is None:
-        return time.perf_counter() - start
-    with tempfile.TemporaryDirectory(prefix="raytune_ft-publish-") as tmp:
-        save_weights(core.strategy.unwrap(core.model), Path(tmp), weights)
-        files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.suffix in (".safetensors", ".json")}
-    ray.get(store.publish.remote(version, [ray.put(files)]))
-    return time.perf_counter() - start
 
 
 def answer_batches(
@@ -113,7 +93,7 @@ class RolloutFeed:
 
         self.ctx, cfg = ctx, ctx.cfg
         engines = ctx.extra["engines"]
-        self.engine, self.store = engines[ctx.rank % len(engines)], ctx.extra["store"]
+        self.engine, self.sync = engines[ctx.rank % len(engines)], SYNCS[weight_sync(cfg)](ctx)
         share = cfg.rollout.prompts_per_step // ctx.world
         shard = ray.train.get_dataset_shard("train")
         self.prompts = _prompt_batches(shard, cfg, ctx.state, share, seed=cfg.train.seed + 1000 * ctx.rank)
@@ -125,7 +105,7 @@ class RolloutFeed:
         self.pending: list[list[dict[str, torch.Tensor]]] = []
         self.overlap = cfg.rollout.async_ == "one_step"
         self.ahead: _Request | None = None
-        publish_weights(ctx.core, self.store, ctx.state.global_step)
+        self.sync.publish(ctx.core, ctx.state.global_step)
 
     def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
         if self.pending:
@@ -185,7 +165,7 @@ class RolloutFeed:
         return _Request(epoch, index, rows, answers)
 
     def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
-        return {"sync/publish_s": (publish_weights(core, self.store, state.global_step), 1.0)}
+        return {"sync/publish_s": (self.sync.publish(core, state.global_step), 1.0)}
 
     def evaluation(self, shard: Any) -> Evaluation:
         return _RewardEvaluation(self, shard)

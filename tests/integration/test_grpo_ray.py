@@ -65,14 +65,15 @@ def mean(values: list[float]) -> float:
 
 
 def test_reward_rises_with_synced_separate_engines(policy_dir: Path, tmp_path: Path) -> None:
-    """Full tuning on an engine placed apart (its own CPU), whose whole weights are published after every step:
-    16 steps raise the mean reward of the last 4 by at least 0.15 (of 1) over the first 4, and the engine's
-    log-probs of its answers equal the trained policy's after every update (the policy moved, the gap did not).
-    Colocated engines learn the same way in the reward-model test below."""
+    """Full tuning on an engine placed apart (its own CPU), whose whole weights are broadcast to it after every
+    step (rollout.weight_sync broadcast, over gloo): 16 steps raise the mean reward of the last 4 by at least 0.15
+    (of 1) over the first 4, and the engine's log-probs of its answers equal the trained policy's after every
+    update (the policy moved, the gap did not). Colocated engines, synced through the object store, learn the
+    same way in the reward-model test below."""
     from raytune_ft.rl.launch import run_online
 
     job = grpo_job(policy_dir, tmp_path, "grpo-separate", 16, adapter="full", lr=2e-2, group=8, prompts_per_step=8,
-                   placement="separate", cpus_per_engine=0.5)  # fmt: skip
+                   placement="separate", cpus_per_engine=0.5, weight_sync="broadcast")  # fmt: skip
     outcome = run_online(job)
     logged = metrics(outcome.run_dir)
     rewards = [m["reward"] for m in logged]
@@ -144,25 +145,14 @@ def test_a_run_resumes_where_it_stopped(policy_dir: Path, tmp_path: Path) -> Non
     assert Path(second.checkpoint or "").name == "checkpoint-000004" and position(second) == (0, 12)
 
 
-def test_a_killed_engine_is_replaced_and_the_run_finishes(
-    policy_dir: Path, tmp_path: Path, adapter_checkpoint: Any
-) -> None:
-    """The run starts from two adapters (adapter.init_from): a LoRA of the MLP merged into the base and a DoRA
-    adapter of the attention it continues. The engine is killed after step 2; Ray restarts it, it loads the
-    merged MLP weights again, catches up with the published DoRA weights, and the generation it lost runs
-    again."""
+def run_killing_engine_0(cfg: JobConfig, log: Path) -> tuple[Any, float]:
+    """Run ``cfg`` and kill its engine 0 (Ray restarts it) once ``log`` holds 2 steps: the outcome and the kill's
+    time."""
     import ray
 
     from raytune_ft.rl.engine import engine_name
     from raytune_ft.rl.launch import run_online
 
-    mlp = ("gate_proj", "up_proj", "down_proj")
-    merged = adapter_checkpoint(policy_dir, tmp_path / "merged", 1, 1, source=str(policy_dir), targets=mlp)
-    continued = adapter_checkpoint(policy_dir, tmp_path / "continued", 1, 2, source=str(policy_dir), dora=True)
-    dump = grpo_job(policy_dir, tmp_path, "killed", 6).model_dump(mode="json", by_alias=True)
-    dump["adapter"]["init_from"] = [str(merged), str(continued)]
-    cfg = JobConfig.model_validate(dump)
-    log = tmp_path / "killed" / "metrics.jsonl"
     killed: list[float] = []
 
     def kill_engine_once() -> None:
@@ -179,10 +169,49 @@ def test_a_killed_engine_is_replaced_and_the_run_finishes(
     outcome = run_online(cfg)
     thread.join(timeout=5)
     assert killed, "the engine was never killed"
+    return outcome, killed[0]
+
+
+def test_a_killed_engine_is_replaced_and_the_run_finishes(
+    policy_dir: Path, tmp_path: Path, adapter_checkpoint: Any
+) -> None:
+    """The run starts from two adapters (adapter.init_from): a LoRA of the MLP merged into the base and a DoRA
+    adapter of the attention it continues. The engine is killed after step 2; Ray restarts it, it loads the
+    merged MLP weights again, catches up with the published DoRA weights, and the generation it lost runs
+    again."""
+
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    merged = adapter_checkpoint(policy_dir, tmp_path / "merged", 1, 1, source=str(policy_dir), targets=mlp)
+    continued = adapter_checkpoint(policy_dir, tmp_path / "continued", 1, 2, source=str(policy_dir), dora=True)
+    dump = grpo_job(policy_dir, tmp_path, "killed", 6).model_dump(mode="json", by_alias=True)
+    dump["adapter"]["init_from"] = [str(merged), str(continued)]
+    cfg = JobConfig.model_validate(dump)
+    outcome, killed = run_killing_engine_0(cfg, tmp_path / "killed" / "metrics.jsonl")
     logged = metrics(outcome.run_dir)
     assert [m["step"] for m in logged] == list(range(1, 7))
-    assert any(m["time"] > killed[0] for m in logged)  # steps ran after the kill
+    assert any(m["time"] > killed for m in logged)  # steps ran after the kill
     assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3  # the new engine caught up with the weights
+
+
+def test_a_killed_engine_under_broadcast_sync_is_taken_in_by_the_resumed_workers(
+    policy_dir: Path, tmp_path: Path
+) -> None:
+    """Full tuning broadcast to two engines (rollout.weight_sync broadcast). The engine the worker generates with
+    is killed after step 2: Ray restarts it with no weights to catch up from, the step that needs it fails, the
+    workers resume from checkpoint 2 (scaling.max_failures) and form a new group with both engines, and every
+    step after that generates with the weights just trained."""
+
+    dump = grpo_job(policy_dir, tmp_path, "killed-broadcast", 5, adapter="full", lr=2e-2, num_engines=2,
+                    weight_sync="broadcast").model_dump(mode="json", by_alias=True)  # fmt: skip
+    dump["train"]["save_steps"] = 2
+    dump["scaling"] = {"max_failures": 1}
+    cfg = JobConfig.model_validate(dump)
+    outcome, killed = run_killing_engine_0(cfg, tmp_path / "killed-broadcast" / "metrics.jsonl")
+    logged = metrics(outcome.run_dir)
+    assert [m["step"] for m in logged] == list(range(1, 6))
+    assert all(m["time"] > killed for m in logged[2:])  # steps 3-5 ran again after the kill
+    assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3
+    assert outcome.checkpoint is not None and Path(outcome.checkpoint, "model.safetensors").is_file()
 
 
 def test_a_sweep_runs_each_trial_with_its_own_engines(policy_dir: Path, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ def test_a_kl_estimator_asks_for_a_reference() -> None:
         ({"method": {"stage": "grpo"}, "train": {"gradient_accumulation_steps": 2}}, "set it to 1"),
         ({"method": {"stage": "grpo", "kl": "k3", "reference": "precomputed"}}, "use live"),
         ({"method": {"stage": "grpo"}, "scaling": {"use_gpu": True}}, "placement: separate"),
+        ({"method": {"stage": "grpo"}, "rollout": {"weight_sync": "broadcast"}}, "use weight_sync: store or auto"),
     ],
 )
 def test_refused_combinations_say_why(sections: dict, says: str) -> None:
@@ -84,3 +85,16 @@ def test_a_wrong_reward_fails_before_anything_starts(
     assert main(["train", str(config)]) == 2
     assert re.search(says, capsys.readouterr().err)
     assert not saves.exists(), "nothing was written"
+
+
+@pytest.mark.parametrize(
+    ("adapter", "gpus", "chosen"),
+    [("lora", False, "store"), ("full", False, "store"), ("lora", True, "store"), ("full", True, "broadcast"),
+     ("freeze", True, "broadcast")],
+)  # fmt: skip
+def test_weight_sync_auto_broadcasts_whole_weights_between_gpus(adapter: str, gpus: bool, chosen: str) -> None:
+    from raytune_ft.rl.sync import weight_sync
+
+    rollout = {"placement": "separate"} if gpus else {}
+    cfg = job(adapter={"type": adapter}, scaling={"use_gpu": gpus}, rollout=rollout)
+    assert cfg.rollout.weight_sync == "auto" and weight_sync(cfg) == chosen
