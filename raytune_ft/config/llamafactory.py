@@ -247,7 +247,7 @@ def _resize_vocab(value: Any) -> dict[str, Any]:
     return {}
 
 
-_MULTIMODAL = "text-only training here: no image, video or audio column is read"
+_MULTIMODAL = "text-only training here: a dataset with images or videos is refused"
 _TOKEN = (
     "tokens do not belong in a config file (it is saved with every checkpoint): set {} in the environment "
     "(on a cluster: runtime_env env_vars)"

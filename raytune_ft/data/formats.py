@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .media import row_media
 from .sources import DataError, DatasetSource
 
 __all__ = ["fill_placeholders", "normalize_example", "normalize_row"]
@@ -63,7 +64,11 @@ def normalize_example(
     normalize = _STAGES.get(stage)
     if normalize is None:
         raise DataError(f"{where}: stage {stage!r} has no row format; use one of {', '.join(_STAGES)}")
-    return normalize(row, placeholders, where, source)
+    example = normalize(row, placeholders, where, source)
+    if stage == "pt":
+        return example
+    texts = [m["content"] for m in example["messages"]] + [example[k] for k in ("chosen", "rejected") if k in example]
+    return {**example, **row_media(row, texts, where, source)}
 
 
 def normalize_row(

@@ -24,6 +24,7 @@ from raytune_ft.config import DataConfig
 
 from .encode import IGNORE_INDEX, Segment, encode_full, render_segments, truncate
 from .formats import normalize_example
+from .media import MEDIA_COLUMNS, refuse_media
 from .packing import pack_samples
 from .records import EMPTY_ADVICE, RecordSelection, Sampling, Split, plan_sampling, read_records, require_rows
 from .sources import DataError, DatasetSource, check_row_format, resolve_datasets
@@ -128,8 +129,10 @@ def encode_rows(
     for path, row, record in rows:
         try:
             fields = _parse(record, path, row)
-            examples.append(normalize_example(fields, options.stage, options.placeholders, f"{path}: row {row}",
-                                              owners[path]))  # fmt: skip
+            normalized = normalize_example(fields, options.stage, options.placeholders, f"{path}: row {row}",
+                                           owners[path])  # fmt: skip
+            refuse_media(f"{path}: row {row}: the row holds", set(normalized) & set(MEDIA_COLUMNS))
+            examples.append(normalized)
         except DataError as err:
             examples.append(_located(str(err), path, row))
     if options.stage == "kto":
@@ -275,6 +278,7 @@ def checked_sources(names: list[str], dataset_dir: str | None, stage: str) -> li
     sources = resolve_datasets(names, dataset_dir)
     check_row_format(sources, stage)
     for source in sources:
+        refuse_media(f"dataset {source.name!r} maps columns", set(source.columns) & set(MEDIA_COLUMNS))
         require_rows(source)
     return sources
 

@@ -64,6 +64,7 @@ _ENTRY_KEYS = {
 _REMOTE, _ONLINE = "REMOTE:", "ONLINE"
 _COLUMN_KEYS = (
     "prompt", "query", "response", "history", "messages", "system", "tools", "chosen", "rejected", "kto_tag",
+    "images", "videos",
 )  # fmt: skip
 _TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
 
@@ -97,6 +98,9 @@ class DatasetSource:
     """Rows to draw from the dataset (``num_samples`` of its registry entry); None reads every row."""
     extensions: tuple[str, ...] | None = None
     """Read only files with these extensions from a folder URI (a ``cloud_file_name`` folder)."""
+    media_dir: str | None = None
+    """Folder that relative image and video paths start from: the registry's folder for its entries (as
+    LLaMA-Factory's default ``media_dir``); None: the data file's own folder."""
 
     def read_paths(self) -> list[str]:
         """What the reader opens: the chosen files, the file or folder, each file a glob matched, or the URI."""
@@ -263,6 +267,7 @@ def _from_entry(name: str, entry: dict[str, Any], folder: Path, where: str | Non
     return DatasetSource(
         name, located.path, formatting, columns, tags, located.reader, ranking=bool(entry.get("ranking")),
         files=tuple(str(f) for f in located.files), num_samples=choice.num_samples, extensions=located.extensions,
+        media_dir=str(folder),
     )  # fmt: skip
 
 
