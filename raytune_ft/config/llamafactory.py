@@ -328,10 +328,10 @@ KEYS: dict[str, Rule] = {
         "use_audio_in_video",
         "audio_sampling_rate",
         "media_dir",
-        "freeze_vision_tower",
-        "freeze_multi_modal_projector",
-        "freeze_language_model",
     ),
+    "freeze_vision_tower": _to("adapter.freeze_vision_tower", bool),
+    "freeze_multi_modal_projector": _to("adapter.freeze_multi_modal_projector", bool),
+    "freeze_language_model": _to("adapter.freeze_language_model", bool),
     # --- export (merge YAMLs) ----------------------------------------------------------------------------
     "export_dir": _to("export.out_dir"),
     "export_size": _to("export.max_shard_size", lambda gb: f"{gb}GB"),

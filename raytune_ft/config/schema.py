@@ -561,6 +561,17 @@ class AdapterConfig(Section):
     freeze_extra_modules: CommaList = Field(default_factory=list)
     """For ``type: freeze``: more modules outside the decoder layers that train, e.g. ``embed_tokens,norm``."""
 
+    freeze_vision_tower: bool = True
+    """Vision-language models: keep the vision tower (Qwen's ``visual``, LLaVA's and Gemma 3's ``vision_tower``)
+    frozen, whatever ``type`` trains."""
+
+    freeze_multi_modal_projector: bool = True
+    """Vision-language models: keep the projector from image features to the language model's embeddings
+    (``multi_modal_projector``, Qwen's ``visual.merger``) frozen."""
+
+    freeze_language_model: bool = False
+    """Vision-language models: keep the language model frozen (train the tower or projector alone)."""
+
     init_from: CommaList = Field(default_factory=list)
     """Start from existing LoRA adapters (LLaMA-Factory's ``adapter_name_or_path``; a comma-separated string
     is accepted): each a raytune_ft checkpoint, a run directory (its newest checkpoint), any PEFT adapter

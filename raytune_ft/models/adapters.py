@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from raytune_ft.config import AdapterConfig, ConfigError
 
 from .pissa import INITIAL_ADAPTER, initial_adapter
+from .vision import lora_targets, part_of, train_parts
 
 if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
     import torch
@@ -24,7 +25,9 @@ AdapterFn = Callable[["torch.nn.Module", AdapterConfig], "torch.nn.Module"]
 def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    target: Any = "all-linear" if cfg.target == ["all"] else cfg.target
+    target: Any = cfg.target
+    if cfg.target == ["all"]:
+        target = lora_targets(model, cfg) if _vision_language(model) else "all-linear"
     init: Any = True
     if cfg.pissa_init:  # fast (randomised) SVD with pissa_iter iterations, or the exact SVD with -1
         init = "pissa" if cfg.pissa_iter == -1 else f"pissa_niter_{cfg.pissa_iter}"
@@ -49,6 +52,8 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
 
 def _full(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     model.requires_grad_(True)
+    if _vision_language(model):
+        train_parts(model, cfg)
     return model
 
 
@@ -68,6 +73,8 @@ def _freeze(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
             if cfg.freeze_trainable_modules == ["all"] or name in cfg.freeze_trainable_modules:
                 module.requires_grad_(True)
     _unfreeze_named(model, cfg.freeze_extra_modules)
+    if _vision_language(model):
+        train_parts(model, cfg)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
             f"adapter.freeze_trainable_modules {cfg.freeze_trainable_modules} names no module of a decoder "
@@ -77,10 +84,14 @@ def _freeze(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's stack of decoder layers: its longest ModuleList."""
+    """The model's stack of decoder layers: its longest ModuleList (a vision-language model's: in its language
+    model, not its vision tower)."""
     import torch
 
-    stacks = [list(m) for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    stacks = [
+        list(m) for name, m in model.named_modules()
+        if isinstance(m, torch.nn.ModuleList) and part_of(name) in (None, "language_model")
+    ]  # fmt: skip
     if not stacks:
         raise ConfigError("adapter.type freeze: this model has no stack of decoder layers to choose from")
     return max(stacks, key=len)
@@ -96,6 +107,10 @@ def _unfreeze_named(model: torch.nn.Module, names: list[str]) -> None:
     missing = sorted(set(names) - found)
     if missing:
         raise ConfigError(f"adapter.freeze_extra_modules: no module named {missing} in the model")
+
+
+def _vision_language(model: torch.nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "vision_config", None) is not None
 
 
 ADAPTERS: dict[str, AdapterFn] = {"lora": _lora, "freeze": _freeze, "full": _full}

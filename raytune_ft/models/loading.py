@@ -15,6 +15,7 @@ from .attention import PACKED_SDPA, transformers_attention
 from .checkpoint import CONFIG_FILE, CheckpointError, latest_checkpoint
 from .init_from import adapter_folder, merge_adapters, merged_adapters
 from .source import ModelSourceError, pin_model_source, resolve_model
+from .vision import is_vision_language
 
 if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
     import torch
@@ -144,9 +145,10 @@ def _apply_liger(model: torch.nn.Module) -> None:
 
 
 def _load_lm(cfg: ModelConfig, path: Path, dtype: torch.dtype, kernel: str) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+    auto = AutoModelForImageTextToText if is_vision_language(path) else AutoModelForCausalLM
+    model: torch.nn.Module = auto.from_pretrained(
         path,
         dtype=dtype,
         attn_implementation=kernel,
