@@ -5,8 +5,8 @@ Each family's special tokens are added to the builtin tokenizer (ids from 49152 
 ids, since the model finds image positions by ``input_ids == image token id``. Image processors are the PIL ones:
 torchvision has no CPU build here, and transformers picks the PIL processors without it. Qwen's processors also
 hold a video processor, which needs torchvision; ``image_only`` makes a processor class without it, registered
-with ``AutoProcessor`` in every process that loads one (without that, ``AutoProcessor`` returns the bare
-tokenizer).
+with ``AutoProcessor`` here for the tests that load one through it (without that, ``AutoProcessor`` returns the
+bare tokenizer; the product loads them through the image-only class itself).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAMILIES", "TinyVlm", "image_only", "register_processors", "save_tiny_vlm"]
+from raytune_ft.models.vision import image_only
+
+__all__ = ["FAMILIES", "TinyVlm", "register_processors", "save_tiny_vlm"]
 
 _TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "max_position_embeddings": 2048}  # fmt: skip
@@ -31,17 +33,6 @@ class TinyVlm:
     folder: Path
     image_text: str
     image_token_id: int
-
-
-def image_only(processor_class: type) -> type:
-    """``processor_class`` (a Qwen-VL processor) without its video half, so that it builds without torchvision."""
-
-    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
-                 **kwargs: Any) -> None:  # fmt: skip
-        processor_class.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-    name = processor_class.__name__.replace("Processor", "ImageOnlyProcessor")
-    return type(name, (processor_class,), {"__init__": __init__, "__module__": __name__})
 
 
 def _qwen_classes() -> dict[str, tuple[Any, type]]:
@@ -184,6 +175,11 @@ def save_tiny_vlm(folder: Path, family: str, tokenizer_dir: Path) -> TinyVlm:
 
     config, processor, image_text, image_token_id = FAMILIES[family](family, tokenizer_dir)
     torch.manual_seed(0)
-    AutoModelForImageTextToText.from_config(config).save_pretrained(folder)
+    model = AutoModelForImageTextToText.from_config(config)
+    with torch.no_grad():  # Gemma 3's projector starts at zero, which would hide every image from the loss
+        for name, weight in model.named_parameters():
+            if "multi_modal_projector" in name and weight.ndim >= 2 and not weight.any():
+                weight.normal_(std=0.02)
+    model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return TinyVlm(folder, image_text, image_token_id)

@@ -247,7 +247,7 @@ def _resize_vocab(value: Any) -> dict[str, Any]:
     return {}
 
 
-_MULTIMODAL = "text-only training here: a dataset with images or videos is refused"
+_MULTIMODAL = "videos and audio are not read: a dataset with videos is refused"
 _TOKEN = (
     "tokens do not belong in a config file (it is saved with every checkpoint): set {} in the environment "
     "(on a cluster: runtime_env env_vars)"
@@ -317,8 +317,6 @@ KEYS: dict[str, Rule] = {
     # --- multimodal (text-only here) -------------------------------------------------------------------
     **_same(
         _ignored(_MULTIMODAL),
-        "image_max_pixels",
-        "image_min_pixels",
         "image_do_pan_and_scan",
         "crop_to_patches",
         "video_max_pixels",
@@ -329,6 +327,8 @@ KEYS: dict[str, Rule] = {
         "audio_sampling_rate",
         "media_dir",
     ),
+    "image_max_pixels": _to("data.image_max_pixels"),
+    "image_min_pixels": _to("data.image_min_pixels"),
     "freeze_vision_tower": _to("adapter.freeze_vision_tower", bool),
     "freeze_multi_modal_projector": _to("adapter.freeze_multi_modal_projector", bool),
     "freeze_language_model": _to("adapter.freeze_language_model", bool),

@@ -143,6 +143,13 @@ class DataConfig(Section):
     """Maximum tokens per sample. Longer samples are truncated from the end of the conversation;
     a sample whose first answer does not fit at all is dropped."""
 
+    image_max_pixels: int = Field(default=768 * 768, ge=1)
+    """Images with more pixels are scaled down, keeping their aspect, before the model's processor (which may
+    resize them again); fewer pixels mean fewer image tokens."""
+
+    image_min_pixels: int = Field(default=32 * 32, ge=1)
+    """Images with fewer pixels are scaled up, keeping their aspect, before the model's processor."""
+
     train_on_prompt: bool = False
     """Compute the loss on prompt tokens too (normally only assistant answers are learned)."""
 

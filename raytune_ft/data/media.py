@@ -11,16 +11,18 @@ runs, inside the Ray Data tasks, and an image that cannot be decoded is an error
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .sources import DataError, DatasetSource
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
-__all__ = ["MEDIA_COLUMNS", "load_image", "refuse_media", "row_media"]
+__all__ = ["MEDIA_COLUMNS", "MediaEncoder", "load_image", "row_media", "with_images"]
 
 MEDIA_COLUMNS = {"images": "<image>", "videos": "<video>"}
 """Media column -> the placeholder that marks each of its items in the messages."""
@@ -51,15 +53,39 @@ def row_media(
     return found
 
 
-_UNSUPPORTED = (
-    "training on images and videos needs a vision-language model and its processor, which raytune_ft does not load yet"
-)
+class MediaEncoder(Protocol):
+    """A vision-language model's processor as the data tasks use it (``raytune_ft.models.ImageEncoder``)."""
+
+    image_token_id: int
+
+    def encode(self, images: list[Image.Image]) -> tuple[list[str], dict[str, np.ndarray]]:
+        """The text standing for each image (its tokens) and the row's image arrays."""
+        ...
 
 
-def refuse_media(where: str, kinds: Iterable[str]) -> None:
-    """Stop a run whose data holds images or videos (``kinds``), naming ``where`` they are."""
-    if kinds := sorted(kinds):
-        raise DataError(f"{where}: {' and '.join(kinds)}: {_UNSUPPORTED}; train on the text alone by leaving them out")
+def with_images(example: dict[str, Any], encoder: MediaEncoder | None, stage: str, where: str) -> dict[str, Any]:
+    """``example`` with each ``<image>`` of its messages replaced by the model's text for that image, and the
+    row's image arrays under ``media``; examples without images as they are."""
+    if "videos" in example:
+        raise DataError(f"{where}: videos: training on videos is not supported; leave the column out")
+    if "images" not in example:
+        return example
+    if encoder is None:
+        raise DataError(
+            f"{where}: images: the model is text-only; train a vision-language model (Qwen2-VL, Qwen2.5-VL, "
+            "Qwen3-VL, LLaVA, LLaVA-NeXT, Gemma 3) on them, or leave the column out to train on the text alone"
+        )
+    if stage != "sft":
+        raise DataError(f"{where}: images: rows with images train with method.stage sft; this stage reads text only")
+    items = example["images"]
+    texts, arrays = encoder.encode([load_image(item, f"{where}: images[{i}]") for i, item in enumerate(items)])
+    expanded = iter(texts)
+    placeholder = re.escape(MEDIA_COLUMNS["images"])
+    messages = [
+        {**m, "content": re.sub(placeholder, lambda _: next(expanded), m["content"])} for m in example["messages"]
+    ]
+    rest = {key: value for key, value in example.items() if key not in ("images", "messages")}
+    return {**rest, "messages": messages, "media": arrays}
 
 
 def _items(value: Any, column: str, where: str) -> list[Any]:

@@ -24,7 +24,7 @@ from raytune_ft.config import DataConfig
 
 from .encode import IGNORE_INDEX, Segment, encode_full, render_segments, truncate
 from .formats import normalize_example
-from .media import MEDIA_COLUMNS, refuse_media
+from .media import MediaEncoder, with_images
 from .packing import pack_samples
 from .records import EMPTY_ADVICE, RecordSelection, Sampling, Split, plan_sampling, read_records, require_rows
 from .sources import DataError, DatasetSource, check_row_format, resolve_datasets
@@ -108,6 +108,8 @@ class RowResult:
     """A KTO row's label: True for a desirable answer."""
     answer: str | None = None
     """An online-RL row's ground truth."""
+    media: Mapping[str, np.ndarray] | None = None
+    """A row's image arrays, as the vision-language model's processor made them (``with_images``)."""
 
 
 def templated(tokenizer: Any, options: EncodeOptions) -> Any:
@@ -122,8 +124,10 @@ def encode_rows(
     options: EncodeOptions,
     sources: list[DatasetSource],
     rows: list[tuple[str, int, str]],
+    media: MediaEncoder | None = None,
 ) -> list[RowResult]:
-    """Parse, normalise, render and tokenize ``(path, row, json_text)`` rows (one tokenizer call)."""
+    """Parse, normalise, render and tokenize ``(path, row, json_text)`` rows (one tokenizer call); ``media``:
+    a vision-language model's processor, which turns the rows' images into tokens and arrays."""
     owners = {path: _owner(sources, path) for path in {path for path, _, _ in rows}}  # once per file, not per row
     examples: list[dict[str, Any] | str] = []
     for path, row, record in rows:
@@ -131,8 +135,7 @@ def encode_rows(
             fields = _parse(record, path, row)
             normalized = normalize_example(fields, options.stage, options.placeholders, f"{path}: row {row}",
                                            owners[path])  # fmt: skip
-            refuse_media(f"{path}: row {row}: the row holds", set(normalized) & set(MEDIA_COLUMNS))
-            examples.append(normalized)
+            examples.append(with_images(normalized, media, options.stage, f"{path}: row {row}"))
         except DataError as err:
             examples.append(_located(str(err), path, row))
     if options.stage == "kto":
@@ -146,7 +149,8 @@ def encode_rows(
             conversations = _SEGMENTS[options.stage](tokenizer, example, options)
             rendered += conversations
             results.append(RowResult(path, row, more=tuple(([], []) for _ in conversations[1:]),
-                                     label=example.get("label"), answer=example.get("answer")))  # fmt: skip
+                                     label=example.get("label"), answer=example.get("answer"),
+                                     media=example.get("media")))  # fmt: skip
         except DataError as err:
             results.append(RowResult(path, row, problem=_located(str(err), path, row)))
     encoded = iter(encode_full(tokenizer, rendered))
@@ -155,7 +159,14 @@ def encode_rows(
             ids, labels = next(encoded)
             more = tuple(next(encoded) for _ in result.more)
             results[i] = RowResult(
-                result.path, result.row, ids, labels, more=more, label=result.label, answer=result.answer
+                result.path,
+                result.row,
+                ids,
+                labels,
+                more=more,
+                label=result.label,
+                answer=result.answer,
+                media=result.media,
             )
     return results
 
@@ -175,22 +186,31 @@ class TokenizeRows:
     left out. A row whose first answer does not fit in ``cutoff_len`` is dropped (nothing to learn).
     """
 
-    def __init__(self, load_tokenizer: Callable[[], Any], options: EncodeOptions, sources: list[DatasetSource]) -> None:
+    def __init__(
+        self,
+        load_tokenizer: Callable[[], Any],
+        options: EncodeOptions,
+        sources: list[DatasetSource],
+        load_media: Callable[[], MediaEncoder | None] | None = None,
+    ) -> None:
         self.tokenizer = templated(load_tokenizer(), options)
         self.options = options
         self.sources = sources
+        self.media = load_media() if load_media is not None else None
         self.skipped = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         rows = list(zip(batch["path"].tolist(), batch["row"].tolist(), batch["record"].tolist(), strict=True))
         results = []
-        for result in encode_rows(self.tokenizer, self.options, self.sources, rows):
+        for result in encode_rows(self.tokenizer, self.options, self.sources, rows, self.media):
             if result.problem:
                 self._reject(result.problem)
                 continue
             results.append(result)
         if self.options.stage in _SCORED_ROWS:
             return _SCORED_ROWS[self.options.stage](results, self.options.cutoff_len)
+        if self.media is not None:
+            return self._media_columns(results, self.media.image_token_id)
         samples = [
             sample
             for r in results
@@ -202,6 +222,28 @@ class TokenizeRows:
             "input_ids": [np.asarray(ids, dtype=np.int32) for ids, _ in samples],
             "labels": [np.asarray(labels, dtype=np.int32) for _, labels in samples],
         }
+
+    def _media_columns(self, results: list[RowResult], image_token: int) -> dict[str, Any]:
+        """A vision-language model's rows: truncated as any row (never through an image's tokens, which are
+        never learned), each with its image arrays pickled in ``media`` (empty for a row without images)."""
+        if self.options.packing:
+            raise DataError("data.packing: rows for a vision-language model are not packed; set data.packing: false")
+        ids_column, labels_column, media_column = [], [], []
+        for r in results:
+            ids, labels = np.asarray(r.input_ids, dtype=np.int32), np.asarray(r.labels, dtype=np.int32)
+            labels[ids == image_token] = IGNORE_INDEX
+            for kept, kept_labels in fit_to_cutoff("sft", ids.tolist(), labels.tolist(), self.options.cutoff_len):
+                if (np.asarray(kept) == image_token).sum() != (ids == image_token).sum():
+                    self._reject(
+                        f"{r.path}: row {r.row}: its image tokens do not fit in data.cutoff_len "
+                        f"{self.options.cutoff_len} ({len(ids)} tokens in all); raise cutoff_len or lower "
+                        "data.image_max_pixels"
+                    )
+                    continue
+                ids_column.append(np.asarray(kept, dtype=np.int32))
+                labels_column.append(np.asarray(kept_labels, dtype=np.int32))
+                media_column.append(pickle.dumps(dict(r.media)) if r.media else b"")
+        return {"input_ids": ids_column, "labels": labels_column, "media": media_column}
 
     def _reject(self, problem: str) -> None:
         if not self.options.skip_bad_rows:
@@ -216,7 +258,7 @@ _KEPT_WORKERS = 4
 
 
 def tokenize_task(batch: dict[str, np.ndarray], setup: bytes) -> dict[str, Any]:
-    """Ray Data task UDF: ``TokenizeRows`` for ``setup`` (the pickled loader, options and sources).
+    """Ray Data task UDF: ``TokenizeRows`` for ``setup`` (the pickled loaders, options and sources).
 
     The first task of a pipeline in a worker process loads the tokenizer; later ones reuse it. A
     process keeps the few most recent pipelines' tokenizers (sweeps run several in one job).
@@ -239,14 +281,20 @@ class PreparedData:
 
 
 def build_datasets(
-    cfg: DataConfig, load_tokenizer: Callable[[], Any], seed: int, concurrency: int, stage: str = "sft"
+    cfg: DataConfig,
+    load_tokenizer: Callable[[], Any],
+    seed: int,
+    concurrency: int,
+    stage: str = "sft",
+    load_media: Callable[[], MediaEncoder | None] | None = None,
 ) -> PreparedData:
     """Training (and validation) datasets for ``cfg``, tokenized by at most ``concurrency`` tasks at once.
 
     ``load_tokenizer`` runs inside the worker processes (on whichever node they are), so it must be
     picklable, must resolve the model on that node, and should import little (the first rows come
     sooner): ``functools.partial(raytune_ft.models.load_row_tokenizer, source)``. ``data.template``
-    is applied to what it returns.
+    is applied to what it returns. ``load_media`` likewise loads a vision-language model's processor for
+    rows with images (``raytune_ft.models.load_image_encoder``; it returns None for a text model).
     """
     sources = checked_sources(cfg.dataset, cfg.dataset_dir, stage)
     options = EncodeOptions.from_config(cfg, stage)
@@ -261,15 +309,16 @@ def build_datasets(
         _read(source, _selection(cfg, seed, draw, split, val_fraction, rate))
         for source, draw, rate in zip(sources, draws, rates, strict=True)
     ]
-    train = _tokenized(reads, sources, options, load_tokenizer, concurrency, shuffle_seed=seed if cfg.shuffle else None)
+    encoders = (load_tokenizer, load_media)
+    train = _tokenized(reads, sources, options, encoders, concurrency, shuffle_seed=seed if cfg.shuffle else None)
     evaluation = None
     if cfg.eval_dataset:
         eval_sources = checked_sources(cfg.eval_dataset, cfg.dataset_dir, stage)
         reads = read_sources(cfg, eval_sources, seed)
-        evaluation = _tokenized(reads, eval_sources, options, load_tokenizer, concurrency, shuffle_seed=None)
+        evaluation = _tokenized(reads, eval_sources, options, encoders, concurrency, shuffle_seed=None)
     elif val_fraction:
         reads = [_read(s, _selection(cfg, seed, d, "eval", val_fraction)) for s, d in zip(sources, draws, strict=True)]
-        evaluation = _tokenized(reads, sources, options, load_tokenizer, concurrency, shuffle_seed=None)
+        evaluation = _tokenized(reads, sources, options, encoders, concurrency, shuffle_seed=None)
     return PreparedData(train=train, eval=evaluation)
 
 
@@ -278,7 +327,6 @@ def checked_sources(names: list[str], dataset_dir: str | None, stage: str) -> li
     sources = resolve_datasets(names, dataset_dir)
     check_row_format(sources, stage)
     for source in sources:
-        refuse_media(f"dataset {source.name!r} maps columns", set(source.columns) & set(MEDIA_COLUMNS))
         require_rows(source)
     return sources
 
@@ -333,7 +381,7 @@ def _tokenized(
     reads: list[Any],
     sources: list[DatasetSource],
     options: EncodeOptions,
-    load_tokenizer: Callable[[], Any],
+    encoders: tuple[Callable[[], Any], Callable[[], MediaEncoder | None] | None],
     concurrency: int,
     shuffle_seed: int | None,
 ) -> Any:
@@ -344,7 +392,7 @@ def _tokenized(
         ds = ds.randomize_block_order(seed=shuffle_seed)
     return ds.map_batches(
         tokenize_task,
-        fn_args=(pickle.dumps((load_tokenizer, options, sources)),),
+        fn_args=(pickle.dumps((encoders[0], options, sources, encoders[1])),),
         batch_size=_BATCH_ROWS,
         compute=ray.data.TaskPoolStrategy(size=concurrency),
         num_cpus=DATA_TASK_CPUS,

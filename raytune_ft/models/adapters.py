@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from raytune_ft.config import AdapterConfig, ConfigError
 
 from .pissa import INITIAL_ADAPTER, initial_adapter
-from .vision import lora_targets, part_of, train_parts
+from .vision import is_vision_language_model, lora_targets, part_of, train_parts
 
 if TYPE_CHECKING:  # torch loads lazily: tokenizer actors import this package and never need it
     import torch
@@ -27,7 +27,7 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
 
     target: Any = cfg.target
     if cfg.target == ["all"]:
-        target = lora_targets(model, cfg) if _vision_language(model) else "all-linear"
+        target = lora_targets(model, cfg) if is_vision_language_model(model) else "all-linear"
     init: Any = True
     if cfg.pissa_init:  # fast (randomised) SVD with pissa_iter iterations, or the exact SVD with -1
         init = "pissa" if cfg.pissa_iter == -1 else f"pissa_niter_{cfg.pissa_iter}"
@@ -52,7 +52,7 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
 
 def _full(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     model.requires_grad_(True)
-    if _vision_language(model):
+    if is_vision_language_model(model):
         train_parts(model, cfg)
     return model
 
@@ -73,7 +73,7 @@ def _freeze(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
             if cfg.freeze_trainable_modules == ["all"] or name in cfg.freeze_trainable_modules:
                 module.requires_grad_(True)
     _unfreeze_named(model, cfg.freeze_extra_modules)
-    if _vision_language(model):
+    if is_vision_language_model(model):
         train_parts(model, cfg)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
@@ -107,10 +107,6 @@ def _unfreeze_named(model: torch.nn.Module, names: list[str]) -> None:
     missing = sorted(set(names) - found)
     if missing:
         raise ConfigError(f"adapter.freeze_extra_modules: no module named {missing} in the model")
-
-
-def _vision_language(model: torch.nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "vision_config", None) is not None
 
 
 ADAPTERS: dict[str, AdapterFn] = {"lora": _lora, "freeze": _freeze, "full": _full}

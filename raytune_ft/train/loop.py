@@ -34,6 +34,7 @@ from raytune_ft.models import (
     resolve_model,
     trainable_parameters,
 )
+from raytune_ft.models.vision import is_vision_language_model, with_image_arrays
 
 from .checkpoint import TrainState, load_weights_into, restore_state, save_checkpoint
 from .objectives import OBJECTIVES, MetricSums
@@ -272,6 +273,8 @@ def collator(cfg: JobConfig, model: Any, pad_id: int) -> Collate:
     if cfg.method.rows in SCORED_SEQUENCES:
         prefixes = SCORED_SEQUENCES[cfg.method.rows]
         return lambda b: pad_scored(b, pad_id, prefixes)
+    if is_vision_language_model(model):  # padded: image features take their places in each row as it is
+        return lambda b: with_image_arrays(model, pad_batch(b["input_ids"], b["labels"], pad_id), b.get("media"))
     if not _padding_free(cfg, model):
         return lambda b: pad_batch(b["input_ids"], b["labels"], pad_id, b.get("position_ids"))
     return lambda b: pack_batch(b["input_ids"], b["labels"], pad_id, cfg.data.cutoff_len)

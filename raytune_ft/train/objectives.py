@@ -70,13 +70,19 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "token_type_ids")
+"""A vision-language model's forward inputs beside the tokens, passed on where a batch holds them."""
+
+
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Forward arguments: packed batches pass ``position_ids`` and no ``attention_mask``, so the
     model keeps attention inside each packed sample (see ``raytune_ft.data.packing``). No KV cache:
-    training never reuses it, and transformers only detects packed rows when there is none."""
+    training never reuses it, and transformers only detects packed rows when there is none. Image arrays
+    (``IMAGE_INPUTS``) go along."""
+    images = {key: batch[key] for key in IMAGE_INPUTS if key in batch}
     if "position_ids" in batch:
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False, **images}
 
 
 class Objective(Protocol):

@@ -1,6 +1,6 @@
 """Multimodal rows in LLaMA-Factory's format (an ``images`` column, ``<image>`` placeholders): paths resolved
-against the dataset folder, placeholders counted against the images, images decoded or refused by row; until a
-vision-language model can be trained, a run on them stops with the reason before anything starts."""
+against the dataset folder, placeholders counted against the images, images decoded or refused by row; images for
+a text-only model, and videos, are refused by row."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from raytune_ft.data import DataError
 from raytune_ft.data.formats import normalize_example
 from raytune_ft.data.media import load_image
-from raytune_ft.data.pipeline import EncodeOptions, checked_sources, encode_rows
+from raytune_ft.data.pipeline import EncodeOptions, encode_rows
 from raytune_ft.data.sources import resolve_datasets
 
 
@@ -103,15 +103,17 @@ def test_an_image_that_does_not_decode_names_its_row(tmp_path: Path) -> None:
         load_image({"bytes": io.BytesIO(b"xx").getvalue()}, "r")
 
 
-def test_training_on_images_is_refused_with_the_reason(tmp_path: Path, tokenizer: Any) -> None:
-    png(tmp_path / "data" / "1.png")
-    row = {"messages": chat("<image>What colour?", "Red."), "images": ["1.png"]}
-    folder = demo_registry(tmp_path / "data", [row])
-    with pytest.raises(DataError, match="dataset 'mm' maps columns: images: training on images and videos needs"):
-        checked_sources(["mm"], str(folder), "sft")
-    plain, row["images"] = tmp_path / "data" / "plain.jsonl", [str(tmp_path / "data" / "1.png")]
-    [result] = encode_rows(tokenizer, EncodeOptions(cutoff_len=64), [], [(str(plain), 1, json.dumps(row))])
-    assert result.problem.startswith(f"{plain}: row 1: the row holds: images: training on images and videos needs")
+def test_images_for_a_text_model_and_videos_are_refused_by_row(tmp_path: Path, tokenizer: Any) -> None:
+    image = str(png(tmp_path / "data" / "1.png"))
+    video = tmp_path / "data" / "clip.mp4"
+    video.write_bytes(b"not decoded")
+    rows = [{"messages": chat("<image>What colour?", "Red."), "images": [image]},
+            {"messages": chat("<video>What happens?", "Nothing."), "videos": [str(video)]}]  # fmt: skip
+    plain = str(tmp_path / "data" / "plain.jsonl")
+    results = encode_rows(tokenizer, EncodeOptions(cutoff_len=64), [], [(plain, i + 1, json.dumps(r)) for i, r in
+                                                                        enumerate(rows)])  # fmt: skip
+    assert results[0].problem.startswith(f"{plain}: row 1: images: the model is text-only; train a vision-language")
+    assert results[1].problem.startswith(f"{plain}: row 2: videos: training on videos is not supported")
 
 
 def _re(text: str) -> str:
