@@ -814,7 +814,8 @@ class RolloutConfig(Section):
     process group of their own (NCCL on GPUs, gloo on CPU) and the whole model's tensors go straight to every
     engine, with no copy in the object store; a restarted engine cannot catch up, so the step that finds it
     fails and the workers resume from their newest checkpoint (set ``scaling.max_failures``). Whole weights
-    only (``adapter.type`` full or freeze). ``auto``: broadcast for whole weights on GPUs, else store."""
+    only (``adapter.type`` full or freeze), a whole GPU per engine on GPUs, ``tensor_parallel_size`` 1.
+    ``auto``: broadcast for whole weights with a whole GPU per engine, else store."""
 
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """More ``vllm.LLM`` arguments (e.g. ``gpu_memory_utilization``, ``tensor_parallel_size``)."""
@@ -1424,17 +1425,31 @@ class JobConfig(Section):
                 f"method.reference: precomputed does not apply to stage {stage}: the answers it scores are generated "
                 "during training; use live"
             )
-        if self.rollout.weight_sync == "broadcast" and self.adapter.type == "lora":
-            raise ValueError(
-                "rollout.weight_sync: broadcast sends whole weights (adapter.type full or freeze); a LoRA run's "
-                "adapter is small and goes through the object store: use weight_sync: store or auto"
-            )
+        if self.rollout.weight_sync == "broadcast":
+            self._check_broadcast()
         if self.scaling.use_gpu and self.rollout.placement == "colocated":
             raise ValueError(
                 "rollout.placement: colocated is not available on GPUs yet (the engines would need a share of each "
                 "training worker's GPU); use placement: separate with rollout.gpus_per_engine"
             )
         return self
+
+    def _check_broadcast(self) -> None:
+        if self.adapter.type == "lora":
+            raise ValueError(
+                "rollout.weight_sync: broadcast sends whole weights (adapter.type full or freeze); a LoRA run's "
+                "adapter is small and goes through the object store: use weight_sync: store or auto"
+            )
+        if self.scaling.use_gpu and self.rollout.gpus_per_engine < 1:
+            raise ValueError(
+                f"rollout.weight_sync: broadcast goes over NCCL, which takes one whole GPU per engine, but "
+                f"rollout.gpus_per_engine is {self.rollout.gpus_per_engine:g}; give each engine a GPU or use store"
+            )
+        if int(self.rollout.engine_kwargs.get("tensor_parallel_size", 1)) > 1:
+            raise ValueError(
+                "rollout.weight_sync: broadcast loads the weights into an engine's own process, which holds the whole "
+                "model only with tensor_parallel_size 1; use weight_sync: store with tensor parallel engines"
+            )
 
     @model_validator(mode="after")
     def _check_pissa(self) -> JobConfig:

@@ -95,13 +95,17 @@ def _value_head_class() -> Any:
             scores: torch.Tensor = self.value_head(picked.to(self.value_head.weight.dtype)).squeeze(-1).float()
             return scores
 
+        def language_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            """The LM's part of this model's ``state_dict``, by the LM's own names (without the value head)."""
+            return _strip(state_dict, "lm.")
+
         def save_pretrained(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
             """The LM as any checkpoint holds it, plus the head in ``value_head.safetensors``."""
             from safetensors.torch import save_file
 
             from .pissa import save_weights
 
-            save_weights(self.lm, folder, _strip(state_dict, "lm."))
+            save_weights(self.lm, folder, self.language_weights(state_dict))
             head = {k: v.contiguous() for k, v in _strip(state_dict, "value_head.").items()}
             path = Path(folder) / self.head_file
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,19 +68,25 @@ class Generation:
 
 
 class WeightStore:
-    """The newest published policy weights of a run (an object-store reference) and their version."""
+    """The newest published policy weights of a run (an object-store reference), their version, and how often
+    the training workers (re)started: workers resumed from a checkpoint publish an older version, which
+    every engine must load again."""
 
     def __init__(self) -> None:
-        self.version = -1
+        self.version, self.starts = -1, 0
         self.refs: list[Any] = []
 
-    def publish(self, version: int, refs: list[Any]) -> None:
-        """``refs``: one object reference, nested in a list so that Ray passes it unresolved."""
-        if version >= self.version:
+    def publish(self, version: int, refs: list[Any], first: bool = False) -> None:
+        """``refs``: one object reference, nested in a list so that Ray passes it unresolved; ``first``: the
+        workers' first publish since they started (taken even when older)."""
+        if first:
+            self.starts += 1
+        if first or version >= self.version:
             self.version, self.refs = version, refs
 
-    def latest(self) -> tuple[int, list[Any]]:
-        return self.version, self.refs
+    def latest(self) -> tuple[int, int, list[Any]]:
+        """(starts, version, refs)."""
+        return self.starts, self.version, self.refs
 
 
 class RolloutEngine:
@@ -102,7 +108,7 @@ class RolloutEngine:
         # An adapter reloads only the blocks it changed, and whole weights hold none for the rotary embedding's
         # cache: vLLM warns at every reload about each layer left as it was.
         logging.getLogger("vllm.model_executor.model_loader.reload").setLevel(logging.ERROR)
-        self.version = -1
+        self.version, self.starts = -1, 0
         self.broadcast = weight_sync(cfg) == "broadcast"
         self.address: GroupAddress | None = None
         self.group: Any = None
@@ -112,7 +118,8 @@ class RolloutEngine:
                       merged_adapters(cfg.adapter)]  # fmt: skip
             self.base = BaseWeights(resolve_model(cfg.model), merged)
             if changed := self.base.changed():  # adapter.init_from's merged adapters belong to the base it uses
-                self._reload(self.base.whole_blocks({name: self.base[name] for name in changed}))
+                blocks = self.base.whole_blocks({name: self.base[name] for name in changed})
+                self._reload(blocks, [name for name, _ in blocks])
 
     def ready(self) -> int:
         """The engine's process id, once vLLM is up."""
@@ -148,50 +155,55 @@ class RolloutEngine:
     def loaded_version(self) -> int:
         return self.version
 
-    def receive(self, version: int, address: GroupAddress, rank: int, meta: Meta, joining: bool) -> float:
-        """Policy ``version``'s whole weights, broadcast by rank 0 of the group at ``address``, where this engine
-        is member ``rank`` (``rollout.weight_sync: broadcast``); ``joining``: the group is new. Returns the
-        seconds it took."""
-        start = time.perf_counter()
-        if address != self.address:
-            if not joining:  # restarted since the group formed: only a new group (the workers' resume) takes it in
-                raise EngineBehind(f"rollout engine {os.getpid()} was restarted after its weight group formed")
+    def receive(self, version: int, address: GroupAddress, rank: int, meta: Meta, joining: bool) -> None:
+        """Load policy ``version``'s whole weights as rank 0 of the group at ``address`` broadcasts them, bucket by
+        bucket, this engine being member ``rank`` (``rollout.weight_sync: broadcast``); ``joining``: the group is
+        new (formed by workers that just started)."""
+        if joining:
             self.group, self.address = join_group(address, rank), address
+        elif address != self.address:  # restarted since the group formed: only the workers' resume takes it in
+            raise EngineBehind(f"rollout engine {os.getpid()} was restarted after its weight group formed")
         device = "cuda" if address.backend == "nccl" else "cpu"
-        self._reload(receive_weights(self.group, meta, device))
+        self._reload(receive_weights(self.group, meta, device), [name for name, _, _ in meta])
         self.version = version
-        return time.perf_counter() - start
 
     def _catch_up(self, version: int) -> float:
+        """Load the weights ``version`` needs from the store, unless this engine holds them; returns the seconds
+        it took. Workers resumed from a checkpoint (a new start in the store) make every engine load again."""
         import ray
 
-        if self.version >= version:
-            return 0.0
         if self.broadcast:
+            if self.version >= version:
+                return 0.0
             raise EngineBehind(
                 f"rollout engine {os.getpid()} holds policy version {self.version} and was asked for {version}: it "
                 "was restarted, and under rollout.weight_sync broadcast only the workers can send it the weights; "
                 "they resume from their newest checkpoint if scaling.max_failures allows"
             )
         start = time.perf_counter()
-        published, refs = ray.get(self.store.latest.remote())
+        starts, published, refs = ray.get(self.store.latest.remote())
+        if starts == self.starts and self.version >= version:
+            return 0.0
         while published < version:
             if time.perf_counter() - start > VERSION_WAIT_S:
                 raise TimeoutError(f"policy version {version} was not published within {VERSION_WAIT_S:g} s")
             time.sleep(STORE_POLL_S)
-            published, refs = ray.get(self.store.latest.remote())
+            starts, published, refs = ray.get(self.store.latest.remote())
         self._load(published, ray.get(refs[0]))
+        self.starts = starts
         return time.perf_counter() - start
 
     def _load(self, version: int, files: dict[str, bytes]) -> None:
-        self._reload(merged_adapter(files, self.base) if self.base is not None else _model_weights(files))
+        weights = merged_adapter(files, self.base) if self.base is not None else _model_weights(files)
+        self._reload(weights, [name for name, _ in weights])
         self.version = version
 
-    def _reload(self, weights: list[tuple[str, Any]]) -> None:
+    def _reload(self, weights: Iterable[tuple[str, Any]], names: Iterable[str]) -> None:
+        """Load ``weights`` (named ``names``; an iterator is consumed once, as it arrives) into the model."""
         # vLLM's in-place reload: on CPU the loaded linear weights were repacked for its GEMM kernels (and the
         # plain tensors dropped), so new weights go through the loader and are repacked again.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
-        if any(name.endswith("embed_tokens.weight") for name, _ in weights):
+        if any(name.endswith("embed_tokens.weight") for name in names):
             self.llm.apply_model(_retie_lm_head)
         self.llm.reset_prefix_cache()
 

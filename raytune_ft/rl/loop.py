@@ -105,7 +105,7 @@ class RolloutFeed:
         self.pending: list[list[dict[str, torch.Tensor]]] = []
         self.overlap = cfg.rollout.async_ == "one_step"
         self.ahead: _Request | None = None
-        self.sync.publish(ctx.core, ctx.state.global_step)
+        self.sync.publish(ctx.core, ctx.state.global_step, first=True)
 
     def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
         if self.pending:

@@ -1,27 +1,21 @@
 """Weight sync: how the policy's weights reach the rollout engines after each update (``rollout.weight_sync``).
 
-``store``: rank 0 writes the weights (a LoRA run's adapter, else the whole model) as safetensors into Ray's
-object store and registers them with the run's ``WeightStore``; an engine pulls the newest when a call needs
-a version it lacks, so a restarted engine catches up by itself.
-
-``broadcast``: rank 0 and the engines form a process group of their own (rank 0 the trainer, engine i rank
-i + 1; NCCL between GPUs, gloo on CPU) and the whole model's tensors are broadcast in buckets straight into
-every engine, which loads them into the running model: no copy through the object store or a file format,
-the path that matters for models of billions of parameters on GPUs. The engines hold no copy to catch up
-from, so a restarted engine refuses the call that needs newer weights (``EngineBehind``); the workers then
-resume from their newest checkpoint (``scaling.max_failures``) and broadcast to a new group. Every worker
-waits at a barrier until the broadcast is done, so no engine is asked for a version it has not received.
+``store``: rank 0 puts the weights' files in Ray's object store; each engine pulls the newest when a call needs
+them. ``broadcast``: rank 0 and the engines form a process group of their own (NCCL between GPUs, gloo on CPU)
+and the whole model's tensors go in buckets straight into every engine's model, while all workers wait.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
@@ -37,12 +31,15 @@ __all__ = [
     "BroadcastSync",
     "EngineBehind",
     "GroupAddress",
+    "Meta",
     "StoreSync",
     "WeightSync",
     "buckets",
     "group_backend",
     "join_group",
+    "policy_weights",
     "receive_weights",
+    "send_weights",
     "weight_sync",
 ]
 
@@ -57,20 +54,30 @@ class EngineBehind(RuntimeError):
     """A call needs policy weights a (restarted) engine never received under ``rollout.weight_sync: broadcast``."""
 
 
-def weight_sync(cfg: JobConfig) -> str:
-    """``rollout.weight_sync`` resolved: ``auto`` broadcasts whole weights between GPUs, else uses the store."""
+def weight_sync(cfg: JobConfig) -> Literal["store", "broadcast"]:
+    """``rollout.weight_sync`` resolved: ``auto`` broadcasts whole weights between GPUs (a whole one per engine:
+    NCCL takes one GPU per member), else uses the store."""
     chosen = cfg.rollout.weight_sync
     if chosen != "auto":
         return chosen
-    return "broadcast" if cfg.scaling.use_gpu and cfg.adapter.type != "lora" else "store"
+    gpus = cfg.scaling.use_gpu and cfg.rollout.gpus_per_engine >= 1
+    return "broadcast" if gpus and cfg.adapter.type != "lora" else "store"
 
 
 class WeightSync(Protocol):
     """The training workers' side of a sync: every worker calls ``publish`` after each update."""
 
-    def publish(self, core: StepCore, version: int) -> float:
-        """Make the policy's weights version ``version`` for the engines; returns the seconds it took."""
+    def publish(self, core: StepCore, version: int, first: bool = False) -> float:
+        """Make the policy's weights version ``version`` for the engines (``first``: the workers just started,
+        perhaps resumed from a checkpoint older than what the engines hold); returns the seconds it took."""
         ...
+
+
+def policy_weights(model: Any, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights of ``model``'s state dict ``weights`` that the engines load, by the base model's names (PPO's
+    policy without its critic's value head)."""
+    language = getattr(model, "language_weights", None)
+    return language(weights) if language is not None else weights
 
 
 class StoreSync:
@@ -79,7 +86,7 @@ class StoreSync:
     def __init__(self, ctx: WorkerContext) -> None:
         self.store = ctx.extra["store"]
 
-    def publish(self, core: StepCore, version: int) -> float:
+    def publish(self, core: StepCore, version: int, first: bool = False) -> float:
         import ray
 
         start = time.perf_counter()
@@ -89,7 +96,7 @@ class StoreSync:
         with tempfile.TemporaryDirectory(prefix="raytune_ft-publish-") as tmp:
             save_weights(core.strategy.unwrap(core.model), Path(tmp), weights)
             files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.suffix in (".safetensors", ".json")}
-        ray.get(self.store.publish.remote(version, [ray.put(files)]))
+        ray.get(self.store.publish.remote(version, [ray.put(files)], first))
         return time.perf_counter() - start
 
 
@@ -100,12 +107,14 @@ def group_backend(cfg: JobConfig) -> str:
 
 @dataclass(frozen=True)
 class GroupAddress:
-    """Where a broadcast group meets (the trainer's ``TCPStore``), its size and its backend."""
+    """Where a broadcast group meets (the trainer's ``TCPStore``), its size and its backend; ``nonce`` tells a
+    new group from an old one that met at the same port."""
 
     host: str
     port: int
     size: int
     backend: str
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def join_group(address: GroupAddress, rank: int, store: Any = None) -> Any:
@@ -116,7 +125,7 @@ def join_group(address: GroupAddress, rank: int, store: Any = None) -> Any:
         store = dist.TCPStore(  # type: ignore[attr-defined]
             address.host, address.port, is_master=False, timeout=GROUP_TIMEOUT
         )
-    prefixed = dist.PrefixStore("raytune_ft-weights", store)  # type: ignore[attr-defined]
+    prefixed = dist.PrefixStore(f"raytune_ft-weights-{address.nonce}", store)  # type: ignore[attr-defined]
     if address.backend == "nccl":
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = GROUP_TIMEOUT
@@ -134,7 +143,7 @@ def buckets(meta: Meta, limit: int = BUCKET_BYTES) -> list[list[int]]:
     out: list[list[int]] = []
     size, dtype = 0, None
     for i, (_, kind, shape) in enumerate(meta):
-        nbytes = torch.empty((), dtype=getattr(torch, kind)).element_size() * _numel(shape)
+        nbytes = torch.empty((), dtype=getattr(torch, kind)).element_size() * math.prod(shape)
         if not out or kind != dtype or size + nbytes > limit:
             out.append([])
             size, dtype = 0, kind
@@ -143,26 +152,21 @@ def buckets(meta: Meta, limit: int = BUCKET_BYTES) -> list[list[int]]:
     return out
 
 
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
-
-
-def receive_weights(group: Any, meta: Meta, device: str) -> list[tuple[str, torch.Tensor]]:
-    """The weights rank 0 broadcasts to ``group`` (``meta`` says which), as (name, tensor) on ``device``."""
-    received: list[tuple[str, torch.Tensor]] = []
+def receive_weights(group: Any, meta: Meta, device: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights rank 0 broadcasts to ``group`` (``meta`` says which), as (name, tensor) on ``device``, one
+    bucket at a time (a consumer that loads each as it comes holds one bucket, not a second model)."""
     for bucket in buckets(meta):
-        sizes = [_numel(meta[i][2]) for i in bucket]
+        sizes = [math.prod(meta[i][2]) for i in bucket]
         flat = torch.empty(sum(sizes), dtype=getattr(torch, meta[bucket[0]][1]), device=device)
         group.broadcast(flat, root=0).wait()
+        if flat.is_cuda:  # NCCL's wait orders the stream only: hold here until the bucket has arrived
+            torch.cuda.current_stream().synchronize()
         for i, part in zip(bucket, flat.split(sizes), strict=True):
-            received.append((meta[i][0], part.view(meta[i][2])))
-    return received
+            yield meta[i][0], part.view(meta[i][2])
 
 
-def _send_weights(group: Any, weights: dict[str, torch.Tensor], meta: Meta, device: torch.device) -> None:
+def send_weights(group: Any, weights: dict[str, torch.Tensor], meta: Meta, device: torch.device) -> None:
+    """Broadcast ``weights`` (in ``meta``'s order and buckets) from this process, rank 0 of ``group``."""
     for bucket in buckets(meta):
         flat = torch.cat([weights[meta[i][0]].detach().reshape(-1).to(device) for i in bucket])
         group.broadcast(flat, root=0).wait()
@@ -180,13 +184,13 @@ class BroadcastSync:
         self.group: Any = None
         self._server: Any = None
 
-    def publish(self, core: StepCore, version: int) -> float:
+    def publish(self, core: StepCore, version: int, first: bool = False) -> float:
         import torch.distributed as dist
 
         start = time.perf_counter()
         weights = core.strategy.full_state_dict(core.model)
-        if weights is not None:
-            self._broadcast(weights, version)
+        if weights is not None:  # a new BroadcastSync forms a new group: every engine loads, whatever it held
+            self._broadcast(policy_weights(core.strategy.unwrap(core.model), weights), version)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()
         return time.perf_counter() - start
@@ -205,7 +209,7 @@ class BroadcastSync:
         ]
         if joining:
             self.group = join_group(self.address, 0, self._server)
-        _send_weights(self.group, weights, meta, self.device)
+        send_weights(self.group, weights, meta, self.device)
         ray.get(calls)
 
     def _open_group(self) -> tuple[Any, GroupAddress]:
@@ -219,5 +223,5 @@ class BroadcastSync:
         return server, GroupAddress(host, server.port, len(self.engines) + 1, self.backend)
 
 
-SYNCS: dict[str, type[StoreSync] | type[BroadcastSync]] = {"store": StoreSync, "broadcast": BroadcastSync}
+SYNCS: dict[str, Callable[[WorkerContext], WeightSync]] = {"store": StoreSync, "broadcast": BroadcastSync}
 """``weight_sync(cfg)`` -> the training workers' side of it."""

@@ -214,6 +214,41 @@ def test_a_killed_engine_under_broadcast_sync_is_taken_in_by_the_resumed_workers
     assert outcome.checkpoint is not None and Path(outcome.checkpoint, "model.safetensors").is_file()
 
 
+def test_workers_restarted_from_scratch_make_the_engine_drop_newer_weights(policy_dir: Path, tmp_path: Path) -> None:
+    """The training worker is killed after step 3, before any checkpoint (save_steps 4): the restarted workers
+    begin again from the initial weights (scaling.max_failures), and the engine, which holds the weights of
+    step 2 or 3, loads those again before it generates: every step's log-probs still equal the policy's."""
+    import psutil
+
+    dump = grpo_job(policy_dir, tmp_path, "restarted", 5).model_dump(mode="json", by_alias=True)
+    dump["train"]["save_steps"] = 4
+    dump["scaling"] = {"max_failures": 1}
+    log = tmp_path / "restarted" / "metrics.jsonl"
+    killed: list[int] = []
+
+    def kill_worker_once() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+                        proc.kill()  # a worker of this test's own Ray
+                        killed.append(proc.info["pid"])
+                        return
+            time.sleep(0.2)
+
+    from raytune_ft.rl.launch import run_online
+
+    thread = threading.Thread(target=kill_worker_once, daemon=True)
+    thread.start()
+    outcome = run_online(JobConfig.model_validate(dump))
+    thread.join(timeout=5)
+    assert killed, "the training worker was never killed"
+    logged = metrics(outcome.run_dir)
+    assert [m["step"] for m in logged] == list(range(1, 6))
+    assert max(m["rollout/logprob_gap"] for m in logged) < 2e-3, [m["rollout/logprob_gap"] for m in logged]
+
+
 def test_a_sweep_runs_each_trial_with_its_own_engines(policy_dir: Path, tmp_path: Path) -> None:
     """raytune-ft tune over a grpo key: two trials at once, each with its own engines (named after the trial), both
     trained, ranked by reward; no engine outlives its trial."""

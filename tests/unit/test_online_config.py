@@ -44,6 +44,23 @@ def test_a_kl_estimator_asks_for_a_reference() -> None:
         ({"method": {"stage": "grpo", "kl": "k3", "reference": "precomputed"}}, "use live"),
         ({"method": {"stage": "grpo"}, "scaling": {"use_gpu": True}}, "placement: separate"),
         ({"method": {"stage": "grpo"}, "rollout": {"weight_sync": "broadcast"}}, "use weight_sync: store or auto"),
+        (
+            {
+                "method": {"stage": "grpo"},
+                "adapter": {"type": "full"},
+                "scaling": {"use_gpu": True},
+                "rollout": {"weight_sync": "broadcast", "placement": "separate", "gpus_per_engine": 0.5},
+            },
+            "one whole GPU per engine",
+        ),
+        (
+            {
+                "method": {"stage": "grpo"},
+                "adapter": {"type": "full"},
+                "rollout": {"weight_sync": "broadcast", "engine_kwargs": {"tensor_parallel_size": 2}},
+            },
+            "tensor_parallel_size 1",
+        ),
     ],
 )
 def test_refused_combinations_say_why(sections: dict, says: str) -> None:
@@ -90,11 +107,12 @@ def test_a_wrong_reward_fails_before_anything_starts(
 @pytest.mark.parametrize(
     ("adapter", "gpus", "chosen"),
     [("lora", False, "store"), ("full", False, "store"), ("lora", True, "store"), ("full", True, "broadcast"),
-     ("freeze", True, "broadcast")],
+     ("freeze", True, "broadcast"), ("full", 0.5, "store")],
 )  # fmt: skip
-def test_weight_sync_auto_broadcasts_whole_weights_between_gpus(adapter: str, gpus: bool, chosen: str) -> None:
+def test_weight_sync_auto_broadcasts_whole_weights_between_gpus(adapter: str, gpus: float, chosen: str) -> None:
+    """``gpus``: GPUs per engine (0: a CPU run); NCCL takes a whole GPU per member, so half a GPU stays on the store."""
     from raytune_ft.rl.sync import weight_sync
 
-    rollout = {"placement": "separate"} if gpus else {}
-    cfg = job(adapter={"type": adapter}, scaling={"use_gpu": gpus}, rollout=rollout)
+    rollout = {"placement": "separate", "gpus_per_engine": float(gpus)} if gpus else {}
+    cfg = job(adapter={"type": adapter}, scaling={"use_gpu": bool(gpus)}, rollout=rollout)
     assert cfg.rollout.weight_sync == "auto" and weight_sync(cfg) == chosen

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from raytune_ft.rl.sync import GroupAddress, _send_weights, buckets, join_group, receive_weights
+from raytune_ft.rl.sync import GroupAddress, buckets, join_group, receive_weights, send_weights
 
 
 def weights() -> dict[str, torch.Tensor]:
@@ -60,10 +60,29 @@ def test_an_engine_receives_every_weight_as_the_trainer_holds_it(backend: str, d
     try:
         group = join_group(address, 0, server)
         sent = weights()
-        _send_weights(group, sent, meta(), torch.device(device, 0) if device == "cuda" else torch.device(device))
+        send_weights(group, sent, meta(), torch.device(device, 0) if device == "cuda" else torch.device(device))
         received = out.get(timeout=120)
     finally:
         engine.join(timeout=60)
+        if engine.is_alive():
+            engine.terminate()
     assert list(received) == list(sent)
     for name, tensor in sent.items():
         assert received[name].dtype == tensor.dtype and torch.equal(received[name], tensor), name
+
+
+def test_ppo_broadcasts_its_policy_by_the_base_models_names(tiny_model_dir: Any) -> None:
+    """PPO's model holds the LM under ``lm.`` beside its value head; the engines load the LM's weights only, by the
+    names the base model's checkpoint uses."""
+    from transformers import AutoModelForCausalLM
+
+    from raytune_ft.models import attach_head
+    from raytune_ft.rl.sync import policy_weights
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    names = set(lm.state_dict())
+    policy = attach_head(lm, "ppo")
+    sent = policy_weights(policy, policy.state_dict())
+    assert set(sent) == names and all(torch.equal(sent[n], lm.state_dict()[n]) for n in names)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert policy_weights(plain, plain.state_dict()).keys() == names
