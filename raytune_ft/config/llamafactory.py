@@ -314,19 +314,18 @@ KEYS: dict[str, Rule] = {
     "vllm_max_lora_rank": _to("serve.max_lora_rank"),
     "vllm_config": _map(lambda value: {"serve.engine_kwargs": _json_dict(value)}, "serve.engine_kwargs"),
     "use_kt": _refused("KTransformers is not supported", False),
-    # --- multimodal (text-only here) -------------------------------------------------------------------
+    # --- multimodal ------------------------------------------------------------------------------------
     **_same(
         _ignored(_MULTIMODAL),
-        "image_do_pan_and_scan",
-        "crop_to_patches",
         "video_max_pixels",
         "video_min_pixels",
         "video_fps",
         "video_maxlen",
         "use_audio_in_video",
         "audio_sampling_rate",
-        "media_dir",
     ),
+    **_same(_ignored("the model's own processor settings apply"), "image_do_pan_and_scan", "crop_to_patches"),
+    "media_dir": _ignored("relative image paths start at dataset_dir (the folder of dataset_info.json)"),
     "image_max_pixels": _to("data.image_max_pixels"),
     "image_min_pixels": _to("data.image_min_pixels"),
     "freeze_vision_tower": _to("adapter.freeze_vision_tower", bool),

@@ -577,7 +577,9 @@ class AdapterConfig(Section):
     (``multi_modal_projector``, Qwen's ``visual.merger``) frozen."""
 
     freeze_language_model: bool = False
-    """Vision-language models: keep the language model frozen (train the tower or projector alone)."""
+    """Vision-language models: keep the language model frozen (train the tower or projector alone, with
+    ``type`` full or lora). The three flags only freeze: under ``type: freeze`` the chosen language-model layers
+    train, and nothing else does."""
 
     init_from: CommaList = Field(default_factory=list)
     """Start from existing LoRA adapters (LLaMA-Factory's ``adapter_name_or_path``; a comma-separated string

@@ -66,8 +66,10 @@ def normalize_example(
         raise DataError(f"{where}: stage {stage!r} has no row format; use one of {', '.join(_STAGES)}")
     example = normalize(row, placeholders, where, source)
     if stage == "pt":
-        return example
-    texts = [m["content"] for m in example["messages"]] + [example[k] for k in ("chosen", "rejected") if k in example]
+        texts = [example["text"]]
+    else:
+        texts = [m["content"] for m in example["messages"]]
+        texts += [example[k] for k in ("chosen", "rejected") if k in example]
     return {**example, **row_media(row, texts, where, source)}
 
 

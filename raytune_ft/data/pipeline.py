@@ -232,7 +232,8 @@ class TokenizeRows:
         for r in results:
             ids, labels = np.asarray(r.input_ids, dtype=np.int32), np.asarray(r.labels, dtype=np.int32)
             labels[ids == image_token] = IGNORE_INDEX
-            for kept, kept_labels in fit_to_cutoff("sft", ids.tolist(), labels.tolist(), self.options.cutoff_len):
+            cutoff = self.options.cutoff_len
+            for kept, kept_labels in fit_to_cutoff(self.options.stage, ids.tolist(), labels.tolist(), cutoff):
                 if (np.asarray(kept) == image_token).sum() != (ids == image_token).sum():
                     self._reject(
                         f"{r.path}: row {r.row}: its image tokens do not fit in data.cutoff_len "

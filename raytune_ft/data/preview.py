@@ -21,6 +21,7 @@ import numpy as np
 from raytune_ft.config import DataConfig
 
 from .encode import IGNORE_INDEX
+from .media import MediaEncoder
 from .packing import pack_samples, padding_efficiency
 from .pipeline import (
     EncodeOptions,
@@ -62,19 +63,25 @@ class DescribeRows:
     """Ray Data actor UDF: raw records -> one statistics row per record (ids only for the first rows)."""
 
     def __init__(
-        self, load_tokenizer: Callable[[], Any], options: EncodeOptions, sources: list[DatasetSource], keep: int
+        self,
+        load_tokenizer: Callable[[], Any],
+        options: EncodeOptions,
+        sources: list[DatasetSource],
+        keep: int,
+        load_media: Callable[[], MediaEncoder | None] | None = None,
     ) -> None:
         self.tokenizer = templated(load_tokenizer(), options)
         self.options = options
         self.sources = sources
         self.keep = keep
+        self.media = load_media() if load_media is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         rows = list(zip(batch["path"].tolist(), batch["row"].tolist(), batch["record"].tolist(), strict=True))
         out: dict[str, list[Any]] = {
             k: [] for k in ("path", "row", "problem", "length", "kept", "learned", "ids", "labels")
         }
-        for result in encode_rows(self.tokenizer, self.options, self.sources, rows):
+        for result in encode_rows(self.tokenizer, self.options, self.sources, rows, self.media):
             ids, labels = result.input_ids or [], result.labels or []
             pieces = (
                 fit_to_cutoff(self.options.stage, ids, labels, self.options.cutoff_len) if not result.problem else []
@@ -99,12 +106,14 @@ def build_preview(
     stage: str = "sft",
     seed: int = 0,
     sources: list[DatasetSource] | None = None,
+    load_media: Callable[[], MediaEncoder | None] | None = None,
 ) -> PreviewReport:
     """Statistics over every row of ``cfg.dataset`` and the first ``samples`` rows in full; a
     ``DataError`` when the data leaves no row to train on. ``seed`` (``train.seed``) draws the rows of
     entries with ``num_samples`` as training does. ``sources``: ``cfg.dataset`` as ``checked_sources``
     already returned it (a caller that checked the data before starting Ray), so the registry, hub
-    snapshots and files are not looked up twice; None checks them here."""
+    snapshots and files are not looked up twice; None checks them here. ``load_media``: the model's image
+    processor, as training loads it (``build_datasets``)."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -119,6 +128,7 @@ def build_preview(
             "options": EncodeOptions.from_config(cfg, stage),
             "sources": sources,
             "keep": samples,
+            "load_media": load_media,
         },
         batch_size=256,
         compute=ray.data.ActorPoolStrategy(size=concurrency),

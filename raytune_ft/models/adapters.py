@@ -25,9 +25,9 @@ AdapterFn = Callable[["torch.nn.Module", AdapterConfig], "torch.nn.Module"]
 def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    target: Any = cfg.target
-    if cfg.target == ["all"]:
-        target = lora_targets(model, cfg) if is_vision_language_model(model) else "all-linear"
+    target: Any = "all-linear" if cfg.target == ["all"] else cfg.target
+    if is_vision_language_model(model):  # never into the frozen tower or projector
+        target = lora_targets(model, cfg)
     init: Any = True
     if cfg.pissa_init:  # fast (randomised) SVD with pissa_iter iterations, or the exact SVD with -1
         init = "pissa" if cfg.pissa_iter == -1 else f"pissa_niter_{cfg.pissa_iter}"

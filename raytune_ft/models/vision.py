@@ -76,17 +76,23 @@ def train_parts(model: torch.nn.Module, cfg: AdapterConfig) -> None:
 
 
 def lora_targets(model: torch.nn.Module, cfg: AdapterConfig) -> list[str]:
-    """LoRA's ``target: all`` in a vision-language model: every linear layer of the parts that train (never
-    the LM head)."""
+    """``adapter.target`` in a vision-language model, as full module names inside the parts that train: ``all``
+    takes every linear layer there (never the LM head); named modules (``q_proj``) are taken there only, so
+    that the frozen tower's own ``q_proj`` stays as it is (as LLaMA-Factory excludes it)."""
     import torch
 
     frozen = frozen_parts(cfg)
+    wanted = tuple(cfg.target)
     names = [
         name for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and part_of(name) not in (None, *frozen) and "lm_head" not in name
+        and (wanted == ("all",) or name.rsplit(".", 1)[-1] in wanted)
     ]  # fmt: skip
     if not names:
-        raise ConfigError("adapter.target all: every part of the model with linear layers is frozen; unfreeze one")
+        raise ConfigError(
+            f"adapter.target {cfg.target}: no such linear layer in the parts of the model that train (the frozen "
+            "vision tower and projector are left out); name modules of the language model or unfreeze a part"
+        )
     return names
 
 
@@ -133,28 +139,31 @@ class ImageEncoder:
 
     def __init__(self, folder: Path, max_pixels: int, min_pixels: int, trust_remote_code: bool = False) -> None:
         config = json.loads((folder / "config.json").read_text())
+        self.folder, self.trust_remote_code = folder, trust_remote_code
         self.model_type = str(config.get("model_type"))
-        if self.model_type not in IMAGE_PROMPTS:
-            raise ConfigError(
-                f"{folder}: images are not supported for model type {self.model_type!r} yet; supported: "
-                f"{', '.join(sorted(IMAGE_PROMPTS))}"
-            )
-        self.processor = _processor(folder, self.model_type, trust_remote_code)
-        self.prompt = IMAGE_PROMPTS[self.model_type]
         self.max_pixels, self.min_pixels = max_pixels, min_pixels
-        self.image_token_id = int(config.get("image_token_id", config.get("image_token_index")))
+        self.image_token_id = int(config.get("image_token_id", config.get("image_token_index", -1)))
         """The token each image feature takes in a row, where the model puts the features (its config's)."""
+        self._processor: Any = None  # loaded with the first image: text rows never need it
 
     def encode(self, images: list[Image.Image]) -> tuple[list[str], dict[str, np.ndarray]]:
         """The text standing for each image, and the row's image arrays (each image's, concatenated)."""
         import numpy as np
 
+        if self.model_type not in IMAGE_PROMPTS:
+            raise ConfigError(
+                f"{self.folder}: images are not supported for model type {self.model_type!r} yet; supported: "
+                f"{', '.join(sorted(IMAGE_PROMPTS))}"
+            )
+        if self._processor is None:
+            self._processor = _processor(self.folder, self.model_type, self.trust_remote_code)
+        self.prompt = IMAGE_PROMPTS[self.model_type]
         texts: list[str] = []
         arrays: dict[str, list[np.ndarray]] = {}
         for image in images:
-            out = self.processor(text=[self.prompt], images=[self._scaled(image)], return_tensors="np",
-                                 add_special_tokens=False)  # fmt: skip
-            texts.append(self.processor.tokenizer.decode(out["input_ids"][0].tolist()))
+            out = self._processor(text=[self.prompt], images=[self._scaled(image)], return_tensors="np",
+                                  add_special_tokens=False)  # fmt: skip
+            texts.append(self._processor.tokenizer.decode(out["input_ids"][0].tolist()))
             for key, value in out.items():
                 if key not in _TEXT_KEYS:
                     arrays.setdefault(key, []).append(np.asarray(value))

@@ -81,6 +81,8 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     (``IMAGE_INPUTS``) go along."""
     images = {key: batch[key] for key in IMAGE_INPUTS if key in batch}
     if "position_ids" in batch:
+        if images:
+            raise ValueError("packed rows cannot carry images: their features would land in other samples")
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False, **images}
 

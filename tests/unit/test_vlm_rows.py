@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from raytune_ft.config import ModelConfig
-from raytune_ft.data import IGNORE_INDEX, DataError, pad_batch
+from raytune_ft.data import IGNORE_INDEX, DataError
 from raytune_ft.data.pipeline import EncodeOptions, TokenizeRows
 from raytune_ft.data.sources import resolve_datasets
 from raytune_ft.models import load_row_tokenizer
-from raytune_ft.models.vision import load_image_encoder, with_image_arrays
+from raytune_ft.models.vision import load_image_encoder
 from raytune_ft.train import build_training
+from raytune_ft.train.loop import collator
 from tests.tiny_vlms import save_tiny_vlm
 from tests.unit.test_media_rows import chat, demo_registry, png
 from tests.unit.test_step import job
@@ -39,12 +40,12 @@ def rows_folder(tmp_path: Path) -> Path:
     return demo_registry(tmp_path / "data", rows)
 
 
-def tokenized(folder: Path, model: Path, cutoff: int = 256, skip: bool = False) -> dict[str, Any]:
+def tokenized(folder: Path, model: Path, cutoff: int = 256, skip: bool = False, stage: str = "sft") -> dict[str, Any]:
     [source] = resolve_datasets(["mm"], str(folder))
     records = json.loads((folder / "mm.json").read_text())
     batch = {"path": np.asarray([str(folder / "mm.json")] * len(records)), "row": np.arange(1, len(records) + 1),
              "record": np.asarray([json.dumps(r) for r in records])}  # fmt: skip
-    options = EncodeOptions(cutoff_len=cutoff, skip_bad_rows=skip)
+    options = EncodeOptions(cutoff_len=cutoff, skip_bad_rows=skip, stage=stage)
     encoder = load_image_encoder(ModelConfig(source=str(model)), 768 * 768, 32 * 32)
     return TokenizeRows(lambda: load_row_tokenizer(str(model)), options, [source], lambda: encoder)(batch)
 
@@ -66,11 +67,11 @@ def test_image_rows_carry_their_tokens_masked_and_their_arrays(vlm: Any, tmp_pat
 def test_a_training_step_reads_the_image(vlm: Any, tmp_path: Path) -> None:
     _, model = vlm
     columns = tokenized(rows_folder(tmp_path), model.folder)
-    core, tokenizer = build_training(
-        job(model.folder, "adapter.type=full", "train.learning_rate=1e-3"), 10, torch.device("cpu")
-    )
-    batch = with_image_arrays(core.model, pad_batch(columns["input_ids"], columns["labels"], tokenizer.pad_token_id),
-                              np.asarray(columns["media"], dtype=object))  # fmt: skip
+    cfg = job(model.folder, "adapter.type=full", "train.learning_rate=1e-3")
+    core, tokenizer = build_training(cfg, 10, torch.device("cpu"))
+    rows = {name: np.asarray(column, dtype=object) for name, column in columns.items()}
+    batch = collator(cfg, core.strategy.unwrap(core.model), tokenizer.pad_token_id)(rows)  # as training collates
+    assert {"pixel_values", "attention_mask"} <= set(batch) and "position_ids" not in batch
     losses = [core.evaluate([batch])[0]]
     flipped = dict(batch, pixel_values=torch.flip(batch["pixel_values"], dims=[0]))  # each row sees other pixels
     assert core.evaluate([flipped])[0] != pytest.approx(losses[0], rel=1e-6), "the loss ignores the images"
@@ -94,3 +95,20 @@ def test_a_text_model_and_a_cutoff_inside_an_image_refuse_the_row(
     cutoff = int(np.flatnonzero(ids == model.image_token_id)[0]) + 1  # the first answer fits, the image does not
     with pytest.raises(DataError, match=rf"mm.json: row 1: its image tokens do not fit in data.cutoff_len {cutoff}"):
         tokenized(folder, model.folder, cutoff=cutoff)
+
+
+def test_pretraining_text_on_a_vlm_is_split_and_pretraining_images_are_refused(vlm: Any, tmp_path: Path) -> None:
+    _, model = vlm
+    folder = tmp_path / "pt"
+    png(folder / "red.png")
+    text = " ".join(f"word{i}" for i in range(80))
+    (folder / "mm.json").write_text(json.dumps([{"text": text}]))
+    entry = {"file_name": "mm.json", "columns": {"prompt": "text"}}
+    (folder / "dataset_info.json").write_text(json.dumps({"mm": entry}))
+    pieces = tokenized(folder, model.folder, cutoff=32, stage="pt")["input_ids"]
+    assert len(pieces) > 2 and all(len(ids) <= 32 for ids in pieces)  # split, not cut to its start
+    (folder / "mm.json").write_text(json.dumps([{"text": "<image>A red square.", "images": ["red.png"]}]))
+    entry["columns"]["images"] = "images"
+    (folder / "dataset_info.json").write_text(json.dumps({"mm": entry}))
+    with pytest.raises(DataError, match=r"mm.json: row 1: images: rows with images train with method.stage sft"):
+        tokenized(folder, model.folder, stage="pt")

@@ -55,3 +55,12 @@ def test_unfrozen_parts_train_and_freeze_tuning_picks_language_layers(vlm_dir: P
     core, _ = build_training(job(vlm_dir, "adapter.type=freeze", "adapter.freeze_trainable_layers=1"), 10, CPU)
     trainable = [n for n, p in core.model.named_parameters() if p.requires_grad]
     assert trainable and parts(trainable) == {"language_model"} and all(".layers.1." in n for n in trainable)
+
+
+def test_named_lora_targets_stay_out_of_the_frozen_tower(vlm_dir: Path) -> None:
+    """LLaMA-Factory's classic ``q_proj,v_proj``: the vision tower has layers of those names too, and they stay
+    frozen unless the tower trains."""
+    core, _ = build_training(job(vlm_dir, "adapter.target=q_proj,v_proj"), 10, CPU)
+    trainable = [n for n, p in core.model.named_parameters() if p.requires_grad]
+    assert trainable and parts(trainable) == {"language_model"}
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {"q_proj", "v_proj"}
