@@ -188,19 +188,18 @@ def _data_preview(args: argparse.Namespace) -> int:
     from raytune_ft.data.pipeline import checked_sources
     from raytune_ft.data.preview import build_preview, format_preview
     from raytune_ft.models import load_row_tokenizer, pin_sources
-    from raytune_ft.models.vision import load_image_encoder
+    from raytune_ft.models.vision import image_encoder_loader
     from raytune_ft.train import job_tokenizer, start_ray
 
     cfg = pin_sources(load_config(args.config, args.overrides))  # the workers read the commit the driver read
     tokenizer = job_tokenizer(cfg)  # fails fast on a missing model or template, before Ray starts
     sources = checked_sources(cfg.data.dataset, cfg.data.dataset_dir, cfg.method.rows)  # and on an empty file
     load = functools.partial(load_row_tokenizer, cfg.model)
-    images = functools.partial(load_image_encoder, cfg.model, cfg.data.image_max_pixels, cfg.data.image_min_pixels)
     start_ray(args.address, init=cfg.scaling.ray_init)
     concurrency = cfg.data.tokenize_concurrency or 1
     report = build_preview(
         cfg.data, load, concurrency, samples=args.samples, stage=cfg.method.rows, seed=cfg.train.seed, sources=sources,
-        load_media=images,
+        load_media=image_encoder_loader(cfg),
     )  # fmt: skip
     print(format_preview(report, tokenizer, cfg.data, cfg.train.per_device_batch_size))
     return 0

@@ -52,8 +52,6 @@ def _lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
 
 def _full(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     model.requires_grad_(True)
-    if is_vision_language_model(model):
-        train_parts(model, cfg)
     return model
 
 
@@ -73,8 +71,6 @@ def _freeze(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
             if cfg.freeze_trainable_modules == ["all"] or name in cfg.freeze_trainable_modules:
                 module.requires_grad_(True)
     _unfreeze_named(model, cfg.freeze_extra_modules)
-    if is_vision_language_model(model):
-        train_parts(model, cfg)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
             f"adapter.freeze_trainable_modules {cfg.freeze_trainable_modules} names no module of a decoder "
@@ -119,7 +115,10 @@ def apply_adapter(model: torch.nn.Module, cfg: AdapterConfig, cache_dir: str | N
         from .init_from import load_adapters
 
         return load_adapters(model, cfg, cache_dir)
-    return ADAPTERS[cfg.type](model, cfg)
+    adapted = ADAPTERS[cfg.type](model, cfg)
+    if cfg.type != "lora" and is_vision_language_model(adapted):  # LoRA keeps to the parts that train already
+        train_parts(adapted, cfg)
+    return adapted
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

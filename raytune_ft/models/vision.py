@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raytune_ft.config import AdapterConfig, ConfigError, ModelConfig
+from raytune_ft.config import AdapterConfig, ConfigError, JobConfig, ModelConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
-    "IMAGE_PROMPTS", "ImageEncoder", "frozen_parts", "image_only", "is_vision_language", "is_vision_language_model",
-    "load_image_encoder", "lora_targets", "part_of", "train_parts", "with_image_arrays",
+    "IMAGE_PROMPTS", "ImageEncoder", "frozen_parts", "image_encoder_loader", "image_only", "is_vision_language",
+    "is_vision_language_model", "load_image_encoder", "lora_targets", "part_of", "train_parts", "with_image_arrays",
 ]  # fmt: skip
 
 _PROJECTOR = ("multi_modal_projector", "visual.merger", "visual.deepstack_merger_list")
@@ -38,10 +39,16 @@ _TOWER = ("visual", "vision_tower")
 _LANGUAGE = ("language_model", "lm_head")
 
 
+def _vision_config(folder: Path) -> dict[str, Any] | None:
+    """The model's config.json in ``folder`` when it is a vision-language model's (it has a vision part)."""
+    path = folder / "config.json"
+    config: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    return config if "vision_config" in config else None
+
+
 def is_vision_language(folder: Path) -> bool:
-    """Whether the model in ``folder`` is a vision-language model (its config has a vision part)."""
-    config = folder / "config.json"
-    return config.is_file() and "vision_config" in json.loads(config.read_text())
+    """Whether the model in ``folder`` is a vision-language model."""
+    return _vision_config(folder) is not None
 
 
 def part_of(name: str) -> str | None:
@@ -137,8 +144,9 @@ class ImageEncoder:
     [``min_pixels``, ``max_pixels``] (LLaMA-Factory's ``image_min_pixels`` / ``image_max_pixels``), then the
     processor expands the model's image prompt for it."""
 
-    def __init__(self, folder: Path, max_pixels: int, min_pixels: int, trust_remote_code: bool = False) -> None:
-        config = json.loads((folder / "config.json").read_text())
+    def __init__(
+        self, folder: Path, config: dict[str, Any], max_pixels: int, min_pixels: int, trust_remote_code: bool = False
+    ) -> None:
         self.folder, self.trust_remote_code = folder, trust_remote_code
         self.model_type = str(config.get("model_type"))
         self.max_pixels, self.min_pixels = max_pixels, min_pixels
@@ -157,17 +165,17 @@ class ImageEncoder:
             )
         if self._processor is None:
             self._processor = _processor(self.folder, self.model_type, self.trust_remote_code)
-        self.prompt = IMAGE_PROMPTS[self.model_type]
+        prompt = IMAGE_PROMPTS[self.model_type]
         texts: list[str] = []
         arrays: dict[str, list[np.ndarray]] = {}
         for image in images:
-            out = self._processor(text=[self.prompt], images=[self._scaled(image)], return_tensors="np",
+            out = self._processor(text=[prompt], images=[self._scaled(image)], return_tensors="np",
                                   add_special_tokens=False)  # fmt: skip
             texts.append(self._processor.tokenizer.decode(out["input_ids"][0].tolist()))
             for key, value in out.items():
                 if key not in _TEXT_KEYS:
                     arrays.setdefault(key, []).append(np.asarray(value))
-        return texts, {key: np.concatenate(parts) for key, parts in arrays.items()}
+        return texts, {key: _concatenated(parts) for key, parts in arrays.items()}
 
     def _scaled(self, image: Image.Image) -> Image.Image:
         """``image`` scaled, keeping its aspect, into the pixel bounds (as LLaMA-Factory does before the
@@ -184,9 +192,15 @@ def load_image_encoder(model: ModelConfig, max_pixels: int, min_pixels: int) -> 
     from .source import resolve_model
 
     folder = resolve_model(model)
-    if not is_vision_language(folder):
-        return None
-    return ImageEncoder(folder, max_pixels, min_pixels, model.trust_remote_code)
+    config = _vision_config(folder)
+    return ImageEncoder(folder, config, max_pixels, min_pixels, model.trust_remote_code) if config else None
+
+
+def image_encoder_loader(cfg: JobConfig) -> Callable[[], ImageEncoder | None]:
+    """``load_image_encoder`` for ``cfg``'s model and pixel bounds, to run in the data tasks (picklable)."""
+    import functools
+
+    return functools.partial(load_image_encoder, cfg.model, cfg.data.image_max_pixels, cfg.data.image_min_pixels)
 
 
 def is_vision_language_model(model: Any) -> bool:

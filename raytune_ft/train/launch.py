@@ -20,7 +20,7 @@ from raytune_ft.config import ConfigError, JobConfig, load_config
 from raytune_ft.data import DATA_TASK_CPUS, PreparedData, build_datasets, no_trainable_rows
 from raytune_ft.data.cache import data_fingerprint, load_or_write
 from raytune_ft.models import CONFIG_FILE, CheckpointError, latest_checkpoint, load_row_tokenizer, pin_sources
-from raytune_ft.models.vision import load_image_encoder
+from raytune_ft.models.vision import image_encoder_loader
 
 from .loop import RunPlan, train_loop_per_worker
 from .reference import with_reference_logps
@@ -375,10 +375,9 @@ def prepare_data(cfg: JobConfig, tokenizer: Any, concurrency: int) -> PreparedDa
     ``tokenizer`` is the run's (``job_tokenizer``), used on the driver only to fingerprint the cache.
     """
     load = functools.partial(load_row_tokenizer, cfg.model)  # light: the first rows come sooner
-    images = functools.partial(load_image_encoder, cfg.model, cfg.data.image_max_pixels, cfg.data.image_min_pixels)
     build = functools.partial(
         build_datasets, cfg.data, load, seed=cfg.train.seed, concurrency=concurrency, stage=cfg.method.rows,
-        load_media=images,
+        load_media=image_encoder_loader(cfg),
     )  # fmt: skip
     if cfg.data.tokenized_path is None:
         return build()
