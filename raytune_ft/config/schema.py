@@ -716,6 +716,14 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     """Micro-batches accumulated before each optimizer step."""
 
+    max_tokens_per_forward: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    """Run each micro-batch of text rows (padding-free, padded or packed) as forward/backward passes of at most
+    this many tokens, whole rows each (a longer row runs alone), and accumulate their gradients before the step:
+    the same update, with activation memory held to one pass's tokens. ``auto``: 256 on CPU workers, where a
+    pass of a couple of hundred tokens already keeps the cores busy and each token's activations take
+    megabytes; no split on GPUs, where bigger passes run faster. ``null``: no split. Preference and KTO rows,
+    image rows, and fsdp2 and ZeRO-3 (whose workers must run the same number of passes) always run whole."""
+
     num_epochs: float = Field(default=1.0, gt=0)
     """Passes over the data, used when ``max_steps`` is not set."""
 

@@ -1,7 +1,7 @@
 """Data stage: dataset sources, normalisation to chat messages, template rendering, tokenization
 with label masks, packing, and the Ray Data pipeline that streams it all to training workers."""
 
-from .collate import SCORED_SEQUENCES, balanced_groups, pack_batch, pad_batch, pad_scored
+from .collate import SCORED_SEQUENCES, balanced_groups, pack_batch, pad_batch, pad_scored, token_runs
 from .encode import IGNORE_INDEX, encode_batch, encode_full, render_segments, truncate
 from .formats import fill_placeholders, normalize_example, normalize_row
 from .packing import pack_samples, padding_efficiency
@@ -46,5 +46,6 @@ __all__ = [
     "read_records",
     "render_segments",
     "resolve_datasets",
+    "token_runs",
     "truncate",
 ]

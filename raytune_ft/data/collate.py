@@ -26,7 +26,7 @@ from .packing import pack_samples
 if TYPE_CHECKING:  # torch loads lazily: the tokenizer actors import this package and never pad
     import torch
 
-__all__ = ["SCORED_SEQUENCES", "balanced_groups", "pack_batch", "pad_batch", "pad_scored"]
+__all__ = ["SCORED_SEQUENCES", "balanced_groups", "pack_batch", "pad_batch", "pad_scored", "token_runs"]
 
 SCORED_SEQUENCES = {"preference": ("", "rejected_"), "kto": ("", "kl_")}
 """Column prefixes of the sequences each scored row format holds: ``{prefix}input_ids``,
@@ -82,6 +82,21 @@ def balanced_groups(lengths: Sequence[int], size: int) -> list[list[int]]:
         loads[lightest] += lengths[i]
         room[lightest] -= 1
     return sorted((sorted(group) for group in groups), key=lambda group: group[0])
+
+
+def token_runs(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """The indices of ``lengths`` in consecutive runs whose summed lengths stay within ``budget``; a row
+    longer than ``budget`` runs alone."""
+    runs: list[list[int]] = []
+    load = 0
+    for i, length in enumerate(lengths):
+        if runs and load + length <= budget:
+            runs[-1].append(i)
+            load += length
+        else:
+            runs.append([i])
+            load = length
+    return runs
 
 
 def _as_list(row: Sequence[int] | np.ndarray) -> list[int]:

@@ -35,6 +35,7 @@ __all__ = [
     "build_trainer",
     "check_data_cpus",
     "check_resume_compatible",
+    "compute_cpus",
     "plan_total_steps",
     "prepare_data",
     "prepare_job_data",
@@ -115,6 +116,18 @@ def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
     if spare >= 1:
         return 1.0
     return max(0.1, (cluster_cpus - 1) / cfg.scaling.num_workers)
+
+
+def compute_cpus(cfg: JobConfig, cpus: float, free_cpus: float, *, one_node: bool) -> float:
+    """CPUs a CPU training worker computes on: the ``cpus`` it reserves, or on one node without
+    ``scaling.cpus_per_worker``, its even share of the node's ``free_cpus`` (at most the cores this process
+    may use). The reservation leaves Ray Data a CPU to schedule its tokenizer tasks on, but they need it only
+    for moments between steps; a lone worker on a laptop would otherwise train on one core of many. On a
+    cluster, where workers of other runs may share a node, each keeps to what it reserves."""
+    if cfg.scaling.cpus_per_worker is not None or cfg.scaling.use_gpu or not one_node:
+        return cpus
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(cpus, min(free_cpus, cores) / cfg.scaling.num_workers)
 
 
 def streams_rows(cfg: JobConfig, share: bool = False) -> bool:
@@ -216,11 +229,13 @@ def run_training(cfg: JobConfig, address: str | None = None, setup: WorkerSetup 
     tokenizer = job_tokenizer(cfg)
     cluster_cpus, reserved = float(ray.cluster_resources().get("CPU", 1)), setup.reserved_cpus(cfg)
     cpus = worker_cpus(cfg, cluster_cpus - reserved)
-    check_data_cpus(cfg, cluster_cpus, reserved, cpus, one_node=len([n for n in ray.nodes() if n["Alive"]]) == 1)
+    one_node = len([n for n in ray.nodes() if n["Alive"]]) == 1
+    check_data_cpus(cfg, cluster_cpus, reserved, cpus, one_node=one_node)
     job_data = prepare_job_data(cfg, tokenizer, cpus * cfg.scaling.num_workers + reserved, share=False)
     total_steps = job_data.total_steps(cfg)
     has_eval = "eval" in job_data.datasets
-    plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=has_eval, threads=setup.threads(cfg, cpus))
+    threads = setup.threads(cfg, compute_cpus(cfg, cpus, cluster_cpus - reserved, one_node=one_node))
+    plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=has_eval, threads=threads)
     with setup.actors(cfg) as feed:
         trainer = build_trainer(cfg, plan, job_data.datasets, cpus, storage, cfg.train.run_name, loop=setup.loop,
                                 feed=feed)  # fmt: skip

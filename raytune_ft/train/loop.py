@@ -17,12 +17,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from raytune_ft.config import JobConfig
-from raytune_ft.data import SCORED_SEQUENCES, balanced_groups, no_trainable_rows, pack_batch, pad_batch, pad_scored
+from raytune_ft.data import (
+    SCORED_SEQUENCES,
+    balanced_groups,
+    no_trainable_rows,
+    pack_batch,
+    pad_batch,
+    pad_scored,
+    token_runs,
+)
 from raytune_ft.models import (
     ModelSourceError,
     apply_adapter,
@@ -47,10 +55,11 @@ from .tokenizer import job_tokenizer
 from .tracking import Trackers, open_trackers, plot_loss
 
 __all__ = ["Evaluation", "Feed", "RunPlan", "WorkerContext", "build_training", "collator", "data_feed",
-           "run_worker", "train_loop_per_worker"]  # fmt: skip
+           "forward_budget", "forward_passes", "run_worker", "train_loop_per_worker"]  # fmt: skip
 
 Collate = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
 """A numpy batch of token rows -> model-ready tensors."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,11 +72,16 @@ class RunPlan:
     has_eval: bool = False
     """Whether an ``eval`` dataset shard exists (the feed's ``Evaluation`` then reports on it)."""
     threads: int = 0
-    """Intra-op threads per worker on CPU: its reserved CPUs rounded up (0 leaves torch's choice).
-    Ray starts a worker with 1.5 CPUs with one OpenMP thread; it may use 2."""
+    """Intra-op threads per worker on CPU: the CPUs it computes on (``compute_cpus``) rounded up (0 leaves
+    torch's choice). Ray starts a worker with 1.5 CPUs with one OpenMP thread; it may use 2."""
     start_from: str | None = None
     """A checkpoint (of another run) to start from while this run has none of its own: a PBT trial
     continuing another trial's state. Ray Train V2 dropped ``resume_from_checkpoint`` for this."""
+    report_logs: bool = False
+    """Report every logged step's metrics to Ray Train, not only evaluations and checkpoints: a Tune trial
+    needs them (its scheduler may rank trials by the training loss). Each report is a round trip through
+    Ray Train's synchronization actor, a tenth of a small model's step on a CPU, so a plain run, which
+    prints and writes its metrics itself, skips them."""
 
 
 def build_training(
@@ -187,14 +201,14 @@ def run_worker(config: dict[str, Any], make_feed: Callable[[WorkerContext], Feed
 
 
 class _BatchFeed:
-    """``gradient_accumulation_steps`` micro-batches of the dataset shard per step."""
+    """``gradient_accumulation_steps`` micro-batches of the dataset shard per step, each in its forward passes."""
 
-    def __init__(self, ctx: WorkerContext, batches: Iterator[dict[str, torch.Tensor]], collate: Collate) -> None:
+    def __init__(self, ctx: WorkerContext, batches: Iterator[list[dict[str, torch.Tensor]]], collate: Collate) -> None:
         self.ctx, self.batches, self.collate = ctx, batches, collate
 
     def next_window(self) -> tuple[list[dict[str, torch.Tensor]], MetricSums]:
-        steps = self.ctx.cfg.train.gradient_accumulation_steps
-        return [move_batch(next(self.batches), self.ctx.device) for _ in range(steps)], {}
+        steps, device = self.ctx.cfg.train.gradient_accumulation_steps, self.ctx.device
+        return [move_batch(part, device) for _ in range(steps) for part in next(self.batches)], {}
 
     def stepped(self, core: StepCore, state: TrainState) -> MetricSums:
         return {}
@@ -212,7 +226,8 @@ def data_feed(ctx: WorkerContext) -> Feed:
     shard = ray.train.get_dataset_shard("train")
     balance = ctx.world > 1 and cfg.data.balance_micro_batches and _padding_free(cfg, model)
     seed = cfg.train.seed + 1000 * ctx.rank
-    batches = _micro_batches(shard, cfg, collate, ctx.state, seed=seed, balance=balance)
+    passes = forward_passes(collate, forward_budget(cfg, model, ctx.device, ctx.core.strategy.collective_forward))
+    batches = _micro_batches(shard, cfg, passes, ctx.state, seed=seed, balance=balance)
     return _BatchFeed(ctx, batches, collate)
 
 
@@ -262,7 +277,7 @@ def _run(
             trackers.log(metrics)
         if save:
             _report_checkpoint(metrics, core, tokenizer, cfg, state, rank)
-        else:
+        elif evaluate or plan.report_logs:
             ray.train.report(metrics)
 
 
@@ -288,14 +303,53 @@ def _padding_free(cfg: JobConfig, model: Any) -> bool:
     return cfg.data.padding_free and keeps_attention_in_sample(model)
 
 
+CPU_FORWARD_TOKENS = 256
+"""``train.max_tokens_per_forward: auto`` on CPU: a pass of a couple of hundred tokens already keeps a CPU's cores
+busy, while each token's activations take over a megabyte (1.3 MB in float32 on SmolLM2-135M's 30 layers)."""
+
+
+def forward_budget(cfg: JobConfig, model: Any, device: torch.device, collective_forward: bool) -> int | None:
+    """Tokens per forward pass of a micro-batch of text rows (``train.max_tokens_per_forward``); None runs each
+    micro-batch in one pass. Scored rows (preference, KTO) and image rows always run whole, and so does every
+    micro-batch under a strategy whose forward is collective (fsdp2, ZeRO-3), where all workers must run the
+    same number of passes."""
+    budget = cfg.train.max_tokens_per_forward
+    whole = cfg.method.rows in SCORED_SEQUENCES or is_vision_language_model(model) or collective_forward
+    if whole or budget is None:
+        return None
+    if budget == "auto":
+        return None if device.type == "cuda" else CPU_FORWARD_TOKENS
+    return budget
+
+
+def forward_passes(collate: Collate, budget: int | None) -> Callable[[dict[str, Any]], list[dict[str, torch.Tensor]]]:
+    """A micro-batch's rows as the collated batches of its forward passes: one pass, or with a token
+    ``budget``, runs of consecutive whole rows of at most ``budget`` tokens (``token_runs``)."""
+    import numpy as np
+
+    if budget is None:
+        return lambda rows: [collate(rows)]
+
+    def passes(rows: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        runs = token_runs([len(ids) for ids in rows["input_ids"]], budget)
+        return [collate({key: column[np.asarray(run)] for key, column in rows.items()}) for run in runs]
+
+    return passes
+
+
 BALANCE_WINDOW = 32
 """Micro-batches whose rows ``data.balance_micro_batches`` regroups together."""
 
 
 def _micro_batches(
-    shard: Any, cfg: JobConfig, collate: Collate, state: TrainState, seed: int, balance: bool = False
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless padded micro-batches over epochs, skipping those a resumed run already consumed. With
+    shard: Any,
+    cfg: JobConfig,
+    collate: Callable[[dict[str, Any]], T],
+    state: TrainState,
+    seed: int,
+    balance: bool = False,
+) -> Iterator[T]:
+    """Endless collated micro-batches over epochs, skipping those a resumed run already consumed. With
     ``balance``, rows are read a window at a time and regrouped into micro-batches of even token counts
     (``balanced_groups``); the regrouping is a function of the window, so a resumed run skips the same
     micro-batches it consumed."""

@@ -55,7 +55,8 @@ def run_trial(
     run_dir = f"{trials_dir}/{name}"
     has_eval = "eval" in datasets
     setup = worker_setup(cfg)
-    plan = RunPlan(total_steps, run_dir, has_eval=has_eval, threads=setup.threads(cfg, cpus), start_from=start_from)
+    threads = setup.threads(cfg, cpus)
+    plan = RunPlan(total_steps, run_dir, has_eval=has_eval, threads=threads, start_from=start_from, report_logs=True)
     reports = _queue()
     with setup.actors(cfg) as feed:  # an online trial's own rollout engines
         forward = [ForwardReports(reports, metric)]

@@ -1,11 +1,14 @@
-"""Run planning on the driver: how many steps an epoch budget means, and CPUs per worker."""
+"""Run planning on the driver: how many steps an epoch budget means, CPUs per worker, and the CPUs each
+worker computes on."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from raytune_ft.config import ConfigError, JobConfig, load_config
-from raytune_ft.train import plan_total_steps, worker_cpus
+from raytune_ft.train import compute_cpus, plan_total_steps, worker_cpus
 
 
 @pytest.mark.parametrize(
@@ -37,6 +40,29 @@ def test_worker_cpus(cluster: float, workers: int, configured: float | None, exp
     extra = [] if configured is None else [f"scaling.cpus_per_worker={configured}"]
     cfg = load_config(None, [f"scaling.num_workers={workers}", *extra])
     assert worker_cpus(cfg, cluster) == expected
+
+
+@pytest.mark.parametrize(
+    ("workers", "free", "extra", "one_node", "expected"),
+    [
+        (1, 2.0, [], True, 2.0),  # a lone worker computes on the whole node, not the 1 CPU it reserves
+        (2, 2.0, [], True, 1.0),
+        (3, 2.0, [], True, 2 / 3),
+        (1, 2.0, ["scaling.cpus_per_worker=0.5"], True, 0.5),  # what the user reserved
+        (1, 2.0, ["scaling.use_gpu=true"], True, 1.0),
+        (1, 64.0, [], False, 1.0),  # on a cluster, other runs' workers may share the node
+    ],
+)
+def test_compute_cpus(workers: int, free: float, extra: list[str], one_node: bool, expected: float) -> None:
+    cfg = load_config(None, [f"scaling.num_workers={workers}", *extra])
+    cpus = worker_cpus(cfg, free) if not cfg.scaling.use_gpu else 1.0
+    assert compute_cpus(cfg, cpus, free, one_node=one_node) == pytest.approx(max(cpus, expected))
+
+
+def test_compute_cpus_keep_to_the_cores_the_process_may_use() -> None:
+    cfg = load_config(None, [])
+    cores = len(os.sched_getaffinity(0))
+    assert compute_cpus(cfg, 1.0, 4.0 * cores, one_node=True) == cores
 
 
 def online(method: dict[str, object]) -> JobConfig:
