@@ -717,12 +717,13 @@ class TrainConfig(Section):
     """Micro-batches accumulated before each optimizer step."""
 
     max_tokens_per_forward: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
-    """Run each micro-batch of text rows (padding-free, padded or packed) as forward/backward passes of at most
-    this many tokens, whole rows each (a longer row runs alone), and accumulate their gradients before the step:
-    the same update, with activation memory held to one pass's tokens. ``auto``: 256 on CPU workers, where a
-    pass of a couple of hundred tokens already keeps the cores busy and each token's activations take
-    megabytes; no split on GPUs, where bigger passes run faster. ``null``: no split. Preference and KTO rows,
-    image rows, and fsdp2 and ZeRO-3 (whose workers must run the same number of passes) always run whole."""
+    """Run each micro-batch of text rows (padding-free, padded or packed) as forward/backward passes of whole
+    rows holding at most this many tokens (padding not counted; a longer row runs alone), and accumulate their
+    gradients before the step: the same update (with dropout, the same in expectation), with activation memory
+    held to one pass's tokens. ``auto``: 256 on CPU workers, where a pass of a couple of hundred tokens already
+    keeps the cores busy and each token's activations take over a megabyte; no split on GPUs, where bigger
+    passes run faster. ``null``: no split. Preference and KTO rows, image rows, and fsdp2 and ZeRO-2/3 (whose
+    workers must run the same number of passes) always run whole."""
 
     num_epochs: float = Field(default=1.0, gt=0)
     """Passes over the data, used when ``max_steps`` is not set."""
@@ -856,7 +857,8 @@ class ScalingConfig(Section):
 
     cpus_per_worker: float | None = Field(default=None, gt=0)
     """CPUs reserved per worker. Default: 1, lowered on a small local machine so the Ray Data
-    tokenizers keep at least one CPU (otherwise the data stream can starve)."""
+    tokenizers keep at least one CPU (otherwise the data stream can starve); unset on one node, the
+    workers still compute on all the node's free CPUs between them. Set, each computes on what it reserves."""
 
     max_failures: int = Field(default=0, ge=-1)
     """Times Ray Train restarts the workers from the latest checkpoint after a worker or node is lost

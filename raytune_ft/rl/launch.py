@@ -34,9 +34,10 @@ __all__ = [
 ]
 
 
-def training_threads(cfg: JobConfig, cpus: float) -> int:
-    """Compute threads per training worker: its reserved CPUs, or with colocated engines, which reserve none,
-    its share of the cluster's CPUs (the prompts' tokenization is light) as ``colocated_share`` splits them."""
+def training_threads(cfg: JobConfig, cpus: float, share: float) -> int:
+    """Compute threads per training worker: its reserved CPUs (the rollout engines run while it trains, so it
+    does not take its ``share`` of the node), or with colocated engines, which reserve none, its share of the
+    cluster's CPUs (the prompts' tokenization is light) as ``colocated_share`` splits them."""
     import ray
 
     if cfg.rollout.placement != "colocated" or cfg.scaling.use_gpu:

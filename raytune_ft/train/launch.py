@@ -120,10 +120,11 @@ def worker_cpus(cfg: JobConfig, cluster_cpus: float) -> float:
 
 def compute_cpus(cfg: JobConfig, cpus: float, free_cpus: float, *, one_node: bool) -> float:
     """CPUs a CPU training worker computes on: the ``cpus`` it reserves, or on one node without
-    ``scaling.cpus_per_worker``, its even share of the node's ``free_cpus`` (at most the cores this process
-    may use). The reservation leaves Ray Data a CPU to schedule its tokenizer tasks on, but they need it only
-    for moments between steps; a lone worker on a laptop would otherwise train on one core of many. On a
-    cluster, where workers of other runs may share a node, each keeps to what it reserves."""
+    ``scaling.cpus_per_worker``, its even share of the node's ``free_cpus`` (those no other job holds, at
+    most the cores this process may use). The reservation leaves Ray Data a CPU to schedule its tokenizer
+    tasks on, but they need it only for moments between steps; a lone worker on a laptop would otherwise
+    train on one core of many. On a cluster, where workers of other runs may share a node, each keeps to
+    what it reserves."""
     if cfg.scaling.cpus_per_worker is not None or cfg.scaling.use_gpu or not one_node:
         return cpus
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -181,8 +182,8 @@ def _no_actors(cfg: JobConfig) -> Iterator[dict[str, Any]]:
     yield {}
 
 
-def _reserved_threads(cfg: JobConfig, cpus: float) -> int:
-    return math.ceil(cpus)
+def _shared_threads(cfg: JobConfig, cpus: float, share: float) -> int:
+    return math.ceil(share)
 
 
 def _nothing_to_check(cfg: JobConfig) -> None:
@@ -202,8 +203,9 @@ class WorkerSetup:
     loop: Callable[[dict[str, Any]], None] = train_loop_per_worker
     actors: Callable[[JobConfig], AbstractContextManager[dict[str, Any]]] = _no_actors
     """Starts the actors and gives the ``feed`` the workers get (``WorkerContext.extra``); stops them on exit."""
-    threads: Callable[[JobConfig, float], int] = _reserved_threads
-    """Compute threads of a worker holding ``cpus`` CPUs."""
+    threads: Callable[[JobConfig, float, float], int] = _shared_threads
+    """Compute threads of a worker holding ``cpus`` CPUs whose share of its node's free CPUs is ``share``
+    (``compute_cpus``)."""
     check: Callable[[JobConfig], None] = _nothing_to_check
     """Refuses, before anything starts, what the workers would only find wrong later (an online stage's rewards)."""
     reserved_cpus: Callable[[JobConfig], float] = _no_cpus
@@ -228,13 +230,14 @@ def run_training(cfg: JobConfig, address: str | None = None, setup: WorkerSetup 
     # Convert a builtin model once, before workers race for it, and fail here on a missing template.
     tokenizer = job_tokenizer(cfg)
     cluster_cpus, reserved = float(ray.cluster_resources().get("CPU", 1)), setup.reserved_cpus(cfg)
+    free_cpus = min(cluster_cpus, float(ray.available_resources().get("CPU", 0))) - reserved
     cpus = worker_cpus(cfg, cluster_cpus - reserved)
     one_node = len([n for n in ray.nodes() if n["Alive"]]) == 1
     check_data_cpus(cfg, cluster_cpus, reserved, cpus, one_node=one_node)
     job_data = prepare_job_data(cfg, tokenizer, cpus * cfg.scaling.num_workers + reserved, share=False)
     total_steps = job_data.total_steps(cfg)
     has_eval = "eval" in job_data.datasets
-    threads = setup.threads(cfg, compute_cpus(cfg, cpus, cluster_cpus - reserved, one_node=one_node))
+    threads = setup.threads(cfg, cpus, compute_cpus(cfg, cpus, free_cpus, one_node=one_node))
     plan = RunPlan(total_steps=total_steps, run_dir=run_dir, has_eval=has_eval, threads=threads)
     with setup.actors(cfg) as feed:
         trainer = build_trainer(cfg, plan, job_data.datasets, cpus, storage, cfg.train.run_name, loop=setup.loop,

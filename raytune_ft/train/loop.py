@@ -72,8 +72,9 @@ class RunPlan:
     has_eval: bool = False
     """Whether an ``eval`` dataset shard exists (the feed's ``Evaluation`` then reports on it)."""
     threads: int = 0
-    """Intra-op threads per worker on CPU: the CPUs it computes on (``compute_cpus``) rounded up (0 leaves
-    torch's choice). Ray starts a worker with 1.5 CPUs with one OpenMP thread; it may use 2."""
+    """Intra-op threads per worker on CPU (0 leaves torch's choice), as the run's ``WorkerSetup.threads`` decides:
+    for a plain run its share of the node's free CPUs (``compute_cpus``), rounded up; for a Tune trial the CPUs
+    it reserves. Ray starts a worker with 1.5 CPUs with one OpenMP thread; it may use 2."""
     start_from: str | None = None
     """A checkpoint (of another run) to start from while this run has none of its own: a PBT trial
     continuing another trial's state. Ray Train V2 dropped ``resume_from_checkpoint`` for this."""
@@ -226,7 +227,7 @@ def data_feed(ctx: WorkerContext) -> Feed:
     shard = ray.train.get_dataset_shard("train")
     balance = ctx.world > 1 and cfg.data.balance_micro_batches and _padding_free(cfg, model)
     seed = cfg.train.seed + 1000 * ctx.rank
-    passes = forward_passes(collate, forward_budget(cfg, model, ctx.device, ctx.core.strategy.collective_forward))
+    passes = forward_passes(collate, forward_budget(cfg, model, ctx.device, ctx.core.strategy.even_passes))
     batches = _micro_batches(shard, cfg, passes, ctx.state, seed=seed, balance=balance)
     return _BatchFeed(ctx, batches, collate)
 
@@ -308,13 +309,13 @@ CPU_FORWARD_TOKENS = 256
 busy, while each token's activations take over a megabyte (1.3 MB in float32 on SmolLM2-135M's 30 layers)."""
 
 
-def forward_budget(cfg: JobConfig, model: Any, device: torch.device, collective_forward: bool) -> int | None:
+def forward_budget(cfg: JobConfig, model: Any, device: torch.device, even_passes: bool) -> int | None:
     """Tokens per forward pass of a micro-batch of text rows (``train.max_tokens_per_forward``); None runs each
     micro-batch in one pass. Scored rows (preference, KTO) and image rows always run whole, and so does every
-    micro-batch under a strategy whose forward is collective (fsdp2, ZeRO-3), where all workers must run the
-    same number of passes."""
+    micro-batch under a strategy whose workers must run the same number of passes (``even_passes``: fsdp2,
+    ZeRO-2 and -3)."""
     budget = cfg.train.max_tokens_per_forward
-    whole = cfg.method.rows in SCORED_SEQUENCES or is_vision_language_model(model) or collective_forward
+    whole = cfg.method.rows in SCORED_SEQUENCES or is_vision_language_model(model) or even_passes
     if whole or budget is None:
         return None
     if budget == "auto":

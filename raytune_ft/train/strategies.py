@@ -53,6 +53,9 @@ def _rank() -> int:
 class Strategy(Protocol):
     collective_forward: bool
     """Whether every worker must run each forward pass together (sharded parameters are gathered)."""
+    even_passes: bool
+    """Whether every worker must run the same number of forward/backward passes in a step: its forward is
+    collective, or each backward reduces gradients (ZeRO-2), not only the step's last."""
 
     def prepare(
         self, model: torch.nn.Module, make_optimizer: OptimizerFactory
@@ -146,6 +149,7 @@ class DDPStrategy(_Collectives):
     """Replicate the model on every worker and all-reduce gradients (gloo on CPU, NCCL on GPU)."""
 
     collective_forward = False
+    even_passes = False  # gradients are all-reduced once, in the window's last backward (no_sync before it)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if getattr(model, "hf_quantizer", None) is None:  # a quantized (QLoRA) model is already on its GPU
@@ -206,6 +210,7 @@ class FSDP2Strategy(_Collectives):
     """
 
     collective_forward = True
+    even_passes = True
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
@@ -282,6 +287,7 @@ class DeepSpeedStrategy(_Collectives):
         self.cfg = cfg
         self.stage = 0
         self.collective_forward = False
+        self.even_passes = False
 
     def prepare(
         self, model: torch.nn.Module, make_optimizer: OptimizerFactory
@@ -293,6 +299,8 @@ class DeepSpeedStrategy(_Collectives):
         config = deepspeed_config(self.cfg, self.world_size(), _hidden_size(model))
         self.stage = int(config["zero_optimization"].get("stage", 0))
         self.collective_forward = self.stage == 3  # ZeRO-3 gathers each layer's parameters in forward
+        # ZeRO-2 and -3 reduce and partition gradients in every backward, accumulation boundary or not
+        self.even_passes = self.stage >= 2
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         return engine, optimizer  # the scheduler drives the torch optimizer's param groups, shared with ZeRO's
 

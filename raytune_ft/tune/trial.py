@@ -55,7 +55,7 @@ def run_trial(
     run_dir = f"{trials_dir}/{name}"
     has_eval = "eval" in datasets
     setup = worker_setup(cfg)
-    threads = setup.threads(cfg, cpus)
+    threads = setup.threads(cfg, cpus, cpus)  # trials run side by side: each keeps to its own CPUs
     plan = RunPlan(total_steps, run_dir, has_eval=has_eval, threads=threads, start_from=start_from, report_logs=True)
     reports = _queue()
     with setup.actors(cfg) as feed:  # an online trial's own rollout engines

@@ -135,9 +135,9 @@ class Model:
         self.config = type("Config", (), {"vision_config": {} if vision else None})()
 
 
-def budget(*overrides: str, device: str = "cpu", vision: bool = False, collective: bool = False) -> int | None:
+def budget(*overrides: str, device: str = "cpu", vision: bool = False, even: bool = False) -> int | None:
     cfg = load_config(None, ["model.source=x", "data.dataset=[x]", *overrides])
-    return forward_budget(cfg, Model(vision), torch.device(device), collective)
+    return forward_budget(cfg, Model(vision), torch.device(device), even)
 
 
 def test_auto_splits_text_rows_on_cpu_only() -> None:
@@ -150,10 +150,10 @@ def test_auto_splits_text_rows_on_cpu_only() -> None:
 
 
 @pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
-def test_scored_rows_image_rows_and_collective_forwards_run_whole(stage: str) -> None:
+def test_scored_rows_image_rows_and_strategies_needing_even_passes_run_whole(stage: str) -> None:
     assert budget(f"method.stage={stage}", "train.max_tokens_per_forward=64") is None
     assert budget("train.max_tokens_per_forward=64", vision=True) is None
-    assert budget("train.max_tokens_per_forward=64", collective=True) is None
+    assert budget("train.max_tokens_per_forward=64", even=True) is None
 
 
 @pytest.mark.parametrize("value", [0, -5, "some"])
@@ -161,3 +161,11 @@ def test_a_budget_must_be_a_positive_count_auto_or_null(value: object) -> None:
     with pytest.raises(ConfigError, match="max_tokens_per_forward"):
         load_config(None, [f"train.max_tokens_per_forward={value}"])
     assert JobConfig().train.max_tokens_per_forward == "auto"
+
+
+def test_ddp_workers_may_run_uneven_passes_but_fsdp2_workers_may_not() -> None:
+    from raytune_ft.train.strategies import DDPStrategy, FSDP2Strategy
+
+    cfg = load_config(None, [])
+    assert not DDPStrategy(CPU, cfg).even_passes
+    assert FSDP2Strategy(CPU, cfg).even_passes
