@@ -326,14 +326,12 @@ def forward_budget(cfg: JobConfig, model: Any, device: torch.device, even_passes
 def forward_passes(collate: Collate, budget: int | None) -> Callable[[dict[str, Any]], list[dict[str, torch.Tensor]]]:
     """A micro-batch's rows as the collated batches of its forward passes: one pass, or with a token
     ``budget``, runs of consecutive whole rows of at most ``budget`` tokens (``token_runs``)."""
-    import numpy as np
-
     if budget is None:
         return lambda rows: [collate(rows)]
 
     def passes(rows: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         runs = token_runs([len(ids) for ids in rows["input_ids"]], budget)
-        return [collate({key: column[np.asarray(run)] for key, column in rows.items()}) for run in runs]
+        return [collate(_rows_at(rows, run)) for run in runs]
 
     return passes
 
@@ -378,11 +376,16 @@ def _micro_batches(
 
 def _regrouped(rows: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:
     """A window of rows as micro-batches of ``size`` rows with even token counts."""
+    for group in balanced_groups([len(ids) for ids in rows["input_ids"]], size):
+        yield _rows_at(rows, group)
+
+
+def _rows_at(rows: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+    """The rows at ``indices`` (in that order) of a numpy batch of columns."""
     import numpy as np
 
-    for group in balanced_groups([len(ids) for ids in rows["input_ids"]], size):
-        index = np.asarray(group)
-        yield {key: column[index] for key, column in rows.items()}
+    index = np.asarray(indices)
+    return {key: column[index] for key, column in rows.items()}
 
 
 class _Evaluation:
